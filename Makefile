@@ -1,0 +1,31 @@
+# Keystile — every target builds .venv itself, so python3 and make are all a machine needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: run test lint venv clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+## run: the whole stack on this machine (embedded PostgreSQL and Redis, admin API, demo upstream)
+run: $(STAMP)
+	$(BIN)/keystile dev $(ARGS)
+
+## test: the test suite against embedded PostgreSQL and Redis; "no tests ran" is a failure
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway admin_api keystile tests
+	$(BIN)/mypy gateway admin_api keystile
+
+clean:
+	rm -rf $(VENV) .keystile .pytest_cache

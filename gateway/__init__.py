@@ -1,0 +1,1 @@
+"""Keystile data plane: the authenticating proxy and the key-domain code both planes share."""

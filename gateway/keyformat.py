@@ -1,0 +1,74 @@
+"""The raw API-key format: generation, parsing with checksum, hashing and display prefix.
+
+A canonical key is ``<prefix>_<30 base62 chars of entropy><6 base62 chars of CRC32(entropy)>``.
+The checksum lets the gateway reject typos and garbage before any store is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import zlib
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ENTROPY_LEN = 30  # 30 base62 chars ≈ 178 bits
+CHECKSUM_LEN = 6  # 62**6 > 2**32, so a CRC32 always fits
+BODY_LEN = ENTROPY_LEN + CHECKSUM_LEN
+DISPLAY_PREFIX_LEN = 12
+MAX_PREFIX_LEN = 24
+
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
+_BODY_RE = re.compile(rf"^[0-9A-Za-z]{{{BODY_LEN}}}$")
+
+
+def is_valid_prefix(prefix: str) -> bool:
+    """A prefix is lower-case words joined by single underscores, e.g. ``ks_live``."""
+    return len(prefix) <= MAX_PREFIX_LEN and PREFIX_RE.match(prefix) is not None
+
+
+def _base62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        chars.append(BASE62[rem])
+    return "".join(reversed(chars))
+
+
+def random_base62(length: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def checksum(entropy: str) -> str:
+    return _base62(zlib.crc32(entropy.encode("ascii")), CHECKSUM_LEN)
+
+
+def generate(prefix: str) -> str:
+    """A new raw key under ``prefix``; the only place a secret is ever created."""
+    if not is_valid_prefix(prefix):
+        raise ValueError(f"invalid key prefix {prefix!r}")
+    entropy = random_base62(ENTROPY_LEN)
+    return f"{prefix}_{entropy}{checksum(entropy)}"
+
+
+def is_well_formed(raw: str) -> bool:
+    """True when ``raw`` has a valid prefix, a base62 body and a matching checksum."""
+    prefix, sep, body = raw.rpartition("_")
+    if not sep or not is_valid_prefix(prefix) or _BODY_RE.match(body) is None:
+        return False
+    entropy, check = body[:ENTROPY_LEN], body[ENTROPY_LEN:]
+    return secrets.compare_digest(checksum(entropy), check)
+
+
+def hash_key(raw: str) -> bytes:
+    """SHA-256 of the raw key: what is stored and looked up, never the key itself."""
+    return hashlib.sha256(raw.encode("utf-8")).digest()
+
+
+def display_prefix(raw: str) -> str:
+    return raw[:DISPLAY_PREFIX_LEN]
+
+
+def new_id(kind: str) -> str:
+    """A public identifier such as ``key_…`` or ``org_…`` (not secret, just unguessable)."""
+    return f"{kind}_{random_base62(22)}"

@@ -1,0 +1,1 @@
+"""Keystile command line and the embedded development stack."""

