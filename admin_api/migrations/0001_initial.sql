@@ -30,7 +30,8 @@ CREATE TABLE keys (
     rate_limits  jsonb NOT NULL DEFAULT '[]'::jsonb,
     is_default   boolean NOT NULL DEFAULT false,
     metadata     jsonb NOT NULL DEFAULT '{}'::jsonb,
-    prefix       text NOT NULL,
+    prefix       text NOT NULL,  -- display prefix: the first 12 characters of the secret
+    key_prefix   text NOT NULL,  -- the prefix new secrets of this key are generated under
     recoverable  boolean NOT NULL DEFAULT false,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),

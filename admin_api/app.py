@@ -1,0 +1,46 @@
+"""The admin application: routes, middleware and the store connections it owns."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+
+from admin_api.errors import add_standard_headers, error_middleware
+from admin_api.handlers.meta import OPENAPI, package_version
+from admin_api.openapi import build
+from admin_api.routes import ROUTES, add_routes
+from admin_api.state import POOL, REDIS, SETTINGS
+from gateway.database import create_pool
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[POOL] = await create_pool(settings.database_url, settings.stores)
+    yield
+    await app[POOL].close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    timeout = app[SETTINGS].stores.timeout_s
+    app[REDIS] = Redis.from_url(app[SETTINGS].redis_url, socket_timeout=timeout,
+                                socket_connect_timeout=timeout)
+    yield
+    await app[REDIS].aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware],
+                          client_max_size=settings.admin.request_body_limit)
+    app[SETTINGS] = settings
+    app[OPENAPI] = orjson.dumps(build(ROUTES, package_version()))
+    app.cleanup_ctx.extend([_postgres, _redis])
+    app.on_response_prepare.append(add_standard_headers)
+    add_routes(app)
+    return app

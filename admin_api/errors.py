@@ -1,0 +1,148 @@
+"""The admin API's errors: one base class carrying status, code and message, turned into the
+JSON error body of DESIGN §4 in exactly one place (``error_middleware``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import orjson
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """Base: a client-visible failure with an HTTP status and a snake_case code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 fields: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.fields = fields
+
+
+class BadRequest(ApiError):
+    """The request is malformed (not JSON, bad header)."""
+
+
+class Unauthorized(ApiError):
+    """No credentials, or credentials that do not authenticate."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """Authenticated, but not allowed to do this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    """The addressed resource does not exist (or is not visible to the caller)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    """The request conflicts with the current state."""
+
+    status = 409
+    code = "conflict"
+
+
+class Unprocessable(ApiError):
+    """Well-formed JSON with values that are not acceptable; the message names the field."""
+
+    status = 422
+    code = "invalid_request"
+
+
+class StoreUnavailable(ApiError):
+    """PostgreSQL or Redis cannot be reached."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+_STORE_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+def error_response(request_id: str, status: int, code: str, message: str,
+                   fields: list[dict[str, str]] | None = None) -> web.Response:
+    detail: dict[str, object] = {"code": code, "message": message, "request_id": request_id}
+    if fields:
+        detail["fields"] = fields
+    return web.Response(status=status, body=orjson.dumps({"error": detail}),
+                        content_type="application/json")
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID_RE.match(given) else secrets.token_hex(12)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = _request_id(request)
+    request[REQUEST_ID] = request_id
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(request_id, exc.status, exc.code, exc.message, exc.fields)
+    except web.HTTPNotFound:
+        return error_response(request_id, 404, "route_not_found",
+                              f"no admin route {request.path}; see GET /openapi.json")
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(request_id, 405, "method_not_allowed",
+                              f"{request.method} is not allowed on {request.path}; use {allowed}")
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(request_id, 413, "payload_too_large",
+                              "the request body is too large")
+    except web.HTTPException as exc:
+        return error_response(request_id, exc.status, "http_error", exc.reason)
+    except _STORE_ERRORS as exc:
+        log.warning("store unavailable", extra={"request_id": request_id,
+                                                "error": type(exc).__name__})
+        return error_response(request_id, 503, "store_unavailable",
+                              "a backing store (PostgreSQL or Redis) is unavailable; retry later")
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        return error_response(request_id, 500, "internal_error",
+                              f"unexpected server error; quote request id {request_id}")
+
+
+async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every admin response is private and traceable."""
+    response.headers["Cache-Control"] = "no-store"
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id

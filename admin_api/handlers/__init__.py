@@ -1,0 +1,1 @@
+"""Request handlers of the admin API, one module per resource."""

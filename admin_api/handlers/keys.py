@@ -1,0 +1,223 @@
+"""Keys: create, list, read, update, delete, rotate, status changes and default switching."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from admin_api import auth
+from admin_api.auth import Principal
+from admin_api.errors import REQUEST_ID, Conflict, Forbidden, NotFound, Unprocessable
+from admin_api.inputs import decode_int_cursor, encode_cursor
+from admin_api.models import (KeyCreate, KeyCreated, KeyDefaults, KeyList, KeyListQuery,
+                              KeyRotated, KeyUpdate, RotateRequest)
+from admin_api.repository import audit, keys, orgs
+from admin_api.state import POOL, REDIS
+from admin_api.views import audit_view, key_out, respond
+from gateway import invalidation, keyformat
+from gateway.keyrecord import KeyRecord
+
+NOT_NULLABLE = ("name", "scopes", "rate_limits", "metadata")
+
+
+async def _record(conn: asyncpg.Connection, request: web.Request, principal: Principal,
+                  action: str, key: KeyRecord, changes: dict[str, Any]) -> None:
+    await audit.record(conn, principal.actor, action, target_type="key", target_id=key.id,
+                       org_id=key.org_id, changes=changes, request_id=request[REQUEST_ID])
+
+
+async def locked(conn: asyncpg.Connection, principal: Principal, key_id: str) -> KeyRecord:
+    """The key, row-locked for this transaction, after checking the caller may change it."""
+    key = auth.visible(principal, await keys.get(conn, key_id, for_update=True), key_id)
+    auth.require_modify(principal, key)
+    return key
+
+
+async def create_key(request: web.Request, principal: Principal, body: KeyCreate
+                     ) -> web.Response:
+    auth.require_manager(principal)
+    org_id = auth.org_scope(principal, body.org_id)
+    if org_id is None:
+        raise Unprocessable("org_id: required when creating a key with the operator token",
+                            code="validation_failed")
+    if body.root and principal.key is not None:
+        raise Forbidden("only the operator token may create root keys", code="operator_required")
+    now = datetime.now(UTC)
+    if body.expires_at is not None and body.expires_at <= now:
+        raise Unprocessable("expires_at: must be in the future", code="validation_failed")
+    if body.is_default and body.owner_id is None:
+        raise Unprocessable("is_default: a default key needs an owner_id",
+                            code="validation_failed")
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        org = await orgs.get(conn, org_id)
+        if org is None:
+            raise NotFound(f"no organisation {org_id}", code="org_not_found")
+        defaults = KeyDefaults.model_validate(org["key_defaults"])
+        scopes = body.scopes if body.scopes is not None else defaults.scopes
+        auth.require_grantable(principal, scopes)
+        expires_at = body.expires_at
+        if expires_at is None and defaults.expires_in_s:
+            expires_at = now + timedelta(seconds=defaults.expires_in_s)
+        quota = body.quota or defaults.quota
+        rate_limits = body.rate_limits if body.rate_limits is not None else defaults.rate_limits
+        key_prefix = body.prefix or org["key_prefix"]
+        raw = keyformat.generate(key_prefix)
+        values = {
+            "id": keyformat.new_id("key"),
+            "org_id": org_id,
+            "owner_id": body.owner_id,
+            "name": body.name,
+            "environment": body.environment or defaults.environment,
+            "root": body.root,
+            "parent_id": principal.key.id if principal.key else None,
+            "scopes": list(dict.fromkeys(scopes)),
+            "expires_at": expires_at,
+            "usage_limit": body.usage_limit if "usage_limit" in body.model_fields_set
+            else defaults.usage_limit,
+            "quota": quota.model_dump() if quota else None,
+            "rate_limits": [r.model_dump() for r in rate_limits],
+            "metadata": body.metadata,
+            "prefix": keyformat.display_prefix(raw),
+            "key_prefix": key_prefix,
+        }
+        record = await keys.insert(conn, values, keyformat.hash_key(raw))
+        if body.is_default:
+            record = await keys.set_default(conn, record, True)
+        out = key_out(record, now)
+        await _record(conn, request, principal, "key.create", record, audit_view(out))
+    return respond(KeyCreated(**out.model_dump(), key=raw), 201)
+
+
+async def list_keys(request: web.Request, principal: Principal, query: KeyListQuery
+                    ) -> web.Response:
+    auth.require_manager(principal)
+    org_id = auth.org_scope(principal, query.org_id)
+    records = await keys.page(
+        request.app[POOL], org_id=org_id, owner_id=query.owner_id, status=query.status,
+        environment=query.environment, root=query.root,
+        after=decode_int_cursor(query.cursor), limit=query.limit + 1)
+    more = len(records) > query.limit
+    records = records[: query.limit]
+    now = datetime.now(UTC)
+    return respond(KeyList(data=[key_out(r, now) for r in records],
+                           next_cursor=encode_cursor(records[-1].serial) if more else None))
+
+
+async def get_self(request: web.Request, principal: Principal) -> web.Response:
+    return respond(key_out(principal.own_key()))
+
+
+async def get_key(request: web.Request, principal: Principal) -> web.Response:
+    key_id = request.match_info["id"]
+    key = auth.visible(principal, await keys.get(request.app[POOL], key_id), key_id)
+    return respond(key_out(key))
+
+
+async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
+                     ) -> web.Response:
+    changes = body.model_dump(mode="json", exclude_unset=True)
+    for name in NOT_NULLABLE:
+        if name in changes and changes[name] is None:
+            raise Unprocessable(f"{name}: cannot be null; leave it out to keep it",
+                                code="validation_failed")
+    if not changes:
+        raise Unprocessable("send at least one field to change", code="validation_failed")
+    if body.expires_at is not None:
+        changes["expires_at"] = body.expires_at  # the column wants a datetime, not a string
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        key = await locked(conn, principal, request.match_info["id"])
+        if "scopes" in changes:
+            auth.require_grantable(principal, changes["scopes"])
+            changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
+        if key.is_default and changes.get("owner_id", key.owner_id) != key.owner_id:
+            changes["is_default"] = False  # a default belongs to its owner
+        updated = await keys.update(conn, key.id, changes)
+        await _record(conn, request, principal, "key.update", key,
+                      body.model_dump(mode="json", exclude_unset=True))
+    await invalidation.publish(request.app[REDIS], "key", key.id)
+    return respond(key_out(updated))
+
+
+async def delete_key(request: web.Request, principal: Principal) -> web.Response:
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        key = await locked(conn, principal, request.match_info["id"])
+        await keys.delete(conn, key.id)
+        await _record(conn, request, principal, "key.delete", key, {})
+    await invalidation.publish(request.app[REDIS], "key", key.id)
+    return respond(None, 204)
+
+
+async def rotate_key(request: web.Request, principal: Principal, body: RotateRequest
+                     ) -> web.Response:
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        key = await locked(conn, principal, request.match_info["id"])
+        if key.status == "revoked":
+            raise Conflict("a revoked key cannot be rotated; create a new key",
+                           code="key_revoked")
+        raw = keyformat.generate(key.key_prefix)
+        ends = await keys.rotate(conn, key.id, keyformat.hash_key(raw),
+                                 timedelta(seconds=body.grace_seconds))
+        # The display prefix follows the new secret.
+        updated = await keys.update(conn, key.id, {"prefix": keyformat.display_prefix(raw)})
+        await _record(conn, request, principal, "key.rotate", key,
+                      {"grace_seconds": body.grace_seconds,
+                       "previous_expires_at": ends.isoformat() if ends else None})
+    await invalidation.publish(request.app[REDIS], "key", key.id)
+    out = key_out(updated)
+    return respond(KeyRotated(**out.model_dump(), key=raw, previous_expires_at=ends))
+
+
+def _status_change(action: str, target: str) -> Callable[..., Awaitable[web.Response]]:
+    """revoke / pause / resume: idempotent on a key already in the target state."""
+
+    async def change(request: web.Request, principal: Principal) -> web.Response:
+        async with request.app[POOL].acquire() as conn, conn.transaction():
+            key = await locked(conn, principal, request.match_info["id"])
+            if key.status == target:
+                return respond(key_out(key))
+            if key.status == "revoked":
+                raise Conflict(f"key {key.id} is revoked, which is irreversible; "
+                               "create a new key", code="key_revoked")
+            updated = await keys.set_status(conn, key.id, target)
+            await _record(conn, request, principal, action, key,
+                          {"status": [key.status, target]})
+        await invalidation.publish(request.app[REDIS], "key", key.id)
+        return respond(key_out(updated))
+
+    change.__name__ = action.replace(".", "_")
+    return change
+
+
+revoke_key = _status_change("key.revoke", "revoked")
+pause_key = _status_change("key.pause", "paused")
+resume_key = _status_change("key.resume", "active")
+
+
+def _default_change(on: bool) -> Callable[..., Awaitable[web.Response]]:
+    async def change(request: web.Request, principal: Principal) -> web.Response:
+        async with request.app[POOL].acquire() as conn, conn.transaction():
+            key = await locked(conn, principal, request.match_info["id"])
+            if key.is_default == on:
+                return respond(key_out(key))
+            if on and key.owner_id is None:
+                raise Conflict("the key has no owner_id; set one with PATCH first",
+                               code="key_has_no_owner")
+            if on and key.status == "revoked":
+                raise Conflict("a revoked key cannot be a default", code="key_revoked")
+            updated = await keys.set_default(conn, key, on)
+            await _record(conn, request, principal,
+                          "key.set_default" if on else "key.unset_default", key,
+                          {"is_default": on})
+        await invalidation.publish(request.app[REDIS], "key", key.id)
+        return respond(key_out(updated))
+
+    change.__name__ = "set_default" if on else "unset_default"
+    return change
+
+
+set_default = _default_change(True)
+unset_default = _default_change(False)

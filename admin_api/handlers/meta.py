@@ -1,0 +1,49 @@
+"""Health, readiness and the OpenAPI document: the only routes without credentials."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from importlib.metadata import PackageNotFoundError, version
+
+from aiohttp import web
+
+from admin_api.models import Health
+from admin_api.state import POOL, REDIS
+from admin_api.views import respond
+
+OPENAPI = web.AppKey("openapi", bytes)
+READY_TIMEOUT_S = 2.0
+
+
+def package_version() -> str:
+    try:
+        return version("keystile")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return respond(Health(status="ok"))
+
+
+async def _check(probe: Awaitable[object]) -> str:
+    try:
+        await asyncio.wait_for(probe, READY_TIMEOUT_S)
+        return "ok"
+    except Exception as exc:  # readiness reports any failure, it never raises
+        return f"unavailable ({type(exc).__name__})"
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = {
+        "postgres": await _check(request.app[POOL].fetchval("SELECT 1")),
+        "redis": await _check(request.app[REDIS].ping()),
+    }
+    ready = all(v == "ok" for v in checks.values())
+    return respond(Health(status="ok" if ready else "unavailable", checks=checks),
+                   200 if ready else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")

@@ -1,0 +1,103 @@
+"""Organisations (operator only)."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from admin_api.auth import Principal, require_operator
+from admin_api.errors import REQUEST_ID, Conflict, NotFound, Unprocessable
+from admin_api.inputs import decode_cursor, encode_cursor
+from admin_api.models import OrgCreate, OrgDeleteQuery, OrgList, OrgListQuery, OrgUpdate
+from admin_api.repository import audit, orgs
+from admin_api.state import POOL, REDIS
+from admin_api.views import audit_view, org_out, respond
+from gateway import invalidation
+from gateway.database import Queryable
+from gateway.keyformat import new_id
+
+
+def _duplicate_provider(provider_id: str) -> Conflict:
+    return Conflict(f"provider_id {provider_id!r} is already used by another organisation; "
+                    "choose another", code="provider_id_taken")
+
+
+async def create_org(request: web.Request, principal: Principal, body: OrgCreate) -> web.Response:
+    require_operator(principal)
+    values = body.model_dump(mode="json")
+    values["id"] = new_id("org")
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        try:
+            row = await orgs.insert(conn, values)
+        except asyncpg.UniqueViolationError:
+            raise _duplicate_provider(body.provider_id) from None
+        out = org_out(row)
+        await audit.record(conn, principal.actor, "org.create", target_type="org",
+                           target_id=out.id, org_id=out.id, changes=audit_view(out),
+                           request_id=request[REQUEST_ID])
+    return respond(out, 201)
+
+
+async def list_orgs(request: web.Request, principal: Principal, query: OrgListQuery
+                    ) -> web.Response:
+    require_operator(principal)
+    rows = await orgs.page(request.app[POOL], decode_cursor(query.cursor), query.limit + 1)
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = encode_cursor(rows[-1]["id"]) if more else None
+    return respond(OrgList(data=[org_out(r) for r in rows], next_cursor=cursor))
+
+
+async def get_org(request: web.Request, principal: Principal) -> web.Response:
+    require_operator(principal)
+    return respond(org_out(await _load(request.app[POOL], request.match_info["id"])))
+
+
+async def _load(conn: Queryable, org_id: str) -> asyncpg.Record:
+    row = await orgs.get(conn, org_id)
+    if row is None:
+        raise NotFound(f"no organisation {org_id}", code="org_not_found")
+    return row
+
+
+async def update_org(request: web.Request, principal: Principal, body: OrgUpdate
+                     ) -> web.Response:
+    require_operator(principal)
+    org_id = request.match_info["id"]
+    changes = body.model_dump(mode="json", exclude_unset=True)
+    nulls = [name for name, value in changes.items() if value is None]
+    if nulls:
+        raise Unprocessable(f"{nulls[0]}: cannot be null; leave it out to keep it",
+                            code="validation_failed")
+    if not changes:
+        raise Unprocessable("send at least one field to change", code="validation_failed")
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _load(conn, org_id)
+        try:
+            row = await orgs.update(conn, org_id, changes)
+        except asyncpg.UniqueViolationError:
+            raise _duplicate_provider(str(changes.get("provider_id"))) from None
+        assert row is not None
+        await audit.record(conn, principal.actor, "org.update", target_type="org",
+                           target_id=org_id, org_id=org_id, changes=changes,
+                           request_id=request[REQUEST_ID])
+    await invalidation.publish(request.app[REDIS], "org", org_id)
+    return respond(org_out(row))
+
+
+async def delete_org(request: web.Request, principal: Principal, query: OrgDeleteQuery
+                     ) -> web.Response:
+    require_operator(principal)
+    org_id = request.match_info["id"]
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _load(conn, org_id)
+        count = await orgs.key_count(conn, org_id)
+        if count and not query.cascade:
+            raise Conflict(f"organisation {org_id} still has {count} key(s); delete them first "
+                           "or pass ?cascade=true to delete them with it", code="org_has_keys")
+        await orgs.delete(conn, org_id)
+        await audit.record(conn, principal.actor, "org.delete", target_type="org",
+                           target_id=org_id, org_id=org_id, changes={"deleted_keys": count},
+                           request_id=request[REQUEST_ID])
+    await invalidation.publish(request.app[REDIS], "org", org_id)
+    return respond(None, 204)

@@ -1,0 +1,284 @@
+"""Request and response models of the admin API. They validate every request and are the
+source of the OpenAPI document, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from gateway.keyformat import MAX_PREFIX_LEN, PREFIX_RE
+from gateway.scopes import SCOPE_RE
+
+Environment = Literal["production", "staging", "development"]
+Status = Literal["active", "paused", "revoked", "expired"]
+Scope = Annotated[str, StringConstraints(pattern=SCOPE_RE.pattern, max_length=128)]
+KeyPrefix = Annotated[str, StringConstraints(pattern=PREFIX_RE.pattern, max_length=MAX_PREFIX_LEN)]
+ProviderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+Name = Annotated[str, StringConstraints(max_length=200)]
+OwnerId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Metadata = Annotated[dict[str, Any], Field(max_length=64)]
+Count = Annotated[int, Field(ge=0, le=2**62)]
+Positive = Annotated[int, Field(ge=1, le=2**62)]
+
+
+class Input(BaseModel):
+    """Request bodies and queries: unknown fields are an error, so typos are not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RateLimit(Input):
+    limit: Positive
+    window_s: Annotated[int, Field(ge=1, le=31 * 86400)]
+
+
+class Quota(Input):
+    limit: Positive
+    period: Literal["day", "week", "month"]
+
+
+class KeyDefaults(Input):
+    """Values a new key of the organisation gets when its create request leaves them out."""
+
+    environment: Environment = "production"
+    scopes: list[Scope] = []
+    usage_limit: Count | None = None
+    quota: Quota | None = None
+    rate_limits: list[RateLimit] = []
+    expires_in_s: Positive | None = None
+
+
+# ---- organisations -------------------------------------------------------------------------
+
+class OrgCreate(Input):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    provider_id: ProviderId
+    key_prefix: KeyPrefix = "ks_live"
+    key_defaults: KeyDefaults = KeyDefaults()
+    metadata: Metadata = {}
+
+
+class OrgUpdate(Input):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    provider_id: ProviderId | None = None
+    key_prefix: KeyPrefix | None = None
+    key_defaults: KeyDefaults | None = None
+    metadata: Metadata | None = None
+
+
+class OrgOut(Output):
+    id: str
+    name: str
+    provider_id: str
+    key_prefix: str
+    key_defaults: KeyDefaults
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrgList(Output):
+    data: list[OrgOut]
+    next_cursor: str | None
+
+
+class OrgListQuery(Input):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    cursor: str | None = None
+
+
+class OrgDeleteQuery(Input):
+    cascade: bool = False
+
+
+# ---- keys ----------------------------------------------------------------------------------
+
+class KeyCreate(Input):
+    org_id: str | None = Field(None, description="required with the operator token; a root "
+                               "key creates keys in its own organisation")
+    owner_id: OwnerId | None = None
+    name: Name = ""
+    environment: Environment | None = None
+    root: bool = False
+    scopes: list[Scope] | None = None
+    expires_at: AwareDatetime | None = None
+    usage_limit: Count | None = None
+    quota: Quota | None = None
+    rate_limits: list[RateLimit] | None = None
+    metadata: Metadata = {}
+    prefix: KeyPrefix | None = Field(None, description="overrides the organisation's key_prefix")
+    is_default: bool = False
+
+
+class KeyUpdate(Input):
+    """Only the fields sent change; send null to clear owner_id, expires_at, usage_limit or
+    quota."""
+
+    name: Name | None = None
+    owner_id: OwnerId | None = None
+    scopes: list[Scope] | None = None
+    expires_at: AwareDatetime | None = None
+    usage_limit: Count | None = None
+    quota: Quota | None = None
+    rate_limits: list[RateLimit] | None = None
+    metadata: Metadata | None = None
+
+
+class KeyOut(Output):
+    id: str
+    serial: int
+    org_id: str
+    owner_id: str | None
+    name: str
+    environment: Environment
+    root: bool
+    parent_id: str | None
+    scopes: list[str]
+    status: Status
+    expires_at: datetime | None
+    usage_limit: int | None
+    usage_count: int
+    quota: Quota | None
+    rate_limits: list[RateLimit]
+    is_default: bool
+    metadata: dict[str, Any]
+    prefix: str
+    recoverable: bool
+    created_at: datetime
+    updated_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the raw key: shown once, never again")
+
+
+class KeyRotated(KeyCreated):
+    previous_expires_at: datetime | None = Field(
+        description="until when the previous secret keeps working (null: it stopped at once)")
+
+
+class KeyList(Output):
+    data: list[KeyOut]
+    next_cursor: str | None
+
+
+class KeyListQuery(Input):
+    org_id: str | None = None
+    owner_id: str | None = None
+    status: Status | None = None
+    environment: Environment | None = None
+    root: bool | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    cursor: str | None = None
+
+
+class RotateRequest(Input):
+    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400)] = 0
+
+
+class UsageChange(Input):
+    op: Literal["set", "increment", "decrement"]
+    value: Count
+
+
+class QuotaUsage(Output):
+    limit: int
+    period: str
+    used: int
+    resets_at: datetime
+
+
+class RateLimitUsage(Output):
+    limit: int
+    window_s: int
+    remaining: int
+    resets_at: datetime | None
+
+
+class DailyUsage(Output):
+    day: date
+    count: int
+
+
+class UsageOut(Output):
+    usage_count: int
+    usage_limit: int | None
+    usage_remaining: int | None
+    quota: QuotaUsage | None
+    rate_limits: list[RateLimitUsage]
+    daily: list[DailyUsage]
+
+
+# ---- verify and audit ----------------------------------------------------------------------
+
+class VerifyRequest(Input):
+    key: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    scopes: list[Scope] = []
+    cost: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+    provider: ProviderId | None = Field(None, description="when given, the key must belong to "
+                                        "the organisation with this provider_id")
+
+
+class VerifyResult(Output):
+    valid: bool
+    code: str
+    key_id: str | None = None
+    org_id: str | None = None
+    owner_id: str | None = None
+    environment: str | None = None
+    scopes: list[str] | None = None
+    expires_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    missing_scopes: list[str] | None = None
+
+
+class AuditEntry(Output):
+    id: int
+    at: datetime
+    actor_type: str
+    actor_id: str | None
+    org_id: str | None
+    action: str
+    target_type: str
+    target_id: str
+    changes: dict[str, Any]
+    request_id: str | None
+
+
+class AuditList(Output):
+    data: list[AuditEntry]
+    next_cursor: str | None
+
+
+class AuditQuery(Input):
+    org_id: str | None = None
+    target_id: str | None = None
+    action: str | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    cursor: str | None = None
+
+
+# ---- plumbing ------------------------------------------------------------------------------
+
+class ErrorDetail(Output):
+    code: str
+    message: str
+    request_id: str
+    fields: list[dict[str, str]] | None = None
+
+
+class ErrorBody(Output):
+    error: ErrorDetail
+
+
+class Health(Output):
+    status: str
+    checks: dict[str, str] = {}

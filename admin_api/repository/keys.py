@@ -1,0 +1,139 @@
+"""Keys, their secrets, defaults and usage counters."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from gateway.database import Queryable
+from gateway.keyrecord import KEY_COLUMNS, SELECT_BY_ID, KeyRecord
+
+# Columns ``update`` may set; anything else never reaches SQL.
+UPDATABLE = ("name", "owner_id", "scopes", "expires_at", "usage_limit", "quota", "rate_limits",
+             "metadata", "is_default", "prefix")
+
+
+async def get(conn: Queryable, key_id: str, *, for_update: bool = False
+              ) -> KeyRecord | None:
+    row = await conn.fetchrow(SELECT_BY_ID + (" FOR UPDATE" if for_update else ""), key_id)
+    return KeyRecord.from_row(row) if row else None
+
+
+async def insert(conn: asyncpg.Connection, values: dict[str, Any], digest: bytes) -> KeyRecord:
+    row = await conn.fetchrow(
+        f"""INSERT INTO keys AS k (id, org_id, owner_id, name, environment, root, parent_id,
+            scopes, expires_at, usage_limit, quota, rate_limits, metadata, prefix, key_prefix)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+        RETURNING {KEY_COLUMNS}""",
+        values["id"], values["org_id"], values["owner_id"], values["name"],
+        values["environment"], values["root"], values["parent_id"], values["scopes"],
+        values["expires_at"], values["usage_limit"], values["quota"], values["rate_limits"],
+        values["metadata"], values["prefix"], values["key_prefix"])
+    await conn.execute("INSERT INTO key_secrets (hash, key_id) VALUES ($1, $2)", digest,
+                       values["id"])
+    return KeyRecord.from_row(row)
+
+
+async def page(conn: Queryable, *, org_id: str | None, owner_id: str | None,
+               status: str | None, environment: str | None, root: bool | None,
+               after: int | None, limit: int) -> list[KeyRecord]:
+    """Keyset pagination in creation order (``serial``); ``status`` may be the derived
+    ``expired``."""
+    rows = await conn.fetch(
+        f"""SELECT {KEY_COLUMNS} FROM keys k
+        WHERE ($1::text IS NULL OR k.org_id = $1)
+          AND ($2::text IS NULL OR k.owner_id = $2)
+          AND ($3::text IS NULL OR k.environment = $3)
+          AND ($4::boolean IS NULL OR k.root = $4)
+          AND ($5::bigint IS NULL OR k.serial > $5)
+          AND ($6::text IS NULL
+               OR ($6 = 'expired' AND k.status <> 'revoked' AND k.expires_at <= now())
+               OR ($6 = 'revoked' AND k.status = 'revoked')
+               OR ($6 IN ('active', 'paused') AND k.status = $6
+                   AND (k.expires_at IS NULL OR k.expires_at > now())))
+        ORDER BY k.serial LIMIT $7""",
+        org_id, owner_id, environment, root, after, status, limit)
+    return [KeyRecord.from_row(row) for row in rows]
+
+
+async def update(conn: asyncpg.Connection, key_id: str, changes: dict[str, Any]) -> KeyRecord:
+    columns = [c for c in UPDATABLE if c in changes]
+    sets = "".join(f"{c} = ${i}, " for i, c in enumerate(columns, start=2))
+    row = await conn.fetchrow(
+        f"UPDATE keys AS k SET {sets}updated_at = now() WHERE id = $1 RETURNING {KEY_COLUMNS}",
+        key_id, *(changes[c] for c in columns))
+    return KeyRecord.from_row(row)
+
+
+async def set_status(conn: asyncpg.Connection, key_id: str, status: str) -> KeyRecord:
+    row = await conn.fetchrow(
+        f"""UPDATE keys AS k SET status = $2, updated_at = now(),
+            revoked_at = CASE WHEN $2 = 'revoked' THEN now() ELSE revoked_at END,
+            is_default = CASE WHEN $2 = 'revoked' THEN false ELSE is_default END
+        WHERE id = $1 RETURNING {KEY_COLUMNS}""", key_id, status)
+    return KeyRecord.from_row(row)
+
+
+async def delete(conn: asyncpg.Connection, key_id: str) -> None:
+    await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
+
+
+async def rotate(conn: asyncpg.Connection, key_id: str, digest: bytes,
+                 grace: timedelta) -> datetime | None:
+    """Adds a new secret; the live old ones stop at now + grace (or at once). Returns when
+    the old secrets stop working, or None when they stopped at once."""
+    if grace:
+        ends = await conn.fetchval(
+            """UPDATE key_secrets SET expires_at = LEAST(COALESCE(expires_at, 'infinity'),
+                                                         now() + $2)
+            WHERE key_id = $1 AND (expires_at IS NULL OR expires_at > now())
+            RETURNING expires_at""", key_id, grace)
+        # Already-expired secrets are of no use to anyone: drop them.
+        await conn.execute("DELETE FROM key_secrets WHERE key_id = $1 AND expires_at <= now()",
+                           key_id)
+    else:
+        await conn.execute("DELETE FROM key_secrets WHERE key_id = $1", key_id)
+        ends = None
+    await conn.execute("INSERT INTO key_secrets (hash, key_id) VALUES ($1, $2)", digest, key_id)
+    await conn.execute("UPDATE keys SET updated_at = now() WHERE id = $1", key_id)
+    return ends
+
+
+async def set_default(conn: asyncpg.Connection, key: KeyRecord, on: bool) -> KeyRecord:
+    """Make (or unmake) ``key`` its owner's default; the previous default is unset in the same
+    transaction, serialised per owner so two concurrent switches cannot collide."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
+                       key.org_id, key.owner_id)
+    if on:
+        await conn.execute(
+            """UPDATE keys SET is_default = false, updated_at = now()
+            WHERE org_id = $1 AND owner_id = $2 AND is_default AND id <> $3""",
+            key.org_id, key.owner_id, key.id)
+    row = await conn.fetchrow(
+        f"""UPDATE keys AS k SET is_default = $2, updated_at = now() WHERE id = $1
+        RETURNING {KEY_COLUMNS}""", key.id, on)
+    return KeyRecord.from_row(row)
+
+
+async def change_usage(conn: asyncpg.Connection, key_id: str, op: str, value: int) -> KeyRecord:
+    """Set, increment or decrement the lifetime count; it never goes below zero."""
+    expression = {"set": "$2", "increment": "usage_count + $2",
+                  "decrement": "GREATEST(usage_count - $2, 0)"}[op]
+    row = await conn.fetchrow(
+        f"""UPDATE keys AS k SET usage_count = {expression}, updated_at = now()
+        WHERE id = $1 RETURNING {KEY_COLUMNS}""", key_id, value)
+    return KeyRecord.from_row(row)
+
+
+async def daily(conn: Queryable, key_id: str, since: date) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT day, count FROM key_usage_daily WHERE key_id = $1 AND day >= $2 ORDER BY day",
+        key_id, since)
+
+
+async def used_since(conn: Queryable, key_id: str, since: date) -> int:
+    return int(await conn.fetchval(
+        "SELECT COALESCE(sum(count), 0) FROM key_usage_daily WHERE key_id = $1 AND day >= $2",
+        key_id, since))

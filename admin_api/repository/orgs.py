@@ -1,0 +1,56 @@
+"""Organisations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from gateway.database import Queryable
+
+ORG_COLUMNS = "id, name, provider_id, key_prefix, key_defaults, metadata, created_at, updated_at"
+
+# Columns a PATCH may change; anything else never reaches SQL.
+UPDATABLE = ("name", "provider_id", "key_prefix", "key_defaults", "metadata")
+
+
+async def insert(conn: asyncpg.Connection, values: dict[str, Any]) -> asyncpg.Record:
+    return await conn.fetchrow(
+        f"""INSERT INTO orgs (id, name, provider_id, key_prefix, key_defaults, metadata)
+        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ORG_COLUMNS}""",
+        values["id"], values["name"], values["provider_id"], values["key_prefix"],
+        values["key_defaults"], values["metadata"],
+    )
+
+
+async def get(conn: Queryable, org_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {ORG_COLUMNS} FROM orgs WHERE id = $1", org_id)
+
+
+async def get_by_provider(conn: Queryable, provider_id: str) -> asyncpg.Record | None:
+    # Every request with a provider header resolves it here.
+    return await conn.fetchrow(f"SELECT {ORG_COLUMNS} FROM orgs WHERE provider_id = $1",
+                               provider_id)
+
+
+async def page(conn: Queryable, after: str | None, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""SELECT {ORG_COLUMNS} FROM orgs WHERE $1::text IS NULL OR id > $1
+        ORDER BY id LIMIT $2""", after, limit)
+
+
+async def update(conn: asyncpg.Connection, org_id: str,
+                 changes: dict[str, Any]) -> asyncpg.Record | None:
+    columns = [c for c in UPDATABLE if c in changes]
+    sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+    return await conn.fetchrow(
+        f"UPDATE orgs SET {sets}, updated_at = now() WHERE id = $1 RETURNING {ORG_COLUMNS}",
+        org_id, *(changes[c] for c in columns))
+
+
+async def key_count(conn: asyncpg.Connection, org_id: str) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM keys WHERE org_id = $1", org_id))
+
+
+async def delete(conn: asyncpg.Connection, org_id: str) -> bool:
+    return await conn.fetchval("DELETE FROM orgs WHERE id = $1 RETURNING true", org_id) is not None

@@ -1,0 +1,105 @@
+"""The admin API's route table, written once as data: the router, the authentication
+requirement, the request validation and the OpenAPI document are all built from it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from admin_api import inputs, models as m
+from admin_api.auth import PRINCIPAL, authenticate
+from admin_api.handlers import audit, keys, meta, orgs, usage, verify
+from admin_api.state import POOL, SETTINGS
+
+HandlerFn = Callable[..., Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: HandlerFn
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    public: bool = False
+
+    def endpoint(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Authenticate (unless public), validate query and body, then call the handler."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            kwargs: dict[str, Any] = {}
+            if not self.public:
+                principal = await authenticate(request, request.app[POOL],
+                                               request.app[SETTINGS].admin.token)
+                request[PRINCIPAL] = principal
+                kwargs["principal"] = principal
+            if self.query is not None:
+                kwargs["query"] = inputs.query(request, self.query)
+            if self.body is not None:
+                kwargs["body"] = await inputs.body(request, self.body)
+            return await self.handler(request, **kwargs)
+
+        handle.__name__ = self.handler.__name__
+        return handle
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", meta.healthz, "The process is up", "operations",
+          response=m.Health, public=True),
+    Route("GET", "/readyz", meta.readyz, "PostgreSQL and Redis answer", "operations",
+          response=m.Health, public=True),
+    Route("GET", "/openapi.json", meta.openapi, "This document", "operations", public=True),
+    Route("POST", "/v1/orgs", orgs.create_org, "Create an organisation", "organisations",
+          body=m.OrgCreate, response=m.OrgOut, status=201),
+    Route("GET", "/v1/orgs", orgs.list_orgs, "List organisations", "organisations",
+          query=m.OrgListQuery, response=m.OrgList),
+    Route("GET", "/v1/orgs/{id}", orgs.get_org, "Read an organisation", "organisations",
+          response=m.OrgOut),
+    Route("PATCH", "/v1/orgs/{id}", orgs.update_org, "Update an organisation", "organisations",
+          body=m.OrgUpdate, response=m.OrgOut),
+    Route("DELETE", "/v1/orgs/{id}", orgs.delete_org, "Delete an organisation",
+          "organisations", query=m.OrgDeleteQuery, status=204),
+    Route("POST", "/v1/keys", keys.create_key, "Create a key; the raw key is in the response "
+          "once", "keys", body=m.KeyCreate, response=m.KeyCreated, status=201),
+    Route("GET", "/v1/keys", keys.list_keys, "List keys (metadata only)", "keys",
+          query=m.KeyListQuery, response=m.KeyList),
+    Route("GET", "/v1/keys/self", keys.get_self, "The calling key's own record", "keys",
+          response=m.KeyOut),
+    Route("GET", "/v1/keys/{id}", keys.get_key, "Read a key", "keys", response=m.KeyOut),
+    Route("PATCH", "/v1/keys/{id}", keys.update_key, "Update a key", "keys",
+          body=m.KeyUpdate, response=m.KeyOut),
+    Route("DELETE", "/v1/keys/{id}", keys.delete_key, "Delete a key", "keys", status=204),
+    Route("POST", "/v1/keys/{id}/rotate", keys.rotate_key, "Give a key a new secret", "keys",
+          body=m.RotateRequest, response=m.KeyRotated),
+    Route("POST", "/v1/keys/{id}/revoke", keys.revoke_key, "Revoke a key (irreversible)",
+          "keys", response=m.KeyOut),
+    Route("POST", "/v1/keys/{id}/pause", keys.pause_key, "Pause a key", "keys",
+          response=m.KeyOut),
+    Route("POST", "/v1/keys/{id}/resume", keys.resume_key, "Resume a paused key", "keys",
+          response=m.KeyOut),
+    Route("PUT", "/v1/keys/{id}/default", keys.set_default, "Make the owner's default key",
+          "keys", response=m.KeyOut),
+    Route("DELETE", "/v1/keys/{id}/default", keys.unset_default,
+          "Stop being the owner's default key", "keys", response=m.KeyOut),
+    Route("GET", "/v1/keys/{id}/usage", usage.get_usage, "A key's usage counters", "usage",
+          response=m.UsageOut),
+    Route("POST", "/v1/keys/{id}/usage", usage.change_usage, "Set, increment or decrement the "
+          "lifetime usage count", "usage", body=m.UsageChange, response=m.UsageOut),
+    Route("POST", "/v1/verify", verify.verify, "Verify a key for a service not behind the "
+          "gateway", "verify", body=m.VerifyRequest, response=m.VerifyResult),
+    Route("GET", "/v1/audit", audit.list_audit, "The audit trail, newest first", "audit",
+          query=m.AuditQuery, response=m.AuditList),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.endpoint())

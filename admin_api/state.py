@@ -1,0 +1,13 @@
+"""Typed application state of the admin app, declared once."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)

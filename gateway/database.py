@@ -1,0 +1,35 @@
+"""The asyncpg pool both planes use: JSON columns decoded with orjson, short timeouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.settings import StoreSettings
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=_dumps, decoder=orjson.loads,
+                                  schema="pg_catalog")
+
+
+async def create_pool(url: str, stores: StoreSettings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        url,
+        min_size=stores.pool_min_size,
+        max_size=stores.pool_max_size,
+        timeout=stores.timeout_s,
+        command_timeout=stores.timeout_s,
+        init=_init_connection,
+    )
+
+
+# Read-only repository functions accept either; writers take a connection in a transaction.
+Queryable = asyncpg.Connection | asyncpg.Pool

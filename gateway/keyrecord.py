@@ -1,0 +1,75 @@
+"""The key record both planes share, and the SQL that reads it by secret hash or by id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.database import Queryable
+
+KEY_COLUMNS = """k.id, k.serial, k.org_id, k.owner_id, k.name, k.environment, k.root,
+    k.parent_id, k.scopes, k.status, k.expires_at, k.usage_limit, k.usage_count, k.quota,
+    k.rate_limits, k.is_default, k.metadata, k.prefix, k.key_prefix, k.recoverable, k.created_at,
+    k.updated_at, k.last_used_at, k.revoked_at"""
+
+# The hot lookup: a presented secret (hashed) to its key, honouring rotation grace.
+SELECT_BY_HASH = f"""
+SELECT {KEY_COLUMNS}
+FROM key_secrets s JOIN keys k ON k.id = s.key_id
+WHERE s.hash = $1 AND (s.expires_at IS NULL OR s.expires_at > now())"""
+
+SELECT_BY_ID = f"SELECT {KEY_COLUMNS} FROM keys k WHERE k.id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    serial: int
+    org_id: str
+    owner_id: str | None
+    name: str
+    environment: str
+    root: bool
+    parent_id: str | None
+    scopes: tuple[str, ...]
+    status: str
+    expires_at: datetime | None
+    usage_limit: int | None
+    usage_count: int
+    quota: dict[str, Any] | None
+    rate_limits: tuple[dict[str, Any], ...]
+    is_default: bool
+    metadata: dict[str, Any]
+    prefix: str
+    key_prefix: str
+    recoverable: bool
+    created_at: datetime
+    updated_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> KeyRecord:
+        values = dict(row)
+        values["scopes"] = tuple(values["scopes"])
+        values["rate_limits"] = tuple(values["rate_limits"])
+        return cls(**values)
+
+    def effective_status(self, now: datetime) -> str:
+        """``status`` with ``expired`` derived from ``expires_at``; revoked outranks expired."""
+        if self.status != "revoked" and self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return self.status
+
+
+async def fetch_by_hash(conn: Queryable, digest: bytes) -> KeyRecord | None:
+    row = await conn.fetchrow(SELECT_BY_HASH, digest)
+    return KeyRecord.from_row(row) if row else None
+
+
+async def fetch_by_id(conn: Queryable, key_id: str) -> KeyRecord | None:
+    row = await conn.fetchrow(SELECT_BY_ID, key_id)
+    return KeyRecord.from_row(row) if row else None
