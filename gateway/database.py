@@ -20,6 +20,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                   schema="pg_catalog")
 
 
+async def connect(url: str, timeout: float = 10.0) -> asyncpg.Connection:
+    """A single connection with the same codecs as the pool (migrations, bootstrap, CLI)."""
+    conn = await asyncpg.connect(url, timeout=timeout)
+    await _init_connection(conn)
+    return conn
+
+
 async def create_pool(url: str, stores: StoreSettings) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         url,

@@ -1,0 +1,186 @@
+"""The ``keystile`` command: dev, admin, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+
+from admin_api.migrate import MigrationError, available, migrate
+from gateway.database import connect
+from gateway.settings import ConfigError, Settings, load
+from keystile import serving
+from keystile.embedded import StoreStartError
+
+log = logging.getLogger("keystile")
+
+
+class CommandError(Exception):
+    """A failure to report as one line, without a traceback."""
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def _describe_store_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    try:
+        return await connect(settings.database_url, timeout=settings.stores.timeout_s)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+            asyncpg.InterfaceError) as exc:
+        raise CommandError(f"cannot reach PostgreSQL at {_redact(settings.database_url)}: "
+                           f"{_describe_store_error(exc)}") from None
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, fit for a message."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.partition(":")[0]
+        rest = f"{user}:***@{host}" if ":" in credentials else f"{user}@{host}"
+    return f"{scheme}{sep}{rest}"
+
+
+async def _migrate(settings: Settings) -> None:
+    conn = await _connect(settings)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    if applied:
+        for m in applied:
+            print(f"applied {m.version:04d}_{m.name}")
+    else:
+        print("database schema is up to date")
+
+
+async def _check_schema(settings: Settings) -> None:
+    conn = await _connect(settings)
+    try:
+        try:
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        except asyncpg.UndefinedTableError:
+            done = set()
+    finally:
+        await conn.close()
+    pending = [m for m in available() if m.version not in done]
+    if pending:
+        raise CommandError(f"the database schema is behind ({len(pending)} migration(s) "
+                           "pending); run `keystile migrate` first")
+
+
+async def _check_redis(settings: Settings) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(settings.redis_url, socket_connect_timeout=settings.stores.timeout_s)
+    try:
+        await client.ping()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise CommandError(f"cannot reach Redis at {_redact(settings.redis_url)}: "
+                           f"{_describe_store_error(exc)}") from None
+    finally:
+        await client.aclose()
+
+
+async def _admin(settings: Settings, host: str, port: int) -> None:
+    from admin_api.app import create_app
+
+    if settings.admin.token is None:
+        raise CommandError("no operator token: set KEYSTILE_ADMIN_TOKEN or [admin] token "
+                           "(at least 16 characters)")
+    await _check_schema(settings)
+    await _check_redis(settings)
+    stop = serving.stop_event()
+    runners = await serving.start([serving.Listener("admin API", create_app(settings), host,
+                                                    port)])
+    print(f"keystile admin API listening on http://{host}:{port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await serving.stop(runners)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load(Path(args.config) if args.config else None)
+
+
+def cmd_migrate(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    return _migrate(_settings(args))
+
+
+def cmd_admin(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    settings = _settings(args)
+    return _admin(settings, args.host or settings.admin.host, args.port or settings.admin.port)
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from keystile import dev
+
+    with _runner() as runner:
+        dev.run(dev.DevOptions(data_dir=Path(args.data_dir).resolve(),
+                               admin_host=args.admin_host, admin_port=args.admin_port,
+                               gateway_port=args.gateway_port,
+                               upstream_port=args.upstream_port), runner)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="keystile", description="API-key gateway and admin API")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run the whole stack locally with embedded stores")
+    dev.add_argument("--data-dir", default="./.keystile", help="where the stores keep data")
+    dev.add_argument("--admin-host", default="127.0.0.1")
+    dev.add_argument("--admin-port", type=int, default=8081)
+    dev.add_argument("--gateway-port", type=int, default=8080,
+                     help="reserved for the gateway listener")
+    dev.add_argument("--upstream-port", type=int, default=9000, help="the demo echo upstream")
+    dev.set_defaults(func=cmd_dev)
+
+    admin = sub.add_parser("admin", help="serve the admin API")
+    admin.add_argument("--config", help="TOML configuration file")
+    admin.add_argument("--host", help="overrides [admin] host")
+    admin.add_argument("--port", type=int, help="overrides [admin] port")
+    admin.set_defaults(func=cmd_admin)
+
+    mig = sub.add_parser("migrate", help="apply database migrations")
+    mig.add_argument("--config", help="TOML configuration file")
+    mig.set_defaults(func=cmd_migrate)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    func: Callable[[argparse.Namespace], Any] = args.func
+    try:
+        result = func(args)
+        if asyncio.iscoroutine(result):
+            with _runner() as runner:
+                runner.run(result)
+    except (CommandError, ConfigError, StoreStartError, MigrationError,
+            serving.ServeError) as exc:
+        print(f"keystile: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""``keystile dev``: the whole stack on one machine — embedded PostgreSQL and Redis under
+the data folder, migrations, a demo organisation, the echo upstream and the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from admin_api.app import create_app as create_admin_app
+from admin_api.migrate import migrate
+from gateway.database import connect
+from gateway.settings import AdminSettings, Settings
+from keystile import echo, serving
+from keystile.bootstrap import DemoKeys, ensure_demo
+from keystile.embedded import EmbeddedPostgres, EmbeddedRedis
+
+
+@dataclass(frozen=True, slots=True)
+class DevOptions:
+    data_dir: Path
+    admin_host: str
+    admin_port: int
+    gateway_port: int
+    upstream_port: int
+
+
+def operator_token(data_dir: Path) -> str:
+    """KEYSTILE_ADMIN_TOKEN if set, else a token generated once and kept in the data folder."""
+    if os.environ.get("KEYSTILE_ADMIN_TOKEN"):
+        return os.environ["KEYSTILE_ADMIN_TOKEN"]
+    path = data_dir / "admin-token"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def banner(opts: DevOptions, token: str, demo: DemoKeys, pg: EmbeddedPostgres,
+           redis: EmbeddedRedis) -> str:
+    admin = f"http://{opts.admin_host}:{opts.admin_port}"
+    return f"""
+Keystile dev stack is up (Ctrl-C stops everything).
+
+  admin API      {admin}   (OpenAPI: {admin}/openapi.json)
+  echo upstream  http://127.0.0.1:{opts.upstream_port}
+  PostgreSQL     {pg.url}
+  Redis          {redis.url}
+  data folder    {opts.data_dir}
+
+  operator token  {token}
+  root key        {demo.root_key}   (organisation {demo.org_id}, provider "demo")
+  sub key         {demo.sub_key}   (scopes: echo:read)
+
+The two demo keys get fresh secrets on every start; keys you create are kept.
+
+Try:
+  curl -s {admin}/v1/keys -H 'Authorization: Bearer {token}'
+  curl -s {admin}/v1/keys/self -H 'X-API-Key: {demo.sub_key}'
+  curl -s -X POST {admin}/v1/keys -H 'X-API-Key: {demo.root_key}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"name": "clinic key", "owner_id": "clinic-42", "scopes": ["echo:read"]}}'
+  curl -s -X POST {admin}/v1/verify -H 'X-API-Key: {demo.root_key}' \\
+       -d '{{"key": "{demo.sub_key}", "scopes": ["echo:read"]}}'
+  curl -s {admin}/v1/audit -H 'Authorization: Bearer {token}'
+  curl -s 'http://127.0.0.1:{opts.upstream_port}/hello?x=1'
+"""
+
+
+async def _serve(opts: DevOptions, pg: EmbeddedPostgres, redis: EmbeddedRedis) -> None:
+    token = operator_token(opts.data_dir)
+    settings = Settings(database_url=pg.url, redis_url=redis.url,
+                        admin=AdminSettings(host=opts.admin_host, port=opts.admin_port,
+                                            token=token))
+    conn = await connect(pg.url)
+    try:
+        await migrate(conn)
+        demo = await ensure_demo(conn)
+    finally:
+        await conn.close()
+    stop = serving.stop_event()
+    runners = await serving.start([
+        serving.Listener("admin API", create_admin_app(settings), opts.admin_host,
+                         opts.admin_port),
+        serving.Listener("echo upstream", echo.create_app(), "127.0.0.1", opts.upstream_port),
+    ])
+    try:
+        print(banner(opts, token, demo, pg, redis), flush=True)
+        await stop.wait()
+        print("stopping…", flush=True)
+    finally:
+        await serving.stop(runners)
+
+
+def run(opts: DevOptions, runner: asyncio.Runner) -> None:
+    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    pg = EmbeddedPostgres(opts.data_dir / "postgres")
+    redis = EmbeddedRedis(opts.data_dir / "redis")
+    try:
+        pg.start()
+        redis.start()
+        runner.run(_serve(opts, pg, redis))
+    finally:
+        redis.stop()
+        pg.stop()
