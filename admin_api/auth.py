@@ -10,7 +10,6 @@ import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import asyncpg
 from aiohttp import web
 
 from admin_api.errors import BadRequest, Forbidden, NotFound, Unauthorized

@@ -24,7 +24,15 @@ Positive = Annotated[int, Field(ge=1, le=2**62)]
 
 
 class Input(BaseModel):
-    """Request bodies and queries: unknown fields are an error, so typos are not ignored."""
+    """Request bodies: strict types ("5" is not a number) and unknown fields are an error, so
+    typos are not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Query(BaseModel):
+    """Query strings: every value arrives as text, so numbers and booleans are parsed; unknown
+    parameters are an error."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -88,12 +96,12 @@ class OrgList(Output):
     next_cursor: str | None
 
 
-class OrgListQuery(Input):
+class OrgListQuery(Query):
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
     cursor: str | None = None
 
 
-class OrgDeleteQuery(Input):
+class OrgDeleteQuery(Query):
     cascade: bool = False
 
 
@@ -170,7 +178,7 @@ class KeyList(Output):
     next_cursor: str | None
 
 
-class KeyListQuery(Input):
+class KeyListQuery(Query):
     org_id: str | None = None
     owner_id: str | None = None
     status: Status | None = None
@@ -258,7 +266,7 @@ class AuditList(Output):
     next_cursor: str | None
 
 
-class AuditQuery(Input):
+class AuditQuery(Query):
     org_id: str | None = None
     target_id: str | None = None
     action: str | None = None

@@ -10,8 +10,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from admin_api import inputs, models as m
-from admin_api.auth import PRINCIPAL, authenticate
+from admin_api import inputs
+from admin_api import models as m
+from admin_api.auth import PRINCIPAL, authenticate, require_manager, require_operator
 from admin_api.handlers import audit, keys, meta, orgs, usage, verify
 from admin_api.state import POOL, SETTINGS
 
@@ -29,7 +30,11 @@ class Route:
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
-    public: bool = False
+    access: str = "manager"  # public | any (any credential) | manager (operator, root key) | operator
+
+    @property
+    def public(self) -> bool:
+        return self.access == "public"
 
     def endpoint(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """Authenticate (unless public), validate query and body, then call the handler."""
@@ -41,6 +46,11 @@ class Route:
                                                request.app[SETTINGS].admin.token)
                 request[PRINCIPAL] = principal
                 kwargs["principal"] = principal
+                # Who may call is settled before the input is looked at.
+                if self.access == "operator":
+                    require_operator(principal)
+                elif self.access == "manager":
+                    require_manager(principal)
             if self.query is not None:
                 kwargs["query"] = inputs.query(request, self.query)
             if self.body is not None:
@@ -53,27 +63,28 @@ class Route:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", meta.healthz, "The process is up", "operations",
-          response=m.Health, public=True),
+          response=m.Health, access="public"),
     Route("GET", "/readyz", meta.readyz, "PostgreSQL and Redis answer", "operations",
-          response=m.Health, public=True),
-    Route("GET", "/openapi.json", meta.openapi, "This document", "operations", public=True),
+          response=m.Health, access="public"),
+    Route("GET", "/openapi.json", meta.openapi, "This document", "operations", access="public"),
     Route("POST", "/v1/orgs", orgs.create_org, "Create an organisation", "organisations",
-          body=m.OrgCreate, response=m.OrgOut, status=201),
+          body=m.OrgCreate, response=m.OrgOut, status=201, access="operator"),
     Route("GET", "/v1/orgs", orgs.list_orgs, "List organisations", "organisations",
-          query=m.OrgListQuery, response=m.OrgList),
+          query=m.OrgListQuery, response=m.OrgList, access="operator"),
     Route("GET", "/v1/orgs/{id}", orgs.get_org, "Read an organisation", "organisations",
-          response=m.OrgOut),
+          response=m.OrgOut, access="operator"),
     Route("PATCH", "/v1/orgs/{id}", orgs.update_org, "Update an organisation", "organisations",
-          body=m.OrgUpdate, response=m.OrgOut),
+          body=m.OrgUpdate, response=m.OrgOut, access="operator"),
     Route("DELETE", "/v1/orgs/{id}", orgs.delete_org, "Delete an organisation",
-          "organisations", query=m.OrgDeleteQuery, status=204),
+          "organisations", query=m.OrgDeleteQuery, status=204, access="operator"),
     Route("POST", "/v1/keys", keys.create_key, "Create a key; the raw key is in the response "
           "once", "keys", body=m.KeyCreate, response=m.KeyCreated, status=201),
     Route("GET", "/v1/keys", keys.list_keys, "List keys (metadata only)", "keys",
           query=m.KeyListQuery, response=m.KeyList),
     Route("GET", "/v1/keys/self", keys.get_self, "The calling key's own record", "keys",
-          response=m.KeyOut),
-    Route("GET", "/v1/keys/{id}", keys.get_key, "Read a key", "keys", response=m.KeyOut),
+          response=m.KeyOut, access="any"),
+    Route("GET", "/v1/keys/{id}", keys.get_key, "Read a key", "keys", response=m.KeyOut,
+          access="any"),
     Route("PATCH", "/v1/keys/{id}", keys.update_key, "Update a key", "keys",
           body=m.KeyUpdate, response=m.KeyOut),
     Route("DELETE", "/v1/keys/{id}", keys.delete_key, "Delete a key", "keys", status=204),
@@ -90,7 +101,7 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/keys/{id}/default", keys.unset_default,
           "Stop being the owner's default key", "keys", response=m.KeyOut),
     Route("GET", "/v1/keys/{id}/usage", usage.get_usage, "A key's usage counters", "usage",
-          response=m.UsageOut),
+          response=m.UsageOut, access="any"),
     Route("POST", "/v1/keys/{id}/usage", usage.change_usage, "Set, increment or decrement the "
           "lifetime usage count", "usage", body=m.UsageChange, response=m.UsageOut),
     Route("POST", "/v1/verify", verify.verify, "Verify a key for a service not behind the "

@@ -41,8 +41,7 @@ def _describe_store_error(exc: BaseException) -> str:
 async def _connect(settings: Settings) -> asyncpg.Connection:
     try:
         return await connect(settings.database_url, timeout=settings.stores.timeout_s)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-            asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise CommandError(f"cannot reach PostgreSQL at {_redact(settings.database_url)}: "
                            f"{_describe_store_error(exc)}") from None
 

