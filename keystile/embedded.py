@@ -6,6 +6,7 @@ Each store keeps its data in a folder, so a second start reuses what the first o
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -14,11 +15,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PG_SYSTEM_USER = "keystile"  # PostgreSQL refuses to run as root
 PG_DATABASE = "keystile"
 START_TIMEOUT_S = 30.0
+_PR_SET_PDEATHSIG = 1
 
 
 class StoreStartError(Exception):
@@ -43,6 +46,19 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _die_with_parent(sig: int) -> Callable[[], None]:
+    """A pre-exec hook: the store gets ``sig`` if the process that started it dies, so a
+    killed ``keystile dev`` or test run leaves no orphan server behind (Linux only)."""
+
+    def hook() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+        except (OSError, AttributeError):
+            pass
+
+    return hook
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
@@ -161,7 +177,8 @@ class EmbeddedPostgres:
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.pgdata), "-p", str(self.port), *settings],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, **self._run_as(),  # type: ignore[call-overload]
+            start_new_session=True, preexec_fn=_die_with_parent(signal.SIGINT),
+            **self._run_as(),  # type: ignore[call-overload]
         )
         log.close()
         self._wait_ready()
@@ -231,7 +248,7 @@ class EmbeddedRedis:
              "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
              "--logfile", str(self.log_path), *persistence],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM),
         )
         self._wait_ready()
         return self

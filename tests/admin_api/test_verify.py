@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from typing import Any
+
+from tests.admin_api.conftest import Admin, as_key
+
+
+async def test_verify_codes(admin: Admin, org: dict[str, Any]) -> None:
+    key = await admin.key(org["id"], scopes=["orders:*"], owner_id="clinic", metadata={"t": 1})
+
+    async def verify(**payload: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await admin.call("POST", "/v1/verify", json=payload,
+                                                  expect=200)
+        return result
+
+    ok = await verify(key=key["key"], scopes=["orders:read"], provider="acme")
+    assert ok["valid"] is True and ok["code"] == "valid"
+    assert ok["key_id"] == key["id"] and ok["owner_id"] == "clinic"
+    assert ok["metadata"] == {"t": 1} and ok["scopes"] == ["orders:*"]
+
+    denied = await verify(key=key["key"], scopes=["orders:read", "products:read"])
+    assert denied["code"] == "insufficient_scope" and denied["valid"] is False
+    assert denied["missing_scopes"] == ["products:read"]
+
+    assert (await verify(key="nonsense"))["code"] == "invalid_key"
+    assert (await verify(key=key["key"], provider="nobody"))["code"] == "invalid_provider"
+    await admin.org("other")
+    other = await verify(key=key["key"], provider="other")
+    assert other == {"valid": False, "code": "invalid_key", **{k: None for k in other
+                                                                if k not in ("valid", "code")}}
+
+    await admin.call("POST", f"/v1/keys/{key['id']}/pause", expect=200)
+    assert (await verify(key=key["key"]))["code"] == "key_paused"
+    await admin.call("POST", f"/v1/keys/{key['id']}/resume", expect=200)
+    await admin.db.execute("UPDATE keys SET expires_at = now() WHERE id = $1", key["id"])
+    assert (await verify(key=key["key"]))["code"] == "key_expired"
+    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+    assert (await verify(key=key["key"]))["code"] == "key_revoked"
+
+
+async def test_root_key_verifies_only_its_own_organisation(admin: Admin, org: dict[str, Any],
+                                                           root: dict[str, Any]) -> None:
+    mine = await admin.key(org["id"])
+    other_org = await admin.org("other")
+    theirs = await admin.key(other_org["id"])
+    headers = as_key(root["key"])
+    result = await admin.call("POST", "/v1/verify", json={"key": mine["key"]}, headers=headers,
+                              expect=200)
+    assert result["valid"] is True
+    result = await admin.call("POST", "/v1/verify", json={"key": theirs["key"]},
+                              headers=headers, expect=200)
+    assert result["code"] == "invalid_key" and result["key_id"] is None
+
+
+async def test_verify_input_errors(admin: Admin) -> None:
+    body = await admin.call("POST", "/v1/verify", json={}, expect=422)
+    assert body["error"]["fields"] == [{"field": "key", "message": "required field is missing"}]
+    body = await admin.call("POST", "/v1/verify", json={"key": "k", "cost": -1}, expect=422)
+    assert "cost" in body["error"]["message"]
+    body = await admin.call("POST", "/v1/verify", data=b"[1,", expect=400)
+    assert body["error"]["code"] == "malformed_json"
+    body = await admin.call("POST", "/v1/verify", json=["key"], expect=422)
+    assert body["error"]["code"] == "validation_failed"

@@ -1,0 +1,67 @@
+"""The production commands: one-line errors, migrate, and the admin server."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+from keystile.embedded import free_port
+from tests.conftest import Stores
+from tests.keystile.conftest import Cli
+
+TOKEN = "cli-test-operator-token-000"
+
+
+def _one_line_error(result: object, *needles: str) -> None:
+    stderr = result.stderr.strip()  # type: ignore[attr-defined]
+    assert result.returncode == 1  # type: ignore[attr-defined]
+    assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("keystile: error: ")
+    for needle in needles:
+        assert needle in stderr, stderr
+
+
+def test_migrate_reports_up_to_date(cli: Cli, stores: Stores) -> None:
+    result = cli.run("migrate", env={"KEYSTILE_DATABASE_URL": stores.database_url})
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+
+
+def test_unreachable_database_is_one_line_without_password(cli: Cli) -> None:
+    url = f"postgresql://keystile:s3cret-pw@127.0.0.1:{free_port()}/keystile"
+    result = cli.run("migrate", env={"KEYSTILE_DATABASE_URL": url})
+    _one_line_error(result, "cannot reach PostgreSQL", "keystile:***@127.0.0.1")
+    assert "s3cret-pw" not in result.stderr
+
+
+def test_invalid_config_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[admin]\nport = 'x'\n")
+    _one_line_error(cli.run("admin", "--config", str(bad)), "admin.port")
+    _one_line_error(cli.run("migrate", "--config", str(tmp_path / "missing.toml")),
+                    "does not exist")
+
+
+def test_admin_needs_an_operator_token_and_reachable_redis(cli: Cli, stores: Stores) -> None:
+    env = {"KEYSTILE_DATABASE_URL": stores.database_url, "KEYSTILE_REDIS_URL": stores.redis_url,
+           "KEYSTILE_ADMIN_TOKEN": ""}
+    _one_line_error(cli.run("admin", env=env), "KEYSTILE_ADMIN_TOKEN")
+    env |= {"KEYSTILE_ADMIN_TOKEN": TOKEN,
+            "KEYSTILE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    _one_line_error(cli.run("admin", env=env), "cannot reach Redis")
+
+
+def test_admin_serves_until_sigterm(cli: Cli, stores: Stores, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "keystile.toml"
+    config.write_text(f'redis_url = "{stores.redis_url}"\n[admin]\nport = {port}\n')
+    proc = cli.start("admin", "--config", str(config),
+                     env={"KEYSTILE_DATABASE_URL": stores.database_url,
+                          "KEYSTILE_ADMIN_TOKEN": TOKEN})
+    cli.read_until(proc, f"listening on http://127.0.0.1:{port}")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/orgs",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+    code, _ = cli.stop(proc)
+    assert code == 0
