@@ -25,7 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway admin_api keystile tests
-	$(BIN)/mypy gateway admin_api keystile
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .keystile .pytest_cache

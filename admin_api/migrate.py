@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
+from gateway.database import Connection
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def available() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+async def migrate(conn: Connection) -> list[Migration]:
     """Brings the schema up to date; returns the migrations it applied."""
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
     try:

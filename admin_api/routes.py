@@ -30,7 +30,8 @@ class Route:
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
-    access: str = "manager"  # public | any (any credential) | manager (operator, root key) | operator
+    # public | any (any credential) | manager (operator or root key) | operator
+    access: str = "manager"
 
     @property
     def public(self) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from gateway.settings import StoreSettings
 
@@ -38,5 +39,7 @@ async def create_pool(url: str, stores: StoreSettings) -> asyncpg.Pool:
     )
 
 
-# Read-only repository functions accept either; writers take a connection in a transaction.
-Queryable = asyncpg.Connection | asyncpg.Pool
+# Writers take a connection (plain or from the pool) inside the caller's transaction;
+# read-only functions also accept the pool itself.
+Connection = asyncpg.Connection | PoolConnectionProxy
+Queryable = Connection | asyncpg.Pool

@@ -16,10 +16,7 @@ def grants(held: Iterable[str], wanted: str) -> bool:
     """True when the scopes ``held`` include ``wanted`` (a wildcard in ``wanted`` needs one in
     ``held`` at least as wide)."""
     resource = wanted.partition(":")[0]
-    for scope in held:
-        if scope == "*" or scope == wanted or scope == f"{resource}:*":
-            return True
-    return False
+    return any(scope in ("*", wanted, f"{resource}:*") for scope in held)
 
 
 def missing(held: Iterable[str], wanted: Iterable[str]) -> list[str]:

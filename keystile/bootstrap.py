@@ -8,11 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-import asyncpg
-
 from admin_api.repository import audit, keys, orgs
 from admin_api.repository.audit import Actor
 from gateway import keyformat
+from gateway.database import Connection
 
 SYSTEM = Actor("system", "keystile-dev")
 DEMO_PROVIDER = "demo"
@@ -27,7 +26,7 @@ class DemoKeys:
     sub_key: str
 
 
-async def _key(conn: asyncpg.Connection, org_id: str, role: str, values: dict[str, object]
+async def _key(conn: Connection, org_id: str, role: str, values: dict[str, object]
                ) -> str:
     """Creates the demo key of ``role`` or gives the existing one a new secret."""
     raw = keyformat.generate("ks_live")
@@ -51,7 +50,7 @@ async def _key(conn: asyncpg.Connection, org_id: str, role: str, values: dict[st
     return raw
 
 
-async def ensure_demo(conn: asyncpg.Connection) -> DemoKeys:
+async def ensure_demo(conn: Connection) -> DemoKeys:
     async with conn.transaction():
         org = await orgs.get_by_provider(conn, DEMO_PROVIDER)
         if org is None:

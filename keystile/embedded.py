@@ -6,6 +6,7 @@ Each store keeps its data in a folder, so a second start reuses what the first o
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -53,10 +54,8 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
     killed ``keystile dev`` or test run leaves no orphan server behind (Linux only)."""
 
     def hook() -> None:
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-        except (OSError, AttributeError):
-            pass
 
     return hook
 

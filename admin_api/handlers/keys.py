@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from admin_api import auth
@@ -27,18 +26,19 @@ from admin_api.repository import audit, keys, orgs
 from admin_api.state import POOL, REDIS
 from admin_api.views import audit_view, key_out, respond
 from gateway import invalidation, keyformat
+from gateway.database import Connection
 from gateway.keyrecord import KeyRecord
 
 NOT_NULLABLE = ("name", "scopes", "rate_limits", "metadata")
 
 
-async def _record(conn: asyncpg.Connection, request: web.Request, principal: Principal,
+async def _record(conn: Connection, request: web.Request, principal: Principal,
                   action: str, key: KeyRecord, changes: dict[str, Any]) -> None:
     await audit.record(conn, principal.actor, action, target_type="key", target_id=key.id,
                        org_id=key.org_id, changes=changes, request_id=request[REQUEST_ID])
 
 
-async def locked(conn: asyncpg.Connection, principal: Principal, key_id: str) -> KeyRecord:
+async def locked(conn: Connection, principal: Principal, key_id: str) -> KeyRecord:
     """The key, row-locked for this transaction, after checking the caller may change it."""
     key = auth.visible(principal, await keys.get(conn, key_id, for_update=True), key_id)
     auth.require_modify(principal, key)

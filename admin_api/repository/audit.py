@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.database import Queryable
+from gateway.database import Connection, Queryable
 
 AUDIT_COLUMNS = ("id, at, actor_type, actor_id, org_id, action, target_type, target_id, "
                  "changes, request_id")
@@ -19,7 +19,7 @@ class Actor:
     id: str | None
 
 
-async def record(conn: asyncpg.Connection, actor: Actor, action: str, *, target_type: str,
+async def record(conn: Connection, actor: Actor, action: str, *, target_type: str,
                  target_id: str, org_id: str | None, changes: dict[str, Any],
                  request_id: str | None) -> None:
     await conn.execute(

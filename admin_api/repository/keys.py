@@ -7,12 +7,19 @@ from typing import Any
 
 import asyncpg
 
-from gateway.database import Queryable
+from gateway.database import Connection, Queryable
 from gateway.keyrecord import KEY_COLUMNS, SELECT_BY_ID, KeyRecord
 
 # Columns ``update`` may set; anything else never reaches SQL.
 UPDATABLE = ("name", "owner_id", "scopes", "expires_at", "usage_limit", "quota", "rate_limits",
              "metadata", "is_default", "prefix")
+
+
+def _one(row: asyncpg.Record | None) -> KeyRecord:
+    """The row of an UPDATE on a key the caller has locked; it cannot have vanished."""
+    if row is None:
+        raise LookupError("key disappeared inside its own transaction")
+    return KeyRecord.from_row(row)
 
 
 async def get(conn: Queryable, key_id: str, *, for_update: bool = False
@@ -21,7 +28,7 @@ async def get(conn: Queryable, key_id: str, *, for_update: bool = False
     return KeyRecord.from_row(row) if row else None
 
 
-async def insert(conn: asyncpg.Connection, values: dict[str, Any], digest: bytes) -> KeyRecord:
+async def insert(conn: Connection, values: dict[str, Any], digest: bytes) -> KeyRecord:
     row = await conn.fetchrow(
         f"""INSERT INTO keys AS k (id, org_id, owner_id, name, environment, root, parent_id,
             scopes, expires_at, usage_limit, quota, rate_limits, metadata, prefix, key_prefix)
@@ -33,7 +40,7 @@ async def insert(conn: asyncpg.Connection, values: dict[str, Any], digest: bytes
         values["metadata"], values["prefix"], values["key_prefix"])
     await conn.execute("INSERT INTO key_secrets (hash, key_id) VALUES ($1, $2)", digest,
                        values["id"])
-    return KeyRecord.from_row(row)
+    return _one(row)
 
 
 async def page(conn: Queryable, *, org_id: str | None, owner_id: str | None,
@@ -58,34 +65,34 @@ async def page(conn: Queryable, *, org_id: str | None, owner_id: str | None,
     return [KeyRecord.from_row(row) for row in rows]
 
 
-async def update(conn: asyncpg.Connection, key_id: str, changes: dict[str, Any]) -> KeyRecord:
+async def update(conn: Connection, key_id: str, changes: dict[str, Any]) -> KeyRecord:
     columns = [c for c in UPDATABLE if c in changes]
     sets = "".join(f"{c} = ${i}, " for i, c in enumerate(columns, start=2))
     row = await conn.fetchrow(
         f"UPDATE keys AS k SET {sets}updated_at = now() WHERE id = $1 RETURNING {KEY_COLUMNS}",
         key_id, *(changes[c] for c in columns))
-    return KeyRecord.from_row(row)
+    return _one(row)
 
 
-async def set_status(conn: asyncpg.Connection, key_id: str, status: str) -> KeyRecord:
+async def set_status(conn: Connection, key_id: str, status: str) -> KeyRecord:
     row = await conn.fetchrow(
         f"""UPDATE keys AS k SET status = $2, updated_at = now(),
             revoked_at = CASE WHEN $2 = 'revoked' THEN now() ELSE revoked_at END,
             is_default = CASE WHEN $2 = 'revoked' THEN false ELSE is_default END
         WHERE id = $1 RETURNING {KEY_COLUMNS}""", key_id, status)
-    return KeyRecord.from_row(row)
+    return _one(row)
 
 
-async def delete(conn: asyncpg.Connection, key_id: str) -> None:
+async def delete(conn: Connection, key_id: str) -> None:
     await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
 
 
-async def rotate(conn: asyncpg.Connection, key_id: str, digest: bytes,
+async def rotate(conn: Connection, key_id: str, digest: bytes,
                  grace: timedelta) -> datetime | None:
     """Adds a new secret; the live old ones stop at now + grace (or at once). Returns when
     the old secrets stop working, or None when they stopped at once."""
     if grace:
-        ends = await conn.fetchval(
+        ends: datetime | None = await conn.fetchval(
             """UPDATE key_secrets SET expires_at = LEAST(COALESCE(expires_at, 'infinity'),
                                                          now() + $2)
             WHERE key_id = $1 AND (expires_at IS NULL OR expires_at > now())
@@ -101,7 +108,7 @@ async def rotate(conn: asyncpg.Connection, key_id: str, digest: bytes,
     return ends
 
 
-async def set_default(conn: asyncpg.Connection, key: KeyRecord, on: bool) -> KeyRecord:
+async def set_default(conn: Connection, key: KeyRecord, on: bool) -> KeyRecord:
     """Make (or unmake) ``key`` its owner's default; the previous default is unset in the same
     transaction, serialised per owner so two concurrent switches cannot collide."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
@@ -114,17 +121,17 @@ async def set_default(conn: asyncpg.Connection, key: KeyRecord, on: bool) -> Key
     row = await conn.fetchrow(
         f"""UPDATE keys AS k SET is_default = $2, updated_at = now() WHERE id = $1
         RETURNING {KEY_COLUMNS}""", key.id, on)
-    return KeyRecord.from_row(row)
+    return _one(row)
 
 
-async def change_usage(conn: asyncpg.Connection, key_id: str, op: str, value: int) -> KeyRecord:
+async def change_usage(conn: Connection, key_id: str, op: str, value: int) -> KeyRecord:
     """Set, increment or decrement the lifetime count; it never goes below zero."""
     expression = {"set": "$2", "increment": "usage_count + $2",
                   "decrement": "GREATEST(usage_count - $2, 0)"}[op]
     row = await conn.fetchrow(
         f"""UPDATE keys AS k SET usage_count = {expression}, updated_at = now()
         WHERE id = $1 RETURNING {KEY_COLUMNS}""", key_id, value)
-    return KeyRecord.from_row(row)
+    return _one(row)
 
 
 async def daily(conn: Queryable, key_id: str, since: date) -> list[asyncpg.Record]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.database import Queryable
+from gateway.database import Connection, Queryable
 
 ORG_COLUMNS = "id, name, provider_id, key_prefix, key_defaults, metadata, created_at, updated_at"
 
@@ -14,13 +14,15 @@ ORG_COLUMNS = "id, name, provider_id, key_prefix, key_defaults, metadata, create
 UPDATABLE = ("name", "provider_id", "key_prefix", "key_defaults", "metadata")
 
 
-async def insert(conn: asyncpg.Connection, values: dict[str, Any]) -> asyncpg.Record:
-    return await conn.fetchrow(
+async def insert(conn: Connection, values: dict[str, Any]) -> asyncpg.Record:
+    row = await conn.fetchrow(
         f"""INSERT INTO orgs (id, name, provider_id, key_prefix, key_defaults, metadata)
         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ORG_COLUMNS}""",
         values["id"], values["name"], values["provider_id"], values["key_prefix"],
         values["key_defaults"], values["metadata"],
     )
+    assert row is not None  # INSERT … RETURNING always yields the row
+    return row
 
 
 async def get(conn: Queryable, org_id: str) -> asyncpg.Record | None:
@@ -39,7 +41,7 @@ async def page(conn: Queryable, after: str | None, limit: int) -> list[asyncpg.R
         ORDER BY id LIMIT $2""", after, limit)
 
 
-async def update(conn: asyncpg.Connection, org_id: str,
+async def update(conn: Connection, org_id: str,
                  changes: dict[str, Any]) -> asyncpg.Record | None:
     columns = [c for c in UPDATABLE if c in changes]
     sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
@@ -48,9 +50,9 @@ async def update(conn: asyncpg.Connection, org_id: str,
         org_id, *(changes[c] for c in columns))
 
 
-async def key_count(conn: asyncpg.Connection, org_id: str) -> int:
+async def key_count(conn: Connection, org_id: str) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM keys WHERE org_id = $1", org_id))
 
 
-async def delete(conn: asyncpg.Connection, org_id: str) -> bool:
+async def delete(conn: Connection, org_id: str) -> bool:
     return await conn.fetchval("DELETE FROM orgs WHERE id = $1 RETURNING true", org_id) is not None

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.admin_api.conftest import Admin, as_key
+from tests.admin_api.conftest import OPERATOR, Admin, as_key
 
 
 async def test_every_mutation_is_audited(admin: Admin) -> None:
@@ -43,8 +43,7 @@ async def test_every_mutation_is_audited(admin: Admin) -> None:
 async def test_audit_request_id_matches_response_header(admin: Admin, org: dict[str, Any]
                                                         ) -> None:
     resp = await admin.client.post("/v1/keys", json={"org_id": org["id"]},
-                                   headers={"Authorization": "Bearer test-operator-token-0123456789",
-                                            "X-Request-Id": "trace-123"})
+                                   headers={**OPERATOR, "X-Request-Id": "trace-123"})
     assert resp.status == 201 and resp.headers["X-Request-Id"] == "trace-123"
     entry = (await admin.call("GET", "/v1/audit?action=key.create", expect=200))["data"][0]
     assert entry["request_id"] == "trace-123"

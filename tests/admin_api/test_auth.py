@@ -100,9 +100,9 @@ async def test_sub_key_reads_only_itself(admin: Admin, root: dict[str, Any]) -> 
     await admin.call("GET", f"/v1/keys/{sub['id']}", headers=as_sub, expect=200)
     await admin.call("GET", f"/v1/keys/{sub['id']}/usage", headers=as_sub, expect=200)
     await admin.call("GET", f"/v1/keys/{sibling['id']}", headers=as_sub, expect=404)
-    for method, path in (("GET", "/v1/keys"), ("POST", "/v1/keys"),
-                         ("PATCH", f"/v1/keys/{sub['id']}"), ("POST", f"/v1/keys/{sub['id']}/revoke"),
-                         ("POST", "/v1/verify"), ("GET", "/v1/audit")):
+    own = f"/v1/keys/{sub['id']}"
+    for method, path in (("GET", "/v1/keys"), ("POST", "/v1/keys"), ("PATCH", own),
+                         ("POST", f"{own}/revoke"), ("POST", "/v1/verify"), ("GET", "/v1/audit")):
         body = await admin.call(method, path, headers=as_sub, json={"key": "x", "name": "n"},
                                 expect=403)
         assert body["error"]["code"] == "root_key_required", (method, path)

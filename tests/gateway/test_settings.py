@@ -41,5 +41,5 @@ def test_invalid_config_names_the_problem(tmp_path: Path, text: str, needle: str
 def test_missing_file_and_short_token() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load(Path("/nonexistent/keystile.toml"), {})
-    with pytest.raises(ConfigError, match="admin.token"):
+    with pytest.raises(ConfigError, match=r"admin\.token"):
         load(None, {"KEYSTILE_ADMIN_TOKEN": "short"})

@@ -12,7 +12,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-
 from keystile.embedded import free_port
 from tests.keystile.conftest import Cli
 

@@ -1,0 +1,1 @@
+"""Keystile control plane: the admin API over organisations and keys in PostgreSQL."""
