@@ -43,3 +43,9 @@ def test_missing_file_and_short_token() -> None:
         load(Path("/nonexistent/keystile.toml"), {})
     with pytest.raises(ConfigError, match=r"admin\.token"):
         load(None, {"KEYSTILE_ADMIN_TOKEN": "short"})
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).parents[2] / "config" / "keystile.example.toml"
+    settings = load(example, {})
+    assert settings.admin.host == "127.0.0.1" and settings.admin.token is None
