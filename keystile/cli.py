@@ -98,6 +98,7 @@ async def _check_redis(settings: Settings) -> None:
 
 
 async def _admin(settings: Settings, host: str, port: int) -> None:
+    from admin_api.accesslog import AccessLogger
     from admin_api.app import create_app
 
     if settings.admin.token is None:
@@ -107,7 +108,7 @@ async def _admin(settings: Settings, host: str, port: int) -> None:
     await _check_redis(settings)
     stop = serving.stop_event()
     runners = await serving.start([serving.Listener("admin API", create_app(settings), host,
-                                                    port)])
+                                                    port, AccessLogger)])
     print(f"keystile admin API listening on http://{host}:{port}", flush=True)
     try:
         await stop.wait()

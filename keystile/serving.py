@@ -4,10 +4,12 @@ as one readable line."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 
 class ServeError(Exception):
@@ -20,6 +22,7 @@ class Listener:
     app: web.Application
     host: str
     port: int
+    access_log: type[AbstractAccessLogger] | None = None
 
 
 def stop_event() -> asyncio.Event:
@@ -35,7 +38,12 @@ async def start(listeners: list[Listener]) -> list[web.AppRunner]:
     runners: list[web.AppRunner] = []
     try:
         for listener in listeners:
-            runner = web.AppRunner(listener.app, access_log=None, handle_signals=False)
+            if listener.access_log is None:
+                runner = web.AppRunner(listener.app, access_log=None, handle_signals=False)
+            else:
+                runner = web.AppRunner(listener.app, handle_signals=False,
+                                       access_log_class=listener.access_log,
+                                       access_log=logging.getLogger("keystile.access"))
             runners.append(runner)
             await runner.setup()
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
 
@@ -63,5 +64,11 @@ def test_admin_serves_until_sigterm(cli: Cli, stores: Stores, tmp_path: Path) ->
                                      headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200
-    code, _ = cli.stop(proc)
+    code, out = cli.stop(proc)
     assert code == 0
+    # One JSON access line per request, naming the actor but never the credential.
+    access = [json.loads(line.split(" keystile.access ", 1)[1]) for line in out.splitlines()
+              if " keystile.access " in line]
+    assert access[0]["path"] == "/v1/orgs" and access[0]["status"] == 200
+    assert access[0]["actor"] == "operator" and access[0]["request_id"]
+    assert TOKEN not in out

@@ -1,0 +1,52 @@
+"""Every key change is announced on the Redis invalidation channel the gateway listens on."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import redis.asyncio
+
+from gateway.invalidation import CHANNEL
+from tests.admin_api.conftest import Admin
+from tests.conftest import Stores
+
+
+async def test_key_and_org_changes_publish_invalidations(admin: Admin, org: dict[str, Any],
+                                                         stores: Stores) -> None:
+    key = await admin.key(org["id"], owner_id="o")
+    client = redis.asyncio.Redis.from_url(stores.redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(CHANNEL)
+    await pubsub.get_message(timeout=5)  # the subscribe confirmation
+    path = f"/v1/keys/{key['id']}"
+    try:
+        for method, suffix, payload in (("PATCH", "", {"scopes": ["a:b"]}),
+                                        ("POST", "/pause", None), ("POST", "/resume", None),
+                                        ("POST", "/rotate", None), ("PUT", "/default", None),
+                                        ("POST", "/usage", {"op": "set", "value": 1}),
+                                        ("POST", "/revoke", None), ("DELETE", "", None)):
+            await admin.call(method, path + suffix, json=payload)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert message is not None, (method, suffix)
+            assert orjson.loads(message["data"]) == {"type": "key", "id": key["id"]}
+        await admin.call("PATCH", f"/v1/orgs/{org['id']}", json={"name": "n"}, expect=200)
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert message is not None
+        assert orjson.loads(message["data"]) == {"type": "org", "id": org["id"]}
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def test_concurrent_default_switches_leave_exactly_one_default(
+        admin: Admin, org: dict[str, Any]) -> None:
+    keys = [await admin.key(org["id"], owner_id="clinic") for _ in range(10)]
+    results = await asyncio.gather(*(
+        admin.client.put(f"/v1/keys/{k['id']}/default",
+                         headers={"Authorization": "Bearer test-operator-token-0123456789"})
+        for k in keys))
+    assert [r.status for r in results] == [200] * 10
+    assert await admin.db.fetchval(
+        "SELECT count(*) FROM keys WHERE owner_id = 'clinic' AND is_default") == 1
