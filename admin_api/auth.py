@@ -7,12 +7,14 @@ another organisation are reported as not found, so their existence does not leak
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from admin_api.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from admin_api.models import PROVIDER_ID_PATTERN
 from admin_api.repository import orgs
 from admin_api.repository.audit import Actor
 from gateway import keyformat, scopes
@@ -21,6 +23,7 @@ from gateway.keyrecord import KeyRecord, fetch_by_hash
 from gateway.verification import Code, check_state
 
 OPERATOR = "operator"
+PROVIDER_RE = re.compile(PROVIDER_ID_PATTERN)
 KEY = "key"
 
 _STATE_ERRORS = {
@@ -63,7 +66,7 @@ async def authenticate(request: web.Request, conn: Queryable,
             raise Unauthorized("Authorization must be 'Bearer <operator token>'",
                                code="invalid_credentials")
         if operator_token is None or not hmac.compare_digest(
-                token.strip().encode(), operator_token.encode()):
+                token.strip().encode("utf-8", "surrogateescape"), operator_token.encode()):
             raise Unauthorized("the bearer token is not the operator token",
                                code="invalid_credentials")
         return Principal(OPERATOR)
@@ -81,7 +84,7 @@ async def _authenticate_key(request: web.Request, conn: Queryable,
     record = await fetch_by_hash(conn, keyformat.hash_key(raw))
     provider = request.headers.get("X-Provider")
     if provider is not None:
-        org = await orgs.get_by_provider(conn, provider)
+        org = await orgs.get_by_provider(conn, provider) if PROVIDER_RE.match(provider) else None
         if org is None:
             raise BadRequest("X-Provider names no organisation; check the provider id",
                              code="invalid_provider")

@@ -129,6 +129,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                               "the request body is too large")
     except web.HTTPException as exc:
         return error_response(request_id, exc.status, "http_error", exc.reason)
+    except asyncpg.DataError as exc:
+        # Validation should catch these first; this is the net under it.
+        log.warning("value rejected by PostgreSQL", extra={"request_id": request_id,
+                                                           "error": type(exc).__name__})
+        return error_response(request_id, 422, "invalid_value",
+                              "a value in the request cannot be stored (out of range or "
+                              "containing NUL characters); correct it and retry")
     except _STORE_ERRORS as exc:
         log.warning("store unavailable", extra={"request_id": request_id,
                                                 "error": type(exc).__name__})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from gateway.keyformat import MAX_PREFIX_LEN, PREFIX_RE
 from gateway.scopes import SCOPE_RE
@@ -15,12 +15,28 @@ Environment = Literal["production", "staging", "development"]
 Status = Literal["active", "paused", "revoked", "expired"]
 Scope = Annotated[str, StringConstraints(pattern=SCOPE_RE.pattern, max_length=128)]
 KeyPrefix = Annotated[str, StringConstraints(pattern=PREFIX_RE.pattern, max_length=MAX_PREFIX_LEN)]
-ProviderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+PROVIDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+ProviderId = Annotated[str, StringConstraints(pattern=PROVIDER_ID_PATTERN)]
 Name = Annotated[str, StringConstraints(max_length=200)]
 OwnerId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Metadata = Annotated[dict[str, Any], Field(max_length=64)]
 Count = Annotated[int, Field(ge=0, le=2**62)]
 Positive = Annotated[int, Field(ge=1, le=2**62)]
+
+
+def _reject_nul(value: Any) -> Any:
+    """PostgreSQL cannot store NUL in text or JSON; say so instead of failing later."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000) characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(key)
+            _reject_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _reject_nul(item)
+    return value
 
 
 class Input(BaseModel):
@@ -29,12 +45,16 @@ class Input(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    _no_nul = field_validator("*", mode="after")(_reject_nul)
+
 
 class Query(BaseModel):
     """Query strings: every value arrives as text, so numbers and booleans are parsed; unknown
     parameters are an error."""
 
     model_config = ConfigDict(extra="forbid")
+
+    _no_nul = field_validator("*", mode="after")(_reject_nul)
 
 
 class Output(BaseModel):

@@ -69,6 +69,16 @@ def display_prefix(raw: str) -> str:
     return raw[:DISPLAY_PREFIX_LEN]
 
 
+ID_LEN = 22
+_ID_RE = re.compile(rf"^[a-z]+_[0-9A-Za-z]{{{ID_LEN}}}$")
+
+
 def new_id(kind: str) -> str:
     """A public identifier such as ``key_…`` or ``org_…`` (not secret, just unguessable)."""
-    return f"{kind}_{random_base62(22)}"
+    return f"{kind}_{random_base62(ID_LEN)}"
+
+
+def is_id(kind: str, value: str) -> bool:
+    """True when ``value`` could be an id made by ``new_id(kind)``: anything else is unknown
+    without asking a store."""
+    return value.startswith(f"{kind}_") and _ID_RE.match(value) is not None

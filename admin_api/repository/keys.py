@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway import keyformat
 from gateway.database import Connection, Queryable
 from gateway.keyrecord import KEY_COLUMNS, SELECT_BY_ID, KeyRecord
 
@@ -24,6 +25,8 @@ def _one(row: asyncpg.Record | None) -> KeyRecord:
 
 async def get(conn: Queryable, key_id: str, *, for_update: bool = False
               ) -> KeyRecord | None:
+    if not keyformat.is_id("key", key_id):
+        return None
     row = await conn.fetchrow(SELECT_BY_ID + (" FOR UPDATE" if for_update else ""), key_id)
     return KeyRecord.from_row(row) if row else None
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway import keyformat
 from gateway.database import Connection, Queryable
 
 ORG_COLUMNS = "id, name, provider_id, key_prefix, key_defaults, metadata, created_at, updated_at"
@@ -26,6 +27,8 @@ async def insert(conn: Connection, values: dict[str, Any]) -> asyncpg.Record:
 
 
 async def get(conn: Queryable, org_id: str) -> asyncpg.Record | None:
+    if not keyformat.is_id("org", org_id):
+        return None
     return await conn.fetchrow(f"SELECT {ORG_COLUMNS} FROM orgs WHERE id = $1", org_id)
 
 

@@ -78,3 +78,31 @@ async def test_unreachable_database_is_503_not_500(aiohttp_client: Any, stores: 
     resp = await client.get("/readyz")
     assert resp.status == 503
     assert (await resp.json())["checks"]["postgres"].startswith("unavailable")
+
+
+async def test_nul_characters_and_odd_ids_are_4xx(admin: Admin, org: dict[str, Any]) -> None:
+    body = await admin.call("POST", "/v1/keys", json={"org_id": org["id"], "name": "a\u0000b",
+                                                      "metadata": {"x": ["\u0000"]}}, expect=422)
+    assert {f["field"] for f in body["error"]["fields"]} == {"name", "metadata"}
+    body = await admin.call("GET", "/v1/keys?owner_id=a%00b", expect=422)
+    assert body["error"]["fields"][0]["field"] == "owner_id"
+    for path in ("/v1/keys/%00", "/v1/keys/key_%E2%98%83", "/v1/orgs/org_%00",
+                 "/v1/keys/" + "k" * 5000):
+        resp = await admin.client.get(path, headers={"Authorization":
+                                                     "Bearer test-operator-token-0123456789"})
+        assert resp.status == 404, path
+
+
+async def test_undecodable_header_bytes_are_4xx(admin: Admin, root: dict[str, Any]) -> None:
+    import asyncio
+
+    port = admin.client.port
+    for header in (b"X-Provider: \xff\xfe", b"Authorization: Bearer \xff\xfe"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/keys HTTP/1.1\r\nHost: x\r\nX-API-Key: " + root["key"].encode()
+                     + b"\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        status = int(status_line.split()[1])
+        assert 400 <= status < 500, (header, status_line)
