@@ -1,7 +1,8 @@
 """The demo organisation of ``keystile dev``: provider ``demo``, a root key and a sub key.
 
 Raw keys are stored nowhere, so each start gives the two demo keys fresh secrets (their ids
-stay); every other key survives restarts untouched."""
+stay) and makes them usable again (active, no expiry); a revoked demo key is replaced by a
+new one. Every other key survives restarts untouched."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from datetime import timedelta
 
 from admin_api.repository import audit, keys, orgs
 from admin_api.repository.audit import Actor
+from admin_api.views import audit_view, key_out
 from gateway import keyformat
 from gateway.database import Connection
 
 SYSTEM = Actor("system", "keystile-dev")
 DEMO_PROVIDER = "demo"
+DEMO_PREFIX = "ks_dev"
 ROOT_SCOPES = ["*"]
 SUB_SCOPES = ["echo:read"]
 
@@ -22,32 +25,46 @@ SUB_SCOPES = ["echo:read"]
 @dataclass(frozen=True, slots=True)
 class DemoKeys:
     org_id: str
+    root_id: str
     root_key: str
     sub_key: str
 
 
-async def _key(conn: Connection, org_id: str, role: str, values: dict[str, object]
-               ) -> str:
-    """Creates the demo key of ``role`` or gives the existing one a new secret."""
-    raw = keyformat.generate("ks_live")
-    existing = await conn.fetchval(
-        "SELECT id FROM keys WHERE org_id = $1 AND metadata->>'demo' = $2", org_id, role)
-    if existing:
-        await keys.rotate(conn, existing, keyformat.hash_key(raw), timedelta(0))
-        await keys.update(conn, existing, {"prefix": keyformat.display_prefix(raw)})
-        await audit.record(conn, SYSTEM, "key.rotate", target_type="key", target_id=existing,
-                           org_id=org_id, changes={"reason": "keystile dev start"},
-                           request_id=None)
-        return raw
-    key_id = keyformat.new_id("key")
-    await keys.insert(conn, {
-        "id": key_id, "org_id": org_id, "environment": "development", "usage_limit": None,
-        "expires_at": None, "quota": None, "rate_limits": [], "metadata": {"demo": role},
-        "prefix": keyformat.display_prefix(raw), "key_prefix": "ks_live", **values,
-    }, keyformat.hash_key(raw))
-    await audit.record(conn, SYSTEM, "key.create", target_type="key", target_id=key_id,
-                       org_id=org_id, changes={"demo": role}, request_id=None)
+async def _record(conn: Connection, action: str, key_id: str, org_id: str,
+                  changes: dict[str, object]) -> None:
+    await audit.record(conn, SYSTEM, action, target_type="key", target_id=key_id,
+                       org_id=org_id, changes=changes, request_id=None)
+
+
+async def _refresh(conn: Connection, key_id: str, org_id: str) -> str:
+    """A fresh secret for an existing demo key, which is made active again."""
+    raw = keyformat.generate(DEMO_PREFIX)
+    await keys.rotate(conn, key_id, keyformat.hash_key(raw), timedelta(0))
+    await conn.execute("UPDATE keys SET status = 'active', expires_at = NULL, "
+                       "key_prefix = $2, updated_at = now() WHERE id = $1", key_id, DEMO_PREFIX)
+    await keys.update(conn, key_id, {"prefix": keyformat.display_prefix(raw)})
+    await _record(conn, "key.rotate", key_id, org_id,
+                  {"reason": "keystile dev start: fresh demo secret, key active"})
     return raw
+
+
+async def _demo_key(conn: Connection, org_id: str, role: str, values: dict[str, object]
+                    ) -> tuple[str, str]:
+    """(key id, raw key) of the live demo key of ``role``, created when there is none."""
+    existing = await conn.fetchval(
+        "SELECT id FROM keys WHERE org_id = $1 AND metadata->>'demo' = $2 "
+        "AND status <> 'revoked' ORDER BY serial DESC LIMIT 1", org_id, role)
+    if existing:
+        return existing, await _refresh(conn, existing, org_id)
+    raw = keyformat.generate(DEMO_PREFIX)
+    record = await keys.insert(conn, {
+        "id": keyformat.new_id("key"), "org_id": org_id, "environment": "development",
+        "usage_limit": None, "expires_at": None, "quota": None, "rate_limits": [],
+        "metadata": {"demo": role}, "prefix": keyformat.display_prefix(raw),
+        "key_prefix": DEMO_PREFIX, **values,
+    }, keyformat.hash_key(raw))
+    await _record(conn, "key.create", record.id, org_id, audit_view(key_out(record)))
+    return record.id, raw
 
 
 async def ensure_demo(conn: Connection) -> DemoKeys:
@@ -56,18 +73,16 @@ async def ensure_demo(conn: Connection) -> DemoKeys:
         if org is None:
             org = await orgs.insert(conn, {
                 "id": keyformat.new_id("org"), "name": "Demo organisation",
-                "provider_id": DEMO_PROVIDER, "key_prefix": "ks_live", "key_defaults": {},
-                "metadata": {}})
+                "provider_id": DEMO_PROVIDER, "key_prefix": DEMO_PREFIX,
+                "key_defaults": {"environment": "development"}, "metadata": {}})
             await audit.record(conn, SYSTEM, "org.create", target_type="org",
                                target_id=org["id"], org_id=org["id"],
                                changes={"provider_id": DEMO_PROVIDER}, request_id=None)
         org_id = org["id"]
-        root = await _key(conn, org_id, "root", {
+        root_id, root = await _demo_key(conn, org_id, "root", {
             "owner_id": "demo-admin", "name": "demo root key", "root": True,
             "parent_id": None, "scopes": ROOT_SCOPES})
-        root_id = await conn.fetchval(
-            "SELECT id FROM keys WHERE org_id = $1 AND metadata->>'demo' = 'root'", org_id)
-        sub = await _key(conn, org_id, "sub", {
+        _, sub = await _demo_key(conn, org_id, "sub", {
             "owner_id": "demo-client", "name": "demo sub key", "root": False,
             "parent_id": root_id, "scopes": SUB_SCOPES})
-    return DemoKeys(org_id, root, sub)
+    return DemoKeys(org_id, root_id, root, sub)

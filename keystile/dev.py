@@ -57,6 +57,9 @@ Keystile dev stack is up (Ctrl-C stops everything).
 
 The two demo keys get fresh secrets on every start; keys you create are kept.
 
+Shell variables for the examples in README.md:
+  ADMIN={admin} TOKEN={token} ROOT={demo.root_key} SUB={demo.sub_key}
+
 Try:
   curl -s {admin}/v1/keys -H 'Authorization: Bearer {token}'
   curl -s {admin}/v1/keys/self -H 'X-API-Key: {demo.sub_key}'

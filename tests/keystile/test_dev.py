@@ -75,6 +75,11 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
                                     capture_output=True, text=True, timeout=30, check=False)
             assert result.stdout in ("200", "201"), (line, result.stdout, result.stderr)
 
+    # Leave the demo keys unusable: the next start must make them work again.
+    _call(f"{admin}/v1/keys/{me['id']}/revoke", {"Authorization": f"Bearer {token}"}, {})
+    _call(f"{admin}/v1/keys/{me['parent_id']}/pause", {"Authorization": f"Bearer {token}"}, {})
+    assert f"ADMIN={admin} TOKEN={token} ROOT={root_key} SUB={sub_key}" in banner
+
     pg_port = int(re.search(r"PostgreSQL\s+\S+:(\d+)/", banner).group(1))  # type: ignore[union-attr]
     redis_port = int(re.search(r"Redis\s+redis://127.0.0.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
     code, out = cli.stop(proc)
@@ -92,6 +97,9 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
     assert status == 200 and kept["name"] == "kept"
     status, _ = _call(f"{admin}/v1/keys/self", {"X-API-Key": root_key})
     assert status == 401  # the old demo secret stopped working
+    for label in ("root key", "sub key"):
+        status, again = _call(f"{admin}/v1/keys/self", {"X-API-Key": _field(banner, label)})
+        assert status == 200 and again["status"] == "active", (label, again)
     code, _ = cli.stop(proc)
     assert code == 0
 
