@@ -7,30 +7,23 @@ another organisation are reported as not found, so their existence does not leak
 from __future__ import annotations
 
 import hmac
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from admin_api.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from admin_api.models import PROVIDER_ID_PATTERN
-from admin_api.repository import orgs
+from admin_api.errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from admin_api.repository.audit import Actor
 from gateway import keyformat, scopes
 from gateway.database import Queryable
-from gateway.keyrecord import KeyRecord, fetch_by_hash
-from gateway.verification import Code, check_state
+from gateway.keyrecord import KeyRecord
+from gateway.verification import PUBLIC_ERRORS, verify
 
 OPERATOR = "operator"
-PROVIDER_RE = re.compile(PROVIDER_ID_PATTERN)
 KEY = "key"
+# Limits the operator sets on a key; the key itself may not loosen them.
+LIMIT_FIELDS = frozenset({"expires_at", "usage_limit", "quota", "rate_limits"})
 
-_STATE_ERRORS = {
-    Code.KEY_EXPIRED: (Unauthorized, "this key has expired; ask for a new key"),
-    Code.KEY_REVOKED: (Unauthorized, "this key has been revoked; ask for a new key"),
-    Code.KEY_PAUSED: (Forbidden, "this key is paused; resume it or use another key"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,45 +51,29 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 
 async def authenticate(request: web.Request, conn: Queryable,
                        operator_token: str | None) -> Principal:
-    authorization = request.headers.get("Authorization")
+    """The operator (``Authorization: Bearer``) or a key (``X-API-Key``, optionally with
+    ``X-Provider``); anything else is a 401 that says what to send."""
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, token = authorization.partition(" ")
     raw_key = request.headers.get("X-API-Key")
-    if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Authorization must be 'Bearer <operator token>'",
-                               code="invalid_credentials")
+    if scheme.lower() == "bearer":
         if operator_token is None or not hmac.compare_digest(
                 token.strip().encode("utf-8", "surrogateescape"), operator_token.encode()):
             raise Unauthorized("the bearer token is not the operator token",
                                code="invalid_credentials")
         return Principal(OPERATOR)
-    if raw_key is None:
-        raise Unauthorized("send 'Authorization: Bearer <operator token>' or "
-                           "'X-API-Key: <root key>'", code="missing_key")
-    return Principal(KEY, await _authenticate_key(request, conn, raw_key.strip()))
-
-
-async def _authenticate_key(request: web.Request, conn: Queryable,
-                            raw: str) -> KeyRecord:
-    invalid = Unauthorized("the API key is not valid", code="invalid_key")
-    if not keyformat.is_well_formed(raw):
-        raise invalid
-    record = await fetch_by_hash(conn, keyformat.hash_key(raw))
-    provider = request.headers.get("X-Provider")
-    if provider is not None:
-        org = await orgs.get_by_provider(conn, provider) if PROVIDER_RE.match(provider) else None
-        if org is None:
-            raise BadRequest("X-Provider names no organisation; check the provider id",
-                             code="invalid_provider")
-        if record is not None and record.org_id != org["id"]:
-            raise invalid
-    if record is None:
-        raise invalid
-    code = check_state(record, datetime.now(UTC))
-    if code in _STATE_ERRORS:
-        error, message = _STATE_ERRORS[code]
-        raise error(message, code=code.value)
-    return record
+    if raw_key is not None:
+        verdict = await verify(conn, raw_key.strip(), now=datetime.now(UTC),
+                               provider=request.headers.get("X-Provider"))
+        if not verdict.valid or verdict.record is None:
+            status, message = PUBLIC_ERRORS[verdict.code]
+            raise ApiError(message, code=verdict.code.value, status=status)
+        return Principal(KEY, verdict.record)
+    if authorization:
+        raise Unauthorized("Authorization must be 'Bearer <operator token>'",
+                           code="invalid_credentials")
+    raise Unauthorized("send 'Authorization: Bearer <operator token>' or "
+                       "'X-API-Key: <root key>'", code="missing_key")
 
 
 def require_operator(principal: Principal) -> None:
@@ -127,18 +104,33 @@ def visible(principal: Principal, key: KeyRecord | None, key_id: str) -> KeyReco
     caller = principal.key
     if key is None or (caller is not None and (
             key.org_id != caller.org_id or (not caller.root and key.id != caller.id))):
-        raise NotFound(f"no key {key_id}", code="key_not_found")
+        shown = key_id if keyformat.is_id("key", key_id) else "with that id"
+        raise NotFound(f"no key {shown}", code="key_not_found")
     return key
 
 
 def require_modify(principal: Principal, key: KeyRecord) -> None:
+    """A root key changes itself and the non-root keys of its organisation whose scopes it
+    holds itself — otherwise rotating a wider key would hand it that key's powers."""
     caller = principal.key
-    if caller is None:
+    if caller is None or key.id == caller.id:
         return
     require_manager(principal)
-    if key.root and key.id != caller.id:
+    if key.root:
         raise Forbidden("a root key cannot change another root key; use the operator token",
                         code="root_key_protected")
+    lacking = scopes.missing(caller.scopes, key.scopes)
+    if lacking:
+        raise Forbidden(f"this key has scopes the calling key does not hold "
+                        f"({', '.join(lacking)}); use the operator token",
+                        code="insufficient_scope")
+
+
+def require_not_own_limits(principal: Principal, key: KeyRecord, fields: set[str]) -> None:
+    """A key may rename itself or narrow its scopes, but not lift its own limits."""
+    if principal.key is not None and key.id == principal.key.id and fields & LIMIT_FIELDS:
+        raise Forbidden(f"a key cannot change its own {', '.join(sorted(fields & LIMIT_FIELDS))}"
+                        "; ask the operator", code="own_limits_protected")
 
 
 def require_grantable(principal: Principal, wanted: list[str]) -> None:

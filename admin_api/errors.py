@@ -3,7 +3,6 @@ JSON error body of DESIGN §4 in exactly one place (``error_middleware``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
@@ -29,12 +28,14 @@ class ApiError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None,
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
                  fields: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if status is not None:
+            self.status = status
         self.fields = fields
 
 
@@ -77,22 +78,19 @@ class Unprocessable(ApiError):
     code = "invalid_request"
 
 
-class StoreUnavailable(ApiError):
-    """PostgreSQL or Redis cannot be reached."""
-
-    status = 503
-    code = "store_unavailable"
-
-
+# Failures to reach a store (not programming errors): answered 503, retryable.
 _STORE_ERRORS = (
-    OSError,
-    asyncio.TimeoutError,
+    ConnectionError,  # refused, reset
+    TimeoutError,  # connect, query or pool-acquire timeout
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
     RedisConnectionError,
     RedisTimeoutError,
 )
+# Two transactions got in each other's way; the client may simply retry.
+_CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
 def error_response(request_id: str, status: int, code: str, message: str,
@@ -129,6 +127,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                               "the request body is too large")
     except web.HTTPException as exc:
         return error_response(request_id, exc.status, "http_error", exc.reason)
+    except _CONFLICTS:
+        return error_response(request_id, 409, "concurrent_update",
+                              "another request changed the same data at the same time; retry")
     except asyncpg.DataError as exc:
         # Validation should catch these first; this is the net under it.
         log.warning("value rejected by PostgreSQL", extra={"request_id": request_id,

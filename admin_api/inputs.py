@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import TypeVar
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from admin_api.errors import BadRequest, Unprocessable
 
 M = TypeVar("M", bound=BaseModel)
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -82,6 +84,6 @@ def decode_int_cursor(cursor: str | None) -> int | None:
     position = decode_cursor(cursor)
     if position is None:
         return None
-    if not position.isdigit() or len(position) > 18:
+    if _DIGITS.fullmatch(position) is None:
         raise _bad_cursor()
     return int(position)

@@ -3,25 +3,68 @@ source of the OpenAPI document, so the two cannot drift apart."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+import math
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+import orjson
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from gateway.keyformat import MAX_PREFIX_LEN, PREFIX_RE
 from gateway.scopes import SCOPE_RE
+from gateway.verification import PROVIDER_PATTERN
 
 Environment = Literal["production", "staging", "development"]
 Status = Literal["active", "paused", "revoked", "expired"]
 Scope = Annotated[str, StringConstraints(pattern=SCOPE_RE.pattern, max_length=128)]
 KeyPrefix = Annotated[str, StringConstraints(pattern=PREFIX_RE.pattern, max_length=MAX_PREFIX_LEN)]
-PROVIDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-ProviderId = Annotated[str, StringConstraints(pattern=PROVIDER_ID_PATTERN)]
+ProviderId = Annotated[str, StringConstraints(pattern=PROVIDER_PATTERN)]
 Name = Annotated[str, StringConstraints(max_length=200)]
 OwnerId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Metadata = Annotated[dict[str, Any], Field(max_length=64)]
-Count = Annotated[int, Field(ge=0, le=2**62)]
-Positive = Annotated[int, Field(ge=1, le=2**62)]
+def _storable_json(value: dict[str, Any]) -> dict[str, Any]:
+    """What PostgreSQL's jsonb can hold: finite numbers, integers within 64 bits."""
+
+    def walk(item: Any) -> None:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+        if isinstance(item, dict):
+            for child in item.values():
+                walk(child)
+        elif isinstance(item, list):
+            for child in item:
+                walk(child)
+
+    walk(value)
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"cannot be stored: {exc}") from None
+    return value
+
+
+def _sane_time(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not 2000 <= utc.year <= 9998:
+        raise ValueError("must be a time between the years 2000 and 9998")
+    return utc
+
+
+Metadata = Annotated[dict[str, Any], Field(max_length=64), AfterValidator(_storable_json)]
+Expiry = Annotated[AwareDatetime, AfterValidator(_sane_time)]
+MAX_COUNT = 2**62  # fits PostgreSQL bigint with room to add
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Positive = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 
 
 def _reject_nul(value: Any) -> Any:
@@ -79,7 +122,7 @@ class KeyDefaults(Input):
     usage_limit: Count | None = None
     quota: Quota | None = None
     rate_limits: list[RateLimit] = []
-    expires_in_s: Positive | None = None
+    expires_in_s: Annotated[int, Field(ge=1, le=100 * 366 * 86400)] | None = None
 
 
 # ---- organisations -------------------------------------------------------------------------
@@ -135,7 +178,7 @@ class KeyCreate(Input):
     environment: Environment | None = None
     root: bool = False
     scopes: list[Scope] | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: Expiry | None = None
     usage_limit: Count | None = None
     quota: Quota | None = None
     rate_limits: list[RateLimit] | None = None
@@ -151,7 +194,7 @@ class KeyUpdate(Input):
     name: Name | None = None
     owner_id: OwnerId | None = None
     scopes: list[Scope] | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: Expiry | None = None
     usage_limit: Count | None = None
     quota: Quota | None = None
     rate_limits: list[RateLimit] | None = None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from admin_api.models import ErrorBody
+
+if TYPE_CHECKING:
+    from admin_api.routes import Route
 
 REF = "#/components/schemas/{model}"
 _PARAM_RE = re.compile(r"{(\w+)}")
@@ -32,8 +36,8 @@ def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[d
             for name, prop in schema.get("properties", {}).items()]
 
 
-def build(routes: Any, version: str) -> dict[str, Any]:
-    models = {ErrorBody}
+def build(routes: Iterable[Route], version: str) -> dict[str, Any]:
+    models: set[type[BaseModel]] = {ErrorBody}
     for route in routes:
         models.update(x for x in (route.body, route.response) if x is not None)
     _, defs = models_json_schema([(model, "validation") for model in sorted(

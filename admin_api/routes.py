@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -17,6 +17,7 @@ from admin_api.handlers import audit, keys, meta, orgs, usage, verify
 from admin_api.state import POOL, SETTINGS
 
 HandlerFn = Callable[..., Awaitable[web.StreamResponse]]
+Access = Literal["public", "any", "manager", "operator"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,11 @@ class Route:
     response: type[BaseModel] | None = None
     status: int = 200
     # public | any (any credential) | manager (operator or root key) | operator
-    access: str = "manager"
+    access: Access = "manager"
+
+    def __post_init__(self) -> None:
+        if self.access not in get_args(Access):
+            raise ValueError(f"route {self.path}: unknown access {self.access!r}")
 
     @property
     def public(self) -> bool:

@@ -24,7 +24,7 @@ _BODY_RE = re.compile(rf"^[0-9A-Za-z]{{{BODY_LEN}}}$")
 
 def is_valid_prefix(prefix: str) -> bool:
     """A prefix is lower-case words joined by single underscores, e.g. ``ks_live``."""
-    return len(prefix) <= MAX_PREFIX_LEN and PREFIX_RE.match(prefix) is not None
+    return len(prefix) <= MAX_PREFIX_LEN and PREFIX_RE.fullmatch(prefix) is not None
 
 
 def _base62(number: int, width: int) -> str:
@@ -54,7 +54,7 @@ def generate(prefix: str) -> str:
 def is_well_formed(raw: str) -> bool:
     """True when ``raw`` has a valid prefix, a base62 body and a matching checksum."""
     prefix, sep, body = raw.rpartition("_")
-    if not sep or not is_valid_prefix(prefix) or _BODY_RE.match(body) is None:
+    if not sep or not is_valid_prefix(prefix) or _BODY_RE.fullmatch(body) is None:
         return False
     entropy, check = body[:ENTROPY_LEN], body[ENTROPY_LEN:]
     return secrets.compare_digest(checksum(entropy), check)
@@ -81,4 +81,4 @@ def new_id(kind: str) -> str:
 def is_id(kind: str, value: str) -> bool:
     """True when ``value`` could be an id made by ``new_id(kind)``: anything else is unknown
     without asking a store."""
-    return value.startswith(f"{kind}_") and _ID_RE.match(value) is not None
+    return value.startswith(f"{kind}_") and _ID_RE.fullmatch(value) is not None

@@ -69,7 +69,3 @@ async def fetch_by_hash(conn: Queryable, digest: bytes) -> KeyRecord | None:
     row = await conn.fetchrow(SELECT_BY_HASH, digest)
     return KeyRecord.from_row(row) if row else None
 
-
-async def fetch_by_id(conn: Queryable, key_id: str) -> KeyRecord | None:
-    row = await conn.fetchrow(SELECT_BY_ID, key_id)
-    return KeyRecord.from_row(row) if row else None

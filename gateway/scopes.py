@@ -9,7 +9,7 @@ SCOPE_RE = re.compile(r"^(\*|[A-Za-z0-9_.\-]+:(\*|[A-Za-z0-9_.\-]+))$")
 
 
 def is_valid_scope(scope: str) -> bool:
-    return len(scope) <= 128 and SCOPE_RE.match(scope) is not None
+    return len(scope) <= 128 and SCOPE_RE.fullmatch(scope) is not None
 
 
 def grants(held: Iterable[str], wanted: str) -> bool:

@@ -8,13 +8,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_OVERRIDES = {
     "KEYSTILE_DATABASE_URL": ("database_url",),
     "KEYSTILE_REDIS_URL": ("redis_url",),
     "KEYSTILE_ADMIN_TOKEN": ("admin", "token"),
 }
+
+
+MIN_TOKEN_LEN = 16
 
 
 class ConfigError(Exception):
@@ -28,7 +31,7 @@ class _Strict(BaseModel):
 class AdminSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=1, le=65535)
-    token: str | None = Field(None, min_length=16, description="the operator token")
+    token: str | None = Field(None, min_length=MIN_TOKEN_LEN, description="the operator token")
     request_body_limit: int = Field(1 << 20, ge=1024)
 
 
@@ -43,6 +46,20 @@ class Settings(_Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     admin: AdminSettings = AdminSettings()
     stores: StoreSettings = StoreSettings()
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
 
 def _describe(error: ValidationError) -> str:
@@ -71,6 +88,9 @@ def load(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
             target = data
             for part in dotted[:-1]:
                 target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"invalid configuration: {part} must be a table "
+                                      f"([{part}]), not a value")
             target[dotted[-1]] = env[var]
     try:
         return Settings.model_validate(data)

@@ -39,10 +39,10 @@ async def _record(conn: Connection, action: str, key_id: str, org_id: str,
 async def _refresh(conn: Connection, key_id: str, org_id: str) -> str:
     """A fresh secret for an existing demo key, which is made active again."""
     raw = keyformat.generate(DEMO_PREFIX)
-    await keys.rotate(conn, key_id, keyformat.hash_key(raw), timedelta(0))
+    await keys.rotate(conn, key_id, keyformat.hash_key(raw), keyformat.display_prefix(raw),
+                      timedelta(0))
     await conn.execute("UPDATE keys SET status = 'active', expires_at = NULL, "
                        "key_prefix = $2, updated_at = now() WHERE id = $1", key_id, DEMO_PREFIX)
-    await keys.update(conn, key_id, {"prefix": keyformat.display_prefix(raw)})
     await _record(conn, "key.rotate", key_id, org_id,
                   {"reason": "keystile dev start: fresh demo secret, key active"})
     return raw

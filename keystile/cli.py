@@ -60,6 +60,8 @@ async def _migrate(settings: Settings) -> None:
     conn = await _connect(settings)
     try:
         applied = await migrate(conn)
+    except asyncpg.PostgresError as exc:
+        raise CommandError(f"migration failed: {type(exc).__name__}: {exc}") from None
     finally:
         await conn.close()
     if applied:
@@ -87,10 +89,14 @@ async def _check_schema(settings: Settings) -> None:
 async def _check_redis(settings: Settings) -> None:
     from redis.asyncio import Redis
 
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=settings.stores.timeout_s)
+    try:
+        client = Redis.from_url(settings.redis_url,
+                                socket_connect_timeout=settings.stores.timeout_s)
+    except ValueError as exc:
+        raise CommandError(f"invalid Redis URL: {exc}") from None
     try:
         await client.ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
+    except (redis.exceptions.RedisError, OSError, ValueError) as exc:
         raise CommandError(f"cannot reach Redis at {_redact(settings.redis_url)}: "
                            f"{_describe_store_error(exc)}") from None
     finally:
@@ -139,6 +145,16 @@ def cmd_dev(args: argparse.Namespace) -> None:
                                upstream_port=args.upstream_port), runner)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="keystile", description="API-key gateway and admin API")
     sub = top.add_subparsers(dest="command", required=True)
@@ -146,16 +162,16 @@ def parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run the whole stack locally with embedded stores")
     dev.add_argument("--data-dir", default="./.keystile", help="where the stores keep data")
     dev.add_argument("--admin-host", default="127.0.0.1")
-    dev.add_argument("--admin-port", type=int, default=8081)
-    dev.add_argument("--gateway-port", type=int, default=8080,
+    dev.add_argument("--admin-port", type=_port, default=8081)
+    dev.add_argument("--gateway-port", type=_port, default=8080,
                      help="reserved for the gateway listener")
-    dev.add_argument("--upstream-port", type=int, default=9000, help="the demo echo upstream")
+    dev.add_argument("--upstream-port", type=_port, default=9000, help="the demo echo upstream")
     dev.set_defaults(func=cmd_dev)
 
     admin = sub.add_parser("admin", help="serve the admin API")
     admin.add_argument("--config", help="TOML configuration file")
     admin.add_argument("--host", help="overrides [admin] host")
-    admin.add_argument("--port", type=int, help="overrides [admin] port")
+    admin.add_argument("--port", type=_port, help="overrides [admin] port")
     admin.set_defaults(func=cmd_admin)
 
     mig = sub.add_parser("migrate", help="apply database migrations")

@@ -13,10 +13,10 @@ from admin_api.accesslog import AccessLogger
 from admin_api.app import create_app as create_admin_app
 from admin_api.migrate import migrate
 from gateway.database import connect
-from gateway.settings import AdminSettings, Settings
+from gateway.settings import MIN_TOKEN_LEN, AdminSettings, ConfigError, Settings
 from keystile import echo, serving
 from keystile.bootstrap import DemoKeys, ensure_demo
-from keystile.embedded import EmbeddedPostgres, EmbeddedRedis
+from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, write_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +30,15 @@ class DevOptions:
 
 def operator_token(data_dir: Path) -> str:
     """KEYSTILE_ADMIN_TOKEN if set, else a token generated once and kept in the data folder."""
-    if os.environ.get("KEYSTILE_ADMIN_TOKEN"):
-        return os.environ["KEYSTILE_ADMIN_TOKEN"]
+    given = os.environ.get("KEYSTILE_ADMIN_TOKEN")
+    if given:
+        if len(given) < MIN_TOKEN_LEN:
+            raise ConfigError(f"KEYSTILE_ADMIN_TOKEN must be at least {MIN_TOKEN_LEN} "
+                              "characters")
+        return given
     path = data_dir / "admin-token"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(24) + "\n")
-        path.chmod(0o600)
+        write_secret(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 

@@ -49,6 +49,13 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def write_secret(path: Path, value: str) -> None:
+    """Creates ``path`` readable by its owner only, from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+
+
 def _die_with_parent(sig: int) -> Callable[[], None]:
     """A pre-exec hook: the store gets ``sig`` if the process that started it dies, so a
     killed ``keystile dev`` or test run leaves no orphan server behind (Linux only)."""
@@ -136,18 +143,16 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         pw_file = self.data_dir / "pg-password"
         if not pw_file.exists():
-            pw_file.write_text(secrets.token_urlsafe(24) + "\n")
-            pw_file.chmod(0o600)
+            write_secret(pw_file, secrets.token_urlsafe(24))
         self.pgdata.mkdir(mode=0o700)
         # initdb reads the password from a file the server user can read; remove it afterwards.
         init_pw = self.data_dir / "initdb-password"
-        init_pw.write_text(self.password + "\n")
+        write_secret(init_pw, self.password)
         try:
             if self._user:
                 uid = pwd.getpwnam(self._user)
                 os.chown(self.pgdata, uid.pw_uid, uid.pw_gid)
                 os.chown(init_pw, uid.pw_uid, uid.pw_gid)
-            init_pw.chmod(0o600)
             result = subprocess.run(
                 [str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", "keystile",
                  "--auth=scram-sha-256", f"--pwfile={init_pw}", "-E", "UTF8",

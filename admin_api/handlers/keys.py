@@ -38,6 +38,26 @@ async def _record(conn: Connection, request: web.Request, principal: Principal,
                        org_id=key.org_id, changes=changes, request_id=request[REQUEST_ID])
 
 
+async def _publish(request: web.Request, key_ids: list[str]) -> None:
+    for key_id in key_ids:
+        await invalidation.publish(request.app[REDIS], "key", key_id)
+
+
+async def _unset_previous_default(conn: Connection, request: web.Request, principal: Principal,
+                                  org_id: str, owner_id: str, new_default: str) -> list[str]:
+    """Unsets the owner's current default (caller holds ``lock_owner``); the ids changed."""
+    previous = await keys.current_default(conn, org_id, owner_id)
+    if previous is None or previous.id == new_default:
+        return []
+    if principal.key is not None and previous.root and previous.id != principal.key.id:
+        raise Forbidden("the owner's current default is another root key, which a root key "
+                        "cannot change; use the operator token", code="root_key_protected")
+    await keys.set_default(conn, previous.id, False)
+    await _record(conn, request, principal, "key.unset_default", previous,
+                  {"is_default": False, "replaced_by": new_default})
+    return [previous.id]
+
+
 async def locked(conn: Connection, principal: Principal, key_id: str) -> KeyRecord:
     """The key, row-locked for this transaction, after checking the caller may change it."""
     key = auth.visible(principal, await keys.get(conn, key_id, for_update=True), key_id)
@@ -59,10 +79,12 @@ async def create_key(request: web.Request, principal: Principal, body: KeyCreate
     if body.is_default and body.owner_id is None:
         raise Unprocessable("is_default: a default key needs an owner_id",
                             code="validation_failed")
+    invalidate: list[str] = []
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        org = await orgs.get(conn, org_id)
+        # KEY SHARE: the organisation cannot be deleted under a key being created in it.
+        org = await orgs.get(conn, org_id, lock="KEY SHARE")
         if org is None:
-            raise NotFound(f"no organisation {org_id}", code="org_not_found")
+            raise NotFound("no organisation with that id", code="org_not_found")
         defaults = KeyDefaults.model_validate(org["key_defaults"])
         scopes = body.scopes if body.scopes is not None else defaults.scopes
         auth.require_grantable(principal, scopes)
@@ -73,8 +95,9 @@ async def create_key(request: web.Request, principal: Principal, body: KeyCreate
         rate_limits = body.rate_limits if body.rate_limits is not None else defaults.rate_limits
         key_prefix = body.prefix or org["key_prefix"]
         raw = keyformat.generate(key_prefix)
+        key_id = keyformat.new_id("key")
         values = {
-            "id": keyformat.new_id("key"),
+            "id": key_id,
             "org_id": org_id,
             "owner_id": body.owner_id,
             "name": body.name,
@@ -91,11 +114,16 @@ async def create_key(request: web.Request, principal: Principal, body: KeyCreate
             "prefix": keyformat.display_prefix(raw),
             "key_prefix": key_prefix,
         }
+        if body.is_default and body.owner_id is not None:
+            await keys.lock_owner(conn, org_id, body.owner_id)
+            invalidate += await _unset_previous_default(conn, request, principal, org_id,
+                                                        body.owner_id, key_id)
         record = await keys.insert(conn, values, keyformat.hash_key(raw))
         if body.is_default:
-            record = await keys.set_default(conn, record, True)
+            record = await keys.set_default(conn, record.id, True)
         out = key_out(record, now)
         await _record(conn, request, principal, "key.create", record, audit_view(out))
+    await _publish(request, invalidate)
     return respond(KeyCreated(**out.model_dump(), key=raw), 201)
 
 
@@ -126,6 +154,7 @@ async def get_key(request: web.Request, principal: Principal) -> web.Response:
 async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
                      ) -> web.Response:
     changes = body.model_dump(mode="json", exclude_unset=True)
+    audited = dict(changes)
     for name in NOT_NULLABLE:
         if name in changes and changes[name] is None:
             raise Unprocessable(f"{name}: cannot be null; leave it out to keep it",
@@ -136,14 +165,14 @@ async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
         changes["expires_at"] = body.expires_at  # the column wants a datetime, not a string
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, request.match_info["id"])
+        auth.require_not_own_limits(principal, key, set(changes))
         if "scopes" in changes:
             auth.require_grantable(principal, changes["scopes"])
             changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
         if key.is_default and changes.get("owner_id", key.owner_id) != key.owner_id:
-            changes["is_default"] = False  # a default belongs to its owner
+            changes["is_default"] = audited["is_default"] = False  # a default is its owner's
         updated = await keys.update(conn, key.id, changes)
-        await _record(conn, request, principal, "key.update", key,
-                      body.model_dump(mode="json", exclude_unset=True))
+        await _record(conn, request, principal, "key.update", key, audited)
     await invalidation.publish(request.app[REDIS], "key", key.id)
     return respond(key_out(updated))
 
@@ -166,9 +195,10 @@ async def rotate_key(request: web.Request, principal: Principal, body: RotateReq
                            code="key_revoked")
         raw = keyformat.generate(key.key_prefix)
         ends = await keys.rotate(conn, key.id, keyformat.hash_key(raw),
+                                 keyformat.display_prefix(raw),
                                  timedelta(seconds=body.grace_seconds))
-        # The display prefix follows the new secret.
-        updated = await keys.update(conn, key.id, {"prefix": keyformat.display_prefix(raw)})
+        updated = await keys.get(conn, key.id)
+        assert updated is not None
         await _record(conn, request, principal, "key.rotate", key,
                       {"grace_seconds": body.grace_seconds,
                        "previous_expires_at": ends.isoformat() if ends else None})
@@ -205,20 +235,32 @@ resume_key = _status_change("key.resume", "active")
 
 def _default_change(on: bool) -> Callable[..., Awaitable[web.Response]]:
     async def change(request: web.Request, principal: Principal) -> web.Response:
+        key_id = request.match_info["id"]
+        invalidate = [key_id]
         async with request.app[POOL].acquire() as conn, conn.transaction():
-            key = await locked(conn, principal, request.match_info["id"])
-            if key.is_default == on:
-                return respond(key_out(key))
-            if on and key.owner_id is None:
+            seen = auth.visible(principal, await keys.get(conn, key_id), key_id)
+            if seen.owner_id is None:
+                if not on:
+                    return respond(key_out(seen))
                 raise Conflict("the key has no owner_id; set one with PATCH first",
                                code="key_has_no_owner")
+            await keys.lock_owner(conn, seen.org_id, seen.owner_id)
+            key = await locked(conn, principal, key_id)
+            if key.owner_id != seen.owner_id:
+                raise Conflict("the key's owner changed meanwhile; retry",
+                               code="concurrent_update")
+            if key.is_default == on:
+                return respond(key_out(key))
             if on and key.status == "revoked":
                 raise Conflict("a revoked key cannot be a default", code="key_revoked")
-            updated = await keys.set_default(conn, key, on)
+            if on:
+                invalidate += await _unset_previous_default(conn, request, principal,
+                                                            key.org_id, seen.owner_id, key.id)
+            updated = await keys.set_default(conn, key.id, on)
             await _record(conn, request, principal,
                           "key.set_default" if on else "key.unset_default", key,
                           {"is_default": on})
-        await invalidation.publish(request.app[REDIS], "key", key.id)
+        await _publish(request, invalidate)
         return respond(key_out(updated))
 
     change.__name__ = "set_default" if on else "unset_default"

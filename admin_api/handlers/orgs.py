@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import asyncpg
 from aiohttp import web
 
@@ -50,10 +52,11 @@ async def get_org(request: web.Request, principal: Principal) -> web.Response:
     return respond(org_out(await _load(request.app[POOL], request.match_info["id"])))
 
 
-async def _load(conn: Queryable, org_id: str) -> asyncpg.Record:
-    row = await orgs.get(conn, org_id)
+async def _load(conn: Queryable, org_id: str, lock: Literal["UPDATE"] | None = None
+                ) -> asyncpg.Record:
+    row = await orgs.get(conn, org_id, lock)
     if row is None:
-        raise NotFound(f"no organisation {org_id}", code="org_not_found")
+        raise NotFound("no organisation with that id", code="org_not_found")
     return row
 
 
@@ -68,7 +71,7 @@ async def update_org(request: web.Request, principal: Principal, body: OrgUpdate
     if not changes:
         raise Unprocessable("send at least one field to change", code="validation_failed")
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        await _load(conn, org_id)
+        await _load(conn, org_id, "UPDATE")
         try:
             row = await orgs.update(conn, org_id, changes)
         except asyncpg.UniqueViolationError:
@@ -85,14 +88,22 @@ async def delete_org(request: web.Request, principal: Principal, query: OrgDelet
                      ) -> web.Response:
     org_id = request.match_info["id"]
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        await _load(conn, org_id)
-        count = await orgs.key_count(conn, org_id)
-        if count and not query.cascade:
-            raise Conflict(f"organisation {org_id} still has {count} key(s); delete them first "
-                           "or pass ?cascade=true to delete them with it", code="org_has_keys")
+        await _load(conn, org_id, "UPDATE")  # new keys wait for this transaction
+        key_ids = await orgs.key_ids(conn, org_id)
+        if key_ids and not query.cascade:
+            raise Conflict(f"organisation {org_id} still has {len(key_ids)} key(s); delete them "
+                           "first or pass ?cascade=true to delete them with it",
+                           code="org_has_keys")
+        for key_id in key_ids:
+            await audit.record(conn, principal.actor, "key.delete", target_type="key",
+                               target_id=key_id, org_id=org_id,
+                               changes={"reason": "organisation deleted"},
+                               request_id=request[REQUEST_ID])
         await orgs.delete(conn, org_id)
         await audit.record(conn, principal.actor, "org.delete", target_type="org",
-                           target_id=org_id, org_id=org_id, changes={"deleted_keys": count},
+                           target_id=org_id, org_id=org_id,
+                           changes={"deleted_keys": len(key_ids)},
                            request_id=request[REQUEST_ID])
+    # Gateways drop every cached key of an organisation on its invalidation.
     await invalidation.publish(request.app[REDIS], "org", org_id)
     return respond(None, 204)

@@ -8,9 +8,16 @@ from aiohttp import web
 
 from admin_api import auth
 from admin_api.auth import Principal
-from admin_api.errors import REQUEST_ID
+from admin_api.errors import REQUEST_ID, Unprocessable
 from admin_api.handlers.keys import locked
-from admin_api.models import DailyUsage, QuotaUsage, RateLimitUsage, UsageChange, UsageOut
+from admin_api.models import (
+    MAX_COUNT,
+    DailyUsage,
+    QuotaUsage,
+    RateLimitUsage,
+    UsageChange,
+    UsageOut,
+)
 from admin_api.repository import audit, keys
 from admin_api.state import POOL, REDIS
 from admin_api.views import respond
@@ -55,6 +62,11 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
                        ) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, request.match_info["id"])
+        auth.require_not_own_limits(principal, key, {"usage_limit"})
+        if body.op == "increment" and key.usage_count + body.value > MAX_COUNT:
+            raise Unprocessable(f"value: the count would exceed {MAX_COUNT}",
+                                code="validation_failed",
+                                fields=[{"field": "value", "message": "too large"}])
         updated = await keys.change_usage(conn, key.id, body.op, body.value)
         await audit.record(conn, principal.actor, "key.usage", target_type="key",
                            target_id=key.id, org_id=key.org_id,

@@ -90,40 +90,50 @@ async def delete(conn: Connection, key_id: str) -> None:
     await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
 
 
-async def rotate(conn: Connection, key_id: str, digest: bytes,
+async def rotate(conn: Connection, key_id: str, digest: bytes, display_prefix: str,
                  grace: timedelta) -> datetime | None:
-    """Adds a new secret; the live old ones stop at now + grace (or at once). Returns when
-    the old secrets stop working, or None when they stopped at once."""
+    """Adds a new secret; the live old ones stop at now + grace (or at once, when grace is 0;
+    an earlier, shorter grace is never extended). Returns when the last old secret stops
+    working, or None when they stopped at once."""
+    ends: datetime | None = None
     if grace:
-        ends: datetime | None = await conn.fetchval(
-            """UPDATE key_secrets SET expires_at = LEAST(COALESCE(expires_at, 'infinity'),
-                                                         now() + $2)
-            WHERE key_id = $1 AND (expires_at IS NULL OR expires_at > now())
-            RETURNING expires_at""", key_id, grace)
+        ends = await conn.fetchval(
+            """WITH cut AS (
+                UPDATE key_secrets SET expires_at = LEAST(COALESCE(expires_at, 'infinity'),
+                                                          now() + $2)
+                WHERE key_id = $1 AND (expires_at IS NULL OR expires_at > now())
+                RETURNING expires_at)
+            SELECT max(expires_at) FROM cut""", key_id, grace)
         # Already-expired secrets are of no use to anyone: drop them.
         await conn.execute("DELETE FROM key_secrets WHERE key_id = $1 AND expires_at <= now()",
                            key_id)
     else:
         await conn.execute("DELETE FROM key_secrets WHERE key_id = $1", key_id)
-        ends = None
     await conn.execute("INSERT INTO key_secrets (hash, key_id) VALUES ($1, $2)", digest, key_id)
-    await conn.execute("UPDATE keys SET updated_at = now() WHERE id = $1", key_id)
+    await conn.execute("UPDATE keys SET prefix = $2, updated_at = now() WHERE id = $1", key_id,
+                       display_prefix)
     return ends
 
 
-async def set_default(conn: Connection, key: KeyRecord, on: bool) -> KeyRecord:
-    """Make (or unmake) ``key`` its owner's default; the previous default is unset in the same
-    transaction, serialised per owner so two concurrent switches cannot collide."""
+async def lock_owner(conn: Connection, org_id: str, owner_id: str) -> None:
+    """Serialises default switching per owner. Taken before any key row lock, in every path
+    that moves a default, so two switches cannot deadlock."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
-                       key.org_id, key.owner_id)
-    if on:
-        await conn.execute(
-            """UPDATE keys SET is_default = false, updated_at = now()
-            WHERE org_id = $1 AND owner_id = $2 AND is_default AND id <> $3""",
-            key.org_id, key.owner_id, key.id)
+                       org_id, owner_id)
+
+
+async def current_default(conn: Connection, org_id: str, owner_id: str) -> KeyRecord | None:
+    row = await conn.fetchrow(
+        f"""SELECT {KEY_COLUMNS} FROM keys k
+        WHERE k.org_id = $1 AND k.owner_id = $2 AND k.is_default FOR UPDATE""",
+        org_id, owner_id)
+    return KeyRecord.from_row(row) if row else None
+
+
+async def set_default(conn: Connection, key_id: str, on: bool) -> KeyRecord:
     row = await conn.fetchrow(
         f"""UPDATE keys AS k SET is_default = $2, updated_at = now() WHERE id = $1
-        RETURNING {KEY_COLUMNS}""", key.id, on)
+        RETURNING {KEY_COLUMNS}""", key_id, on)
     return _one(row)
 
 

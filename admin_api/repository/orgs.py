@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -26,10 +26,14 @@ async def insert(conn: Connection, values: dict[str, Any]) -> asyncpg.Record:
     return row
 
 
-async def get(conn: Queryable, org_id: str) -> asyncpg.Record | None:
+async def get(conn: Queryable, org_id: str,
+              lock: Literal["UPDATE", "KEY SHARE"] | None = None) -> asyncpg.Record | None:
+    """``lock`` (inside a transaction): UPDATE to change or delete the organisation, KEY SHARE
+    to keep it from being deleted while a key is created in it."""
     if not keyformat.is_id("org", org_id):
         return None
-    return await conn.fetchrow(f"SELECT {ORG_COLUMNS} FROM orgs WHERE id = $1", org_id)
+    suffix = f" FOR {lock}" if lock else ""
+    return await conn.fetchrow(f"SELECT {ORG_COLUMNS} FROM orgs WHERE id = $1{suffix}", org_id)
 
 
 async def get_by_provider(conn: Queryable, provider_id: str) -> asyncpg.Record | None:
@@ -53,9 +57,10 @@ async def update(conn: Connection, org_id: str,
         org_id, *(changes[c] for c in columns))
 
 
-async def key_count(conn: Connection, org_id: str) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM keys WHERE org_id = $1", org_id))
+async def key_ids(conn: Connection, org_id: str) -> list[str]:
+    return [r["id"] for r in await conn.fetch("SELECT id FROM keys WHERE org_id = $1 "
+                                              "ORDER BY serial", org_id)]
 
 
-async def delete(conn: Connection, org_id: str) -> bool:
-    return await conn.fetchval("DELETE FROM orgs WHERE id = $1 RETURNING true", org_id) is not None
+async def delete(conn: Connection, org_id: str) -> None:
+    await conn.execute("DELETE FROM orgs WHERE id = $1", org_id)
