@@ -76,8 +76,8 @@ Try:
 """
 
 
-async def _serve(opts: DevOptions, pg: EmbeddedPostgres, redis: EmbeddedRedis) -> None:
-    token = operator_token(opts.data_dir)
+async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
+                 redis: EmbeddedRedis) -> None:
     settings = Settings(database_url=pg.url, redis_url=redis.url,
                         admin=AdminSettings(host=opts.admin_host, port=opts.admin_port,
                                             token=token))
@@ -103,12 +103,13 @@ async def _serve(opts: DevOptions, pg: EmbeddedPostgres, redis: EmbeddedRedis) -
 
 def run(opts: DevOptions, runner: asyncio.Runner) -> None:
     opts.data_dir.mkdir(parents=True, exist_ok=True)
+    token = operator_token(opts.data_dir)  # a bad token fails before anything starts
     pg = EmbeddedPostgres(opts.data_dir / "postgres")
     redis = EmbeddedRedis(opts.data_dir / "redis")
     try:
         pg.start()
         redis.start()
-        runner.run(_serve(opts, pg, redis))
+        runner.run(_serve(opts, token, pg, redis))
     finally:
         redis.stop()
         pg.stop()

@@ -31,3 +31,12 @@ def test_missing_lists_what_is_not_granted_in_order() -> None:
     ("orders:", False), (":read", False), ("a b:c", False), ("*:read", False)])
 def test_scope_syntax(scope: str, ok: bool) -> None:
     assert is_valid_scope(scope) is ok
+
+
+def test_trailing_newlines_are_not_valid() -> None:
+    from gateway import keyformat
+
+    assert not is_valid_scope("a:b\n")
+    assert not keyformat.is_valid_prefix("ks\n")
+    ident = keyformat.new_id("key")
+    assert keyformat.is_id("key", ident) and not keyformat.is_id("key", ident + "\n")

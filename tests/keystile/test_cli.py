@@ -72,3 +72,16 @@ def test_admin_serves_until_sigterm(cli: Cli, stores: Stores, tmp_path: Path) ->
     assert access[0]["path"] == "/v1/orgs" and access[0]["status"] == 200
     assert access[0]["actor"] == "operator" and access[0]["request_id"]
     assert TOKEN not in out
+
+
+def test_more_misconfigurations_are_one_line(cli: Cli, stores: Stores, tmp_path: Path) -> None:
+    _one_line_error(cli.run("admin", env={"KEYSTILE_REDIS_URL": "foo://bar"}), "redis_url")
+    bad = tmp_path / "table.toml"
+    bad.write_text('admin = "x"\n')
+    _one_line_error(cli.run("admin", "--config", str(bad),
+                            env={"KEYSTILE_ADMIN_TOKEN": TOKEN}), "admin must be a table")
+    _one_line_error(cli.run("dev", "--data-dir", str(tmp_path / "d"),
+                            env={"KEYSTILE_ADMIN_TOKEN": "short"}), "at least 16")
+    result = cli.run("admin", "--port", "70000")
+    assert result.returncode == 2 and "not a TCP port" in result.stderr
+    assert "Traceback" not in result.stderr
