@@ -68,7 +68,7 @@ async def migrate(conn: Connection) -> list[Migration]:
                     migration.version,
                     migration.name,
                 )
-            log.info("applied migration", extra={"version": migration.version})
+            log.info("applied migration %04d_%s", migration.version, migration.name)
             applied.append(migration)
         return applied
     finally:
