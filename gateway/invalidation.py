@@ -1,29 +1,74 @@
-"""The Redis channel on which the control plane announces changed keys and organisations,
-so every gateway worker can drop what it cached."""
+"""Telling every gateway worker that keys or organisations changed.
+
+The admin API deletes the shared Redis records of the changed keys, bumps the generation
+counter (so no in-flight lookup re-shares an old record) and publishes one message per change
+on a channel every worker listens on; workers drop what they cached."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Iterable
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.keycache import GENERATION_KEY, HASH_KEY
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "keystile:invalidate"
+RECONNECT_DELAY_S = 0.5
 
 
 def message(kind: str, ident: str) -> bytes:
     return orjson.dumps({"type": kind, "id": ident})
 
 
-async def publish(redis: Redis, kind: str, ident: str) -> bool:
-    """Best effort: when Redis is unreachable the cache TTL still bounds staleness."""
+async def announce(redis: Redis, changes: Iterable[tuple[str, str]],
+                   hashes: Iterable[bytes] = ()) -> bool:
+    """``changes`` are ("key" | "org", id) pairs; ``hashes`` the secrets whose shared records
+    must go. Best effort: when Redis is unreachable the cache TTLs still bound staleness."""
     try:
-        await redis.publish(CHANNEL, message(kind, ident))
+        async with redis.pipeline(transaction=True) as pipe:
+            for digest in hashes:
+                pipe.delete(HASH_KEY.format(digest.hex()))
+            pipe.incr(GENERATION_KEY)
+            for kind, ident in changes:
+                pipe.publish(CHANNEL, message(kind, ident))
+            await pipe.execute()
         return True
     except (RedisError, OSError) as exc:
-        log.warning("invalidation not published", extra={"type": kind, "id": ident,
-                                                         "error": type(exc).__name__})
+        log.warning("invalidation not announced", extra={"error": type(exc).__name__})
         return False
+
+
+async def listen(redis: Redis, apply: Callable[[str, str], None],
+                 subscribed: asyncio.Event | None = None) -> None:
+    """Applies every message until cancelled; reconnects after Redis failures, and drops
+    everything cached after a reconnect, since messages may have been missed meanwhile."""
+    first = True
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(CHANNEL)
+            if not first:
+                apply("all", "")
+            first = False
+            if subscribed is not None:
+                subscribed.set()
+            async for item in pubsub.listen():
+                if item.get("type") != "message":
+                    continue
+                try:
+                    data = orjson.loads(item["data"])
+                    apply(str(data["type"]), str(data["id"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    log.warning("ignored a malformed invalidation message")
+        except (RedisError, OSError) as exc:
+            log.warning("invalidation channel lost; reconnecting",
+                        extra={"error": type(exc).__name__})
+            await asyncio.sleep(RECONNECT_DELAY_S)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

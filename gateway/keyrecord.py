@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from gateway.database import Queryable
 
@@ -22,6 +23,14 @@ FROM key_secrets s JOIN keys k ON k.id = s.key_id
 WHERE s.hash = $1 AND (s.expires_at IS NULL OR s.expires_at > now())"""
 
 SELECT_BY_ID = f"SELECT {KEY_COLUMNS} FROM keys k WHERE k.id = $1"
+
+# The gateway's cache miss: the record plus when this particular secret stops working.
+SELECT_WITH_SECRET_BY_HASH = f"""
+SELECT {KEY_COLUMNS}, s.expires_at AS secret_expires_at
+FROM key_secrets s JOIN keys k ON k.id = s.key_id
+WHERE s.hash = $1 AND (s.expires_at IS NULL OR s.expires_at > now())"""
+
+_TIME_FIELDS = ("expires_at", "created_at", "updated_at", "last_used_at", "revoked_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,23 @@ class KeyRecord:
         values["scopes"] = tuple(values["scopes"])
         values["rate_limits"] = tuple(values["rate_limits"])
         return cls(**values)
+
+    def to_json(self, secret_expires_at: datetime | None) -> bytes:
+        """The form shared between gateway workers through Redis."""
+        data = {name: getattr(self, name) for name in self.__slots__}
+        data["secret_expires_at"] = secret_expires_at
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> tuple[KeyRecord, datetime | None]:
+        data = orjson.loads(raw)
+        for name in (*_TIME_FIELDS, "secret_expires_at"):
+            if data[name] is not None:
+                data[name] = datetime.fromisoformat(data[name])
+        secret_expires_at = data.pop("secret_expires_at")
+        data["scopes"] = tuple(data["scopes"])
+        data["rate_limits"] = tuple(data["rate_limits"])
+        return cls(**data), secret_expires_at
 
     def effective_status(self, now: datetime) -> str:
         """``status`` with ``expired`` derived from ``expires_at``; revoked outranks expired."""

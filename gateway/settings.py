@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.credentials import CREDENTIAL_KINDS
+from gateway.scopes import is_valid_scope
 
 ENV_OVERRIDES = {
     "KEYSTILE_DATABASE_URL": ("database_url",),
@@ -41,11 +44,73 @@ class StoreSettings(_Strict):
     timeout_s: float = Field(5.0, gt=0)
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+class GatewaySettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(16 << 20, ge=0, description="larger request bodies get 413")
+    max_header_bytes: int = Field(16 << 10, ge=1024, description="all request headers together")
+    max_header_count: int = Field(100, ge=8)
+    cache_size: int = Field(10_000, ge=0, description="keys cached per worker")
+    cache_ttl_s: float = Field(1.0, gt=0, description="backstop for the invalidation channel")
+    negative_ttl_s: float = Field(0.5, ge=0, description="how long an unknown key stays unknown")
+    redis_cache_ttl_s: int = Field(60, ge=1, description="key records shared through Redis")
+
+
+class RouteSettings(_Strict):
+    """One upstream behind a path prefix (longest prefix wins, on segment boundaries)."""
+
+    prefix: str = Field(pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/\-]*$")
+    upstream: str = Field(pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
+    strip_prefix: bool = False
+    auth: Literal["required", "optional", "none"] = "required"
+    scopes: dict[str, list[str]] = {}
+    methods: list[str] | None = None
+    credentials: str = "x-api-key"
+    provider_header: str | None = None
+    cost: int = Field(1, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for method, wanted in value.items():
+            if method != "*" and method not in HTTP_METHODS:
+                raise ValueError(f"unknown method {method!r} (use {', '.join(HTTP_METHODS)} "
+                                 "or '*')")
+            bad = [s for s in wanted if not is_valid_scope(s)]
+            if bad:
+                raise ValueError(f"invalid scope(s) {bad} for {method}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            bad = [m for m in value if m not in HTTP_METHODS]
+            if bad:
+                raise ValueError(f"unknown method(s) {bad}")
+        return value
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials(cls, value: str) -> str:
+        if value not in CREDENTIAL_KINDS:
+            raise ValueError(f"unknown credentials {value!r} (use one of "
+                             f"{', '.join(CREDENTIAL_KINDS)})")
+        return value
+
+
 class Settings(_Strict):
     database_url: str = "postgresql://keystile@127.0.0.1:5432/keystile"
     redis_url: str = "redis://127.0.0.1:6379/0"
     admin: AdminSettings = AdminSettings()
+    gateway: GatewaySettings = GatewaySettings()
     stores: StoreSettings = StoreSettings()
+    routes: list[RouteSettings] = []
 
     @field_validator("database_url")
     @classmethod

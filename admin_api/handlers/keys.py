@@ -10,6 +10,7 @@ from aiohttp import web
 
 from admin_api import auth
 from admin_api.auth import Principal
+from admin_api.changes import Changes
 from admin_api.errors import REQUEST_ID, Conflict, Forbidden, NotFound, Unprocessable
 from admin_api.inputs import decode_int_cursor, encode_cursor
 from admin_api.models import (
@@ -25,7 +26,7 @@ from admin_api.models import (
 from admin_api.repository import audit, keys, orgs
 from admin_api.state import POOL, REDIS
 from admin_api.views import audit_view, key_out, respond
-from gateway import invalidation, keyformat
+from gateway import keyformat
 from gateway.database import Connection
 from gateway.keyrecord import KeyRecord
 
@@ -38,24 +39,20 @@ async def _record(conn: Connection, request: web.Request, principal: Principal,
                        org_id=key.org_id, changes=changes, request_id=request[REQUEST_ID])
 
 
-async def _publish(request: web.Request, key_ids: list[str]) -> None:
-    for key_id in key_ids:
-        await invalidation.publish(request.app[REDIS], "key", key_id)
-
-
 async def _unset_previous_default(conn: Connection, request: web.Request, principal: Principal,
-                                  org_id: str, owner_id: str, new_default: str) -> list[str]:
-    """Unsets the owner's current default (caller holds ``lock_owner``); the ids changed."""
+                                  org_id: str, owner_id: str, new_default: str,
+                                  changes: Changes) -> None:
+    """Unsets the owner's current default (the caller holds ``lock_owner``)."""
     previous = await keys.current_default(conn, org_id, owner_id)
     if previous is None or previous.id == new_default:
-        return []
+        return
     if principal.key is not None and previous.root and previous.id != principal.key.id:
         raise Forbidden("the owner's current default is another root key, which a root key "
                         "cannot change; use the operator token", code="root_key_protected")
+    await changes.key(conn, previous.id)
     await keys.set_default(conn, previous.id, False)
     await _record(conn, request, principal, "key.unset_default", previous,
                   {"is_default": False, "replaced_by": new_default})
-    return [previous.id]
 
 
 async def locked(conn: Connection, principal: Principal, key_id: str) -> KeyRecord:
@@ -79,7 +76,7 @@ async def create_key(request: web.Request, principal: Principal, body: KeyCreate
     if body.is_default and body.owner_id is None:
         raise Unprocessable("is_default: a default key needs an owner_id",
                             code="validation_failed")
-    invalidate: list[str] = []
+    changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         # KEY SHARE: the organisation cannot be deleted under a key being created in it.
         org = await orgs.get(conn, org_id, lock="KEY SHARE")
@@ -116,14 +113,14 @@ async def create_key(request: web.Request, principal: Principal, body: KeyCreate
         }
         if body.is_default and body.owner_id is not None:
             await keys.lock_owner(conn, org_id, body.owner_id)
-            invalidate += await _unset_previous_default(conn, request, principal, org_id,
-                                                        body.owner_id, key_id)
+            await _unset_previous_default(conn, request, principal, org_id, body.owner_id,
+                                          key_id, changes)
         record = await keys.insert(conn, values, keyformat.hash_key(raw))
         if body.is_default:
             record = await keys.set_default(conn, record.id, True)
         out = key_out(record, now)
         await _record(conn, request, principal, "key.create", record, audit_view(out))
-    await _publish(request, invalidate)
+    await changes.announce(request.app[REDIS])
     return respond(KeyCreated(**out.model_dump(), key=raw), 201)
 
 
@@ -153,46 +150,52 @@ async def get_key(request: web.Request, principal: Principal) -> web.Response:
 
 async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
                      ) -> web.Response:
-    changes = body.model_dump(mode="json", exclude_unset=True)
-    audited = dict(changes)
+    fields = body.model_dump(mode="json", exclude_unset=True)
+    audited = dict(fields)
     for name in NOT_NULLABLE:
-        if name in changes and changes[name] is None:
+        if name in fields and fields[name] is None:
             raise Unprocessable(f"{name}: cannot be null; leave it out to keep it",
                                 code="validation_failed")
-    if not changes:
+    if not fields:
         raise Unprocessable("send at least one field to change", code="validation_failed")
     if body.expires_at is not None:
-        changes["expires_at"] = body.expires_at  # the column wants a datetime, not a string
+        fields["expires_at"] = body.expires_at  # the column wants a datetime, not a string
+    changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, request.match_info["id"])
-        auth.require_not_own_limits(principal, key, set(changes))
-        if "scopes" in changes:
-            auth.require_grantable(principal, changes["scopes"])
-            changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
-        if key.is_default and changes.get("owner_id", key.owner_id) != key.owner_id:
-            changes["is_default"] = audited["is_default"] = False  # a default is its owner's
-        updated = await keys.update(conn, key.id, changes)
+        auth.require_not_own_limits(principal, key, set(fields))
+        if "scopes" in fields:
+            auth.require_grantable(principal, fields["scopes"])
+            fields["scopes"] = list(dict.fromkeys(fields["scopes"]))
+        if key.is_default and fields.get("owner_id", key.owner_id) != key.owner_id:
+            fields["is_default"] = audited["is_default"] = False  # a default is its owner's
+        await changes.key(conn, key.id)
+        updated = await keys.update(conn, key.id, fields)
         await _record(conn, request, principal, "key.update", key, audited)
-    await invalidation.publish(request.app[REDIS], "key", key.id)
+    await changes.announce(request.app[REDIS])
     return respond(key_out(updated))
 
 
 async def delete_key(request: web.Request, principal: Principal) -> web.Response:
+    changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, request.match_info["id"])
+        await changes.key(conn, key.id)
         await keys.delete(conn, key.id)
         await _record(conn, request, principal, "key.delete", key, {})
-    await invalidation.publish(request.app[REDIS], "key", key.id)
+    await changes.announce(request.app[REDIS])
     return respond(None, 204)
 
 
 async def rotate_key(request: web.Request, principal: Principal, body: RotateRequest
                      ) -> web.Response:
+    changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, request.match_info["id"])
         if key.status == "revoked":
             raise Conflict("a revoked key cannot be rotated; create a new key",
                            code="key_revoked")
+        await changes.key(conn, key.id)
         raw = keyformat.generate(key.key_prefix)
         ends = await keys.rotate(conn, key.id, keyformat.hash_key(raw),
                                  keyformat.display_prefix(raw),
@@ -202,7 +205,7 @@ async def rotate_key(request: web.Request, principal: Principal, body: RotateReq
         await _record(conn, request, principal, "key.rotate", key,
                       {"grace_seconds": body.grace_seconds,
                        "previous_expires_at": ends.isoformat() if ends else None})
-    await invalidation.publish(request.app[REDIS], "key", key.id)
+    await changes.announce(request.app[REDIS])
     out = key_out(updated)
     return respond(KeyRotated(**out.model_dump(), key=raw, previous_expires_at=ends))
 
@@ -211,6 +214,7 @@ def _status_change(action: str, target: str) -> Callable[..., Awaitable[web.Resp
     """revoke / pause / resume: idempotent on a key already in the target state."""
 
     async def change(request: web.Request, principal: Principal) -> web.Response:
+        changes = Changes()
         async with request.app[POOL].acquire() as conn, conn.transaction():
             key = await locked(conn, principal, request.match_info["id"])
             if key.status == target:
@@ -218,10 +222,11 @@ def _status_change(action: str, target: str) -> Callable[..., Awaitable[web.Resp
             if key.status == "revoked":
                 raise Conflict(f"key {key.id} is revoked, which is irreversible; "
                                "create a new key", code="key_revoked")
+            await changes.key(conn, key.id)
             updated = await keys.set_status(conn, key.id, target)
             await _record(conn, request, principal, action, key,
                           {"status": [key.status, target]})
-        await invalidation.publish(request.app[REDIS], "key", key.id)
+        await changes.announce(request.app[REDIS])
         return respond(key_out(updated))
 
     change.__name__ = action.replace(".", "_")
@@ -236,7 +241,7 @@ resume_key = _status_change("key.resume", "active")
 def _default_change(on: bool) -> Callable[..., Awaitable[web.Response]]:
     async def change(request: web.Request, principal: Principal) -> web.Response:
         key_id = request.match_info["id"]
-        invalidate = [key_id]
+        changes = Changes()
         async with request.app[POOL].acquire() as conn, conn.transaction():
             seen = auth.visible(principal, await keys.get(conn, key_id), key_id)
             if seen.owner_id is None:
@@ -254,13 +259,14 @@ def _default_change(on: bool) -> Callable[..., Awaitable[web.Response]]:
             if on and key.status == "revoked":
                 raise Conflict("a revoked key cannot be a default", code="key_revoked")
             if on:
-                invalidate += await _unset_previous_default(conn, request, principal,
-                                                            key.org_id, seen.owner_id, key.id)
+                await _unset_previous_default(conn, request, principal, key.org_id,
+                                              seen.owner_id, key.id, changes)
+            await changes.key(conn, key.id)
             updated = await keys.set_default(conn, key.id, on)
             await _record(conn, request, principal,
                           "key.set_default" if on else "key.unset_default", key,
                           {"is_default": on})
-        await _publish(request, invalidate)
+        await changes.announce(request.app[REDIS])
         return respond(key_out(updated))
 
     change.__name__ = "set_default" if on else "unset_default"

@@ -8,13 +8,13 @@ import asyncpg
 from aiohttp import web
 
 from admin_api.auth import Principal
+from admin_api.changes import Changes
 from admin_api.errors import REQUEST_ID, Conflict, NotFound, Unprocessable
 from admin_api.inputs import decode_cursor, encode_cursor
 from admin_api.models import OrgCreate, OrgDeleteQuery, OrgList, OrgListQuery, OrgUpdate
 from admin_api.repository import audit, orgs
 from admin_api.state import POOL, REDIS
 from admin_api.views import audit_view, org_out, respond
-from gateway import invalidation
 from gateway.database import Queryable
 from gateway.keyformat import new_id
 
@@ -63,32 +63,36 @@ async def _load(conn: Queryable, org_id: str, lock: Literal["UPDATE"] | None = N
 async def update_org(request: web.Request, principal: Principal, body: OrgUpdate
                      ) -> web.Response:
     org_id = request.match_info["id"]
-    changes = body.model_dump(mode="json", exclude_unset=True)
-    nulls = [name for name, value in changes.items() if value is None]
+    fields = body.model_dump(mode="json", exclude_unset=True)
+    nulls = [name for name, value in fields.items() if value is None]
     if nulls:
         raise Unprocessable(f"{nulls[0]}: cannot be null; leave it out to keep it",
                             code="validation_failed")
-    if not changes:
+    if not fields:
         raise Unprocessable("send at least one field to change", code="validation_failed")
+    changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await _load(conn, org_id, "UPDATE")
+        await changes.org(conn, org_id)
         try:
-            row = await orgs.update(conn, org_id, changes)
+            row = await orgs.update(conn, org_id, fields)
         except asyncpg.UniqueViolationError:
-            raise _duplicate_provider(str(changes.get("provider_id"))) from None
+            raise _duplicate_provider(str(fields.get("provider_id"))) from None
         assert row is not None
         await audit.record(conn, principal.actor, "org.update", target_type="org",
-                           target_id=org_id, org_id=org_id, changes=changes,
+                           target_id=org_id, org_id=org_id, changes=fields,
                            request_id=request[REQUEST_ID])
-    await invalidation.publish(request.app[REDIS], "org", org_id)
+    await changes.announce(request.app[REDIS])
     return respond(org_out(row))
 
 
 async def delete_org(request: web.Request, principal: Principal, query: OrgDeleteQuery
                      ) -> web.Response:
     org_id = request.match_info["id"]
+    changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await _load(conn, org_id, "UPDATE")  # new keys wait for this transaction
+        await changes.org(conn, org_id)
         key_ids = await orgs.key_ids(conn, org_id)
         if key_ids and not query.cascade:
             raise Conflict(f"organisation {org_id} still has {len(key_ids)} key(s); delete them "
@@ -105,5 +109,5 @@ async def delete_org(request: web.Request, principal: Principal, query: OrgDelet
                            changes={"deleted_keys": len(key_ids)},
                            request_id=request[REQUEST_ID])
     # Gateways drop every cached key of an organisation on its invalidation.
-    await invalidation.publish(request.app[REDIS], "org", org_id)
+    await changes.announce(request.app[REDIS])
     return respond(None, 204)

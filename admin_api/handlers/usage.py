@@ -8,6 +8,7 @@ from aiohttp import web
 
 from admin_api import auth
 from admin_api.auth import Principal
+from admin_api.changes import Changes
 from admin_api.errors import REQUEST_ID, Unprocessable
 from admin_api.handlers.keys import locked
 from admin_api.models import (
@@ -21,7 +22,7 @@ from admin_api.models import (
 from admin_api.repository import audit, keys
 from admin_api.state import POOL, REDIS
 from admin_api.views import respond
-from gateway import invalidation, quota
+from gateway import quota
 from gateway.database import Queryable
 from gateway.keyrecord import KeyRecord
 
@@ -60,6 +61,7 @@ async def get_usage(request: web.Request, principal: Principal) -> web.Response:
 
 async def change_usage(request: web.Request, principal: Principal, body: UsageChange
                        ) -> web.Response:
+    changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, request.match_info["id"])
         auth.require_not_own_limits(principal, key, {"usage_limit"})
@@ -67,6 +69,7 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
             raise Unprocessable(f"value: the count would exceed {MAX_COUNT}",
                                 code="validation_failed",
                                 fields=[{"field": "value", "message": "too large"}])
+        await changes.key(conn, key.id)
         updated = await keys.change_usage(conn, key.id, body.op, body.value)
         await audit.record(conn, principal.actor, "key.usage", target_type="key",
                            target_id=key.id, org_id=key.org_id,
@@ -74,5 +77,5 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
                                     "usage_count": [key.usage_count, updated.usage_count]},
                            request_id=request[REQUEST_ID])
         out = await usage_of(conn, updated)
-    await invalidation.publish(request.app[REDIS], "key", key.id)
+    await changes.announce(request.app[REDIS])
     return respond(out)

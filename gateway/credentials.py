@@ -1,0 +1,33 @@
+"""Where a request carries its key: one extractor per convention, chosen per route.
+
+An extractor returns the raw key (or None when absent) and names the headers that carried
+it, so the proxy can make sure the credential never reaches the upstream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+
+@dataclass(frozen=True, slots=True)
+class Extractor:
+    headers: tuple[str, ...]  # removed before forwarding
+    scheme: str | None = None  # e.g. "Bearer": the header value is "<scheme> <key>"
+
+    def extract(self, headers: CIMultiDictProxy[str]) -> str | None:
+        value = headers.get(self.headers[0])
+        if value is None:
+            return None
+        value = value.strip()
+        if self.scheme is None:
+            return value
+        scheme, _, key = value.partition(" ")
+        return key.strip() if scheme.lower() == self.scheme.lower() else ""
+
+
+EXTRACTORS: dict[str, Extractor] = {
+    "x-api-key": Extractor(("X-API-Key",)),
+    "bearer": Extractor(("Authorization",), scheme="Bearer"),
+}
+CREDENTIAL_KINDS = tuple(EXTRACTORS)

@@ -1,0 +1,174 @@
+"""Key lookup by secret hash: per-worker cache → Redis → PostgreSQL, read-through.
+
+The worker cache is a bounded LRU whose entries live ``cache_ttl_s`` at most (the backstop
+for the invalidation channel), plus a short negative cache for unknown hashes. Redis shares
+records between workers and hosts. A record read from PostgreSQL is published to Redis only
+if no key changed meanwhile (a generation counter the admin API bumps), so a lookup racing an
+admin change cannot put a stale record back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.errors import GatewayError
+from gateway.keyrecord import SELECT_WITH_SECRET_BY_HASH, KeyRecord
+
+log = logging.getLogger(__name__)
+
+HASH_KEY = "ks:h:{}"  # Redis: hex digest -> record JSON
+GENERATION_KEY = "ks:gen"  # Redis: bumped by every admin change to keys
+
+# Store the record only if no admin change happened since the lookup began.
+_SET_IF_UNCHANGED = """
+if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return 0
+"""
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: KeyRecord
+    secret_expires_at: datetime | None
+    until: float  # monotonic deadline of this cache entry
+
+
+@dataclass
+class LocalCache:
+    """One worker's cache; ``generation`` moves on every invalidation it applies."""
+
+    size: int
+    ttl_s: float
+    negative_ttl_s: float
+    entries: OrderedDict[bytes, _Entry] = field(default_factory=OrderedDict)
+    unknown: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
+    generation: int = 0
+
+    def get(self, digest: bytes) -> _Entry | bool | None:
+        """The entry, False when known to be unknown, None when not cached."""
+        now = time.monotonic()
+        entry = self.entries.get(digest)
+        if entry is not None:
+            if entry.until > now:
+                self.entries.move_to_end(digest)
+                return entry
+            del self.entries[digest]
+        until = self.unknown.get(digest)
+        if until is not None:
+            if until > now:
+                return False
+            del self.unknown[digest]
+        return None
+
+    def put(self, digest: bytes, record: KeyRecord | None, secret_expires_at: datetime | None,
+            generation: int) -> None:
+        if generation != self.generation or self.size == 0:
+            return  # an invalidation arrived while this lookup was in flight
+        now = time.monotonic()
+        if record is None:
+            if self.negative_ttl_s:
+                self.unknown[digest] = now + self.negative_ttl_s
+                while len(self.unknown) > self.size:
+                    self.unknown.popitem(last=False)
+            return
+        self.entries[digest] = _Entry(record, secret_expires_at, now + self.ttl_s)
+        self.entries.move_to_end(digest)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def drop(self, *, key_id: str | None = None, org_id: str | None = None) -> None:
+        self.generation += 1
+        self.unknown.clear()  # a new key may now own a hash we called unknown (rotation)
+        if key_id is None and org_id is None:
+            self.entries.clear()
+            return
+        stale = [d for d, e in self.entries.items()
+                 if e.record.id == key_id or e.record.org_id == org_id]
+        for digest in stale:
+            del self.entries[digest]
+
+
+class KeyLookup:
+    def __init__(self, cache: LocalCache, redis: Redis, pool: asyncpg.Pool,
+                 redis_ttl_s: int) -> None:
+        self.cache = cache
+        self.redis = redis
+        self.pool = pool
+        self.redis_ttl_s = redis_ttl_s
+        self._set_if_unchanged = redis.register_script(_SET_IF_UNCHANGED)
+
+    async def find(self, digest: bytes) -> KeyRecord | None:
+        cached = self.cache.get(digest)
+        if cached is False:
+            return None
+        now = datetime.now(UTC)
+        if isinstance(cached, _Entry):
+            return None if _secret_expired(cached.secret_expires_at, now) else cached.record
+        local_generation = self.cache.generation
+        record, secret_expires_at, shared_generation = await self._from_redis(digest)
+        if record is None:
+            record, secret_expires_at = await self._from_postgres(digest)
+            if record is not None and shared_generation is not None:
+                await self._share(digest, record, secret_expires_at, shared_generation, now)
+        self.cache.put(digest, record, secret_expires_at, local_generation)
+        if record is None or _secret_expired(secret_expires_at, now):
+            return None
+        return record
+
+    async def _from_redis(self, digest: bytes
+                          ) -> tuple[KeyRecord | None, datetime | None, str | None]:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(HASH_KEY.format(digest.hex()))
+                pipe.get(GENERATION_KEY)
+                raw, generation = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("redis unavailable for key lookup", extra={"error": type(exc).__name__})
+            return None, None, None
+        generation = (generation or b"0").decode()
+        if raw is None:
+            return None, None, generation
+        record, secret_expires_at = KeyRecord.from_json(raw)
+        return record, secret_expires_at, generation
+
+    async def _from_postgres(self, digest: bytes) -> tuple[KeyRecord | None, datetime | None]:
+        try:
+            row = await self.pool.fetchrow(SELECT_WITH_SECRET_BY_HASH, digest)
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                asyncpg.ConnectionDoesNotExistError) as exc:
+            log.warning("postgres unavailable for key lookup",
+                        extra={"error": type(exc).__name__})
+            raise GatewayError("store_unavailable") from None
+        if row is None:
+            return None, None
+        values = dict(row)
+        secret_expires_at = values.pop("secret_expires_at")
+        values["scopes"] = tuple(values["scopes"])
+        values["rate_limits"] = tuple(values["rate_limits"])
+        return KeyRecord(**values), secret_expires_at
+
+    async def _share(self, digest: bytes, record: KeyRecord,
+                     secret_expires_at: datetime | None, generation: str, now: datetime) -> None:
+        ttl = self.redis_ttl_s
+        if secret_expires_at is not None:
+            ttl = min(ttl, max(int((secret_expires_at - now).total_seconds()), 1))
+        try:
+            await self._set_if_unchanged(
+                keys=[HASH_KEY.format(digest.hex()), GENERATION_KEY],
+                args=[generation, record.to_json(secret_expires_at), ttl])
+        except (RedisError, OSError) as exc:
+            log.warning("redis unavailable for key sharing", extra={"error": type(exc).__name__})
+
+
+def _secret_expired(secret_expires_at: datetime | None, now: datetime) -> bool:
+    return secret_expires_at is not None and secret_expires_at <= now
