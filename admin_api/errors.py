@@ -4,8 +4,6 @@ JSON error body of DESIGN §4 in exactly one place (``error_middleware``)."""
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -14,10 +12,11 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.requestid import request_id as new_request_id
+
 log = logging.getLogger(__name__)
 
 REQUEST_ID = web.RequestKey("request_id", str)
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,14 +101,9 @@ def error_response(request_id: str, status: int, code: str, message: str,
                         content_type="application/json")
 
 
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID_RE.match(given) else secrets.token_hex(12)
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = _request_id(request)
+    request_id = new_request_id(request.headers)
     request[REQUEST_ID] = request_id
     try:
         return await handler(request)

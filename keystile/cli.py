@@ -122,6 +122,25 @@ async def _admin(settings: Settings, host: str, port: int) -> None:
         await serving.stop(runners)
 
 
+def cmd_gateway(args: argparse.Namespace) -> None:
+    from gateway.server import StartError, serve
+
+    settings = _settings(args)
+    if not settings.routes:
+        raise CommandError("the configuration has no [[routes]]; the gateway would refuse "
+                           "every request")
+    gw = settings.gateway.model_copy(update={
+        k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    settings = settings.model_copy(update={"gateway": gw})
+    with _runner() as runner:
+        runner.run(_check_schema(settings))
+        runner.run(_check_redis(settings))
+    try:
+        serve(settings, args.workers or settings.gateway.workers)
+    except StartError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return load(Path(args.config) if args.config else None)
 
@@ -163,8 +182,7 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default="./.keystile", help="where the stores keep data")
     dev.add_argument("--admin-host", default="127.0.0.1")
     dev.add_argument("--admin-port", type=_port, default=8081)
-    dev.add_argument("--gateway-port", type=_port, default=8080,
-                     help="reserved for the gateway listener")
+    dev.add_argument("--gateway-port", type=_port, default=8080, help="the gateway listener")
     dev.add_argument("--upstream-port", type=_port, default=9000, help="the demo echo upstream")
     dev.set_defaults(func=cmd_dev)
 
@@ -173,6 +191,13 @@ def parser() -> argparse.ArgumentParser:
     admin.add_argument("--host", help="overrides [admin] host")
     admin.add_argument("--port", type=_port, help="overrides [admin] port")
     admin.set_defaults(func=cmd_admin)
+
+    gateway = sub.add_parser("gateway", help="serve the gateway (the authenticating proxy)")
+    gateway.add_argument("--config", help="TOML configuration file with [[routes]]")
+    gateway.add_argument("--workers", type=int, help="worker processes (overrides [gateway])")
+    gateway.add_argument("--host", help="overrides [gateway] host")
+    gateway.add_argument("--port", type=_port, help="overrides [gateway] port")
+    gateway.set_defaults(func=cmd_gateway)
 
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("--config", help="TOML configuration file")

@@ -12,11 +12,16 @@ from pathlib import Path
 from admin_api.accesslog import AccessLogger
 from admin_api.app import create_app as create_admin_app
 from admin_api.migrate import migrate
+from gateway.accesslog import AccessLogger as GatewayAccessLogger
+from gateway.app import create_app as create_gateway_app
 from gateway.database import connect
-from gateway.settings import MIN_TOKEN_LEN, AdminSettings, ConfigError, Settings
+from gateway.settings import MIN_TOKEN_LEN, AdminSettings, ConfigError, Settings, load
 from keystile import echo, serving
 from keystile.bootstrap import DemoKeys, ensure_demo
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, write_secret
+
+DEV_CONFIG = Path(__file__).resolve().parents[1] / "config" / "dev.toml"
+DEV_UPSTREAM = "http://127.0.0.1:9000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +50,11 @@ def operator_token(data_dir: Path) -> str:
 def banner(opts: DevOptions, token: str, demo: DemoKeys, pg: EmbeddedPostgres,
            redis: EmbeddedRedis) -> str:
     admin = f"http://{opts.admin_host}:{opts.admin_port}"
+    gateway = f"http://127.0.0.1:{opts.gateway_port}"
     return f"""
 Keystile dev stack is up (Ctrl-C stops everything).
 
+  gateway        {gateway}   (routes: /echo needs a key, /public does not)
   admin API      {admin}   (OpenAPI: {admin}/openapi.json)
   echo upstream  http://127.0.0.1:{opts.upstream_port}
   PostgreSQL     {pg.url}
@@ -61,9 +68,12 @@ Keystile dev stack is up (Ctrl-C stops everything).
 The two demo keys get fresh secrets on every start; keys you create are kept.
 
 Shell variables for the examples in README.md:
-  ADMIN={admin} TOKEN={token} ROOT={demo.root_key} SUB={demo.sub_key}
+  GATEWAY={gateway} ADMIN={admin} TOKEN={token} ROOT={demo.root_key} SUB={demo.sub_key}
 
 Try:
+  curl -s {gateway}/echo/hello?x=1 -H 'X-API-Key: {demo.sub_key}'
+  curl -s -X POST {gateway}/echo/orders -H 'X-API-Key: {demo.root_key}' -d '{{"id": 1}}'
+  curl -s {gateway}/public/anything
   curl -s {admin}/v1/keys -H 'Authorization: Bearer {token}'
   curl -s {admin}/v1/keys/self -H 'X-API-Key: {demo.sub_key}'
   curl -s -X POST {admin}/v1/keys -H 'X-API-Key: {demo.root_key}' \\
@@ -76,11 +86,23 @@ Try:
 """
 
 
+def dev_settings(opts: DevOptions, token: str, database_url: str, redis_url: str) -> Settings:
+    """``config/dev.toml`` with the stores, ports and operator token of this run."""
+    base = load(DEV_CONFIG, {})
+    upstream = f"http://127.0.0.1:{opts.upstream_port}"
+    routes = [r.model_copy(update={"upstream": r.upstream.replace(DEV_UPSTREAM, upstream)})
+              for r in base.routes]
+    return base.model_copy(update={
+        "database_url": database_url, "redis_url": redis_url,
+        "admin": AdminSettings(host=opts.admin_host, port=opts.admin_port, token=token),
+        "gateway": base.gateway.model_copy(update={"host": "127.0.0.1",
+                                                   "port": opts.gateway_port}),
+        "routes": routes})
+
+
 async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
                  redis: EmbeddedRedis) -> None:
-    settings = Settings(database_url=pg.url, redis_url=redis.url,
-                        admin=AdminSettings(host=opts.admin_host, port=opts.admin_port,
-                                            token=token))
+    settings = dev_settings(opts, token, pg.url, redis.url)
     conn = await connect(pg.url)
     try:
         await migrate(conn)
@@ -92,6 +114,8 @@ async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
         serving.Listener("admin API", create_admin_app(settings), opts.admin_host,
                          opts.admin_port, AccessLogger),
         serving.Listener("echo upstream", echo.create_app(), "127.0.0.1", opts.upstream_port),
+        serving.Listener("gateway", create_gateway_app(settings), "127.0.0.1",
+                         opts.gateway_port, GatewayAccessLogger),
     ])
     try:
         print(banner(opts, token, demo, pg, redis), flush=True)

@@ -1,0 +1,28 @@
+"""One JSON line per proxied request: request id, key id, organisation, route, status, code
+and duration. Never a header value, so never a key."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway.app import EXCHANGE
+
+
+class AccessLogger(AbstractAccessLogger):
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        ex = request.get(EXCHANGE)
+        key = ex.key if ex is not None else None
+        self.logger.info(orjson.dumps({
+            "request_id": response.headers.get("X-Request-Id"),
+            "method": request.method,
+            "path": ex.path if ex is not None and ex.path else request.raw_path.split("?")[0],
+            "route": ex.route.prefix if ex is not None and ex.route else None,
+            "status": response.status,
+            "code": response.headers.get("X-Keystile-Error"),
+            "key_id": key.id if key else None,
+            "org_id": key.org_id if key else None,
+            "duration_ms": round(time * 1000, 2),
+            "remote": request.remote,
+        }).decode())

@@ -1,0 +1,21 @@
+"""The long-lived things a worker's stages use, built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.keycache import KeyLookup
+from gateway.providers import ProviderLookup
+from gateway.routing import RouteTable
+from gateway.settings import GatewaySettings
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    settings: GatewaySettings
+    routes: RouteTable
+    keys: KeyLookup
+    providers: ProviderLookup
+    session: aiohttp.ClientSession

@@ -1,0 +1,132 @@
+"""A real gateway app in front of a recording upstream, keys made through the admin API, and
+a raw HTTP client for request targets that ordinary clients would tidy up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import LISTENING, create_app
+from gateway.settings import GatewaySettings, RouteSettings, Settings
+from tests.admin_api.conftest import Admin, admin, org, root, settings  # noqa: F401
+from tests.conftest import Stores
+
+MiB = 1 << 20
+
+
+@dataclass
+class Upstream:
+    """Records what reached it; ``/big/{n}`` streams n bytes, ``/sink`` counts the body."""
+
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.port}"
+
+    async def record(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/svc/big/"):
+            size = int(request.path.rsplit("/", 1)[1])
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = size
+            await response.prepare(request)
+            chunk = b"x" * MiB
+            sent = 0
+            while sent < size:
+                part = chunk[: min(MiB, size - sent)]
+                await response.write(part)
+                sent += len(part)
+            await response.write_eof()
+            return response
+        if request.path.startswith("/svc/sink"):
+            total = 0
+            async for part in request.content.iter_chunked(MiB):
+                total += len(part)
+            self.seen.append({"path": request.raw_path, "received": total})
+            return web.json_response({"received": total})
+        if request.path.startswith("/svc/slow"):
+            await asyncio.sleep(1.5)
+        body = await request.read()
+        self.seen.append({"method": request.method, "path": request.raw_path,
+                          "headers": dict(request.headers), "body": body})
+        status = int(request.query.get("status", "200"))
+        return web.Response(status=status, body=b"upstream says hi",
+                            headers={"X-Upstream": "1", "Connection": "X-Private",
+                                     "X-Private": "secret", "Keep-Alive": "timeout=5"})
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
+    up = Upstream()
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", up.record)
+    up.server = await aiohttp_server(app)
+    return up
+
+
+def routes_for(upstream_url: str) -> list[RouteSettings]:
+    return [
+        RouteSettings(prefix="/svc", upstream=upstream_url, provider_header="X-Provider",
+                      scopes={"GET": ["svc:read"], "POST": ["svc:write"], "PUT": ["svc:write"]},
+                      methods=["GET", "HEAD", "POST", "PUT"], timeout_s=1.0),
+        RouteSettings(prefix="/open", upstream=upstream_url + "/svc", strip_prefix=True,
+                      auth="none"),
+        RouteSettings(prefix="/maybe", upstream=upstream_url, auth="optional",
+                      scopes={"*": ["svc:read"]}),
+        RouteSettings(prefix="/bearer", upstream=upstream_url, credentials="bearer"),
+        RouteSettings(prefix="/down", upstream="http://127.0.0.1:9", timeout_s=1.0),
+    ]
+
+
+@pytest.fixture
+def gateway_settings(stores: Stores, upstream: Upstream) -> Settings:
+    return Settings(database_url=stores.database_url, redis_url=stores.redis_url,
+                    gateway=GatewaySettings(max_body_bytes=300 * MiB, max_header_count=50,
+                                            max_header_bytes=8192),
+                    routes=routes_for(upstream.url))
+
+
+@pytest.fixture
+async def gateway(aiohttp_client: Callable[..., Awaitable[TestClient]],
+                  gateway_settings: Settings, admin: Admin) -> TestClient:  # noqa: F811
+    app = create_app(gateway_settings)
+    client = await aiohttp_client(app)
+    await asyncio.wait_for(app[LISTENING].wait(), 10)
+    return client
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def raw_request(port: int, method: str, target: str,
+                      headers: dict[str, str] | None = None, body: bytes = b"") -> RawResponse:
+    """Sends the request target byte for byte, as a hostile client might."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"{method} {target} HTTP/1.1", "Host: gateway", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").strip().split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    # Read exactly the response, without waiting for the server to close the connection.
+    payload = await reader.readexactly(int(parsed.get("content-length", "0")))
+    writer.close()
+    return RawResponse(int(status_line.split()[1]), parsed, payload)
