@@ -3,6 +3,8 @@ and duration. Never a header value, so never a key."""
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -25,4 +27,5 @@ class AccessLogger(AbstractAccessLogger):
             "org_id": key.org_id if key else None,
             "duration_ms": round(time * 1000, 2),
             "remote": request.remote,
+            "worker": os.getpid(),
         }).decode())

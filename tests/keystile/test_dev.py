@@ -47,9 +47,9 @@ def _curl_lines(banner: str) -> list[str]:
 def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_path: Path
                                                                 ) -> None:
     data = tmp_path / "data"
-    admin_port, upstream_port = free_port(), free_port()
+    admin_port, upstream_port, gateway_port = free_port(), free_port(), free_port()
     args = ("dev", "--data-dir", str(data), "--admin-port", str(admin_port),
-            "--upstream-port", str(upstream_port), "--gateway-port", str(free_port()))
+            "--upstream-port", str(upstream_port), "--gateway-port", str(gateway_port))
     env = {"KEYSTILE_ADMIN_TOKEN": ""}
     proc = cli.start(*args, env=env)
     banner = cli.read_until(proc, "curl -s 'http://127.0.0.1")
@@ -68,6 +68,15 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
     status, echoed = _call(f"http://127.0.0.1:{upstream_port}/a//b?x=1", {"X-Thing": "1"})
     assert echoed["path"] == "/a//b" and echoed["query"] == "x=1"
     assert echoed["headers"]["X-Thing"] == "1"
+    # The gateway serves config/dev.toml: /echo with scopes, /public without a key.
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    status, echoed = _call(f"{gateway}/echo/hi?x=1", {"X-API-Key": sub_key})
+    assert status == 200 and echoed["path"] == "/echo/hi"
+    assert echoed["headers"]["X-Keystile-Key-Id"] == me["id"]
+    status, refused = _call(f"{gateway}/echo/hi", {"X-API-Key": sub_key}, {"a": 1})
+    assert status == 403 and refused["error"]["code"] == "insufficient_scope"
+    status, _ = _call(f"{gateway}/public/x", {})
+    assert status == 200
 
     if shutil.which("curl"):
         for line in _curl_lines(banner):
@@ -84,7 +93,7 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
     redis_port = int(re.search(r"Redis\s+redis://127.0.0.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
     code, out = cli.stop(proc)
     assert code == 0, out
-    for port in (admin_port, upstream_port, pg_port, redis_port):
+    for port in (admin_port, upstream_port, gateway_port, pg_port, redis_port):
         assert _closed(port), f"port {port} still open after stop"
     assert not (data / "postgres" / "pgdata" / "postmaster.pid").exists()
 

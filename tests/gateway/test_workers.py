@@ -1,0 +1,87 @@
+"""``keystile gateway --workers 2``: two processes share the port, and key changes made
+through the admin API are honoured by every worker within a second."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import psutil
+
+from keystile.embedded import free_port
+from tests.admin_api.conftest import Admin
+from tests.conftest import Stores
+from tests.gateway.conftest import Upstream
+from tests.keystile.conftest import Cli, cli  # noqa: F401
+
+ROUNDS = 40  # fresh connections per check, spread over the workers by the kernel
+
+
+async def _statuses(port: int, key: str, method: str = "GET") -> Counter[int]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        async def one() -> int:
+            async with s.request(method, f"http://127.0.0.1:{port}/svc/x",
+                                 headers={"X-API-Key": key}) as resp:
+                await resp.read()
+                return resp.status
+        return Counter(await asyncio.gather(*(one() for _ in range(ROUNDS))))
+
+
+async def _eventually(port: int, key: str, status: int, method: str = "GET") -> None:
+    """Within 1 s every worker answers ``status``; then a full round must agree."""
+    deadline = asyncio.get_running_loop().time() + 1.0
+    while (await _statuses(port, key, method)) != Counter({status: ROUNDS}):
+        assert asyncio.get_running_loop().time() < deadline, f"not all {status} within 1 s"
+    assert await _statuses(port, key, method) == Counter({status: ROUNDS})
+
+
+async def test_workers_share_the_port_and_follow_key_changes(
+        cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
+        org: dict[str, Any], tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+port = {port}
+
+[[routes]]
+prefix = "/svc"
+upstream = "{upstream.url}"
+scopes = {{ GET = ["svc:read"], POST = ["svc:write"] }}
+""")
+    proc = cli.start("gateway", "--config", str(config), "--workers", "2",
+                     env={"KEYSTILE_DATABASE_URL": stores.database_url,
+                          "KEYSTILE_REDIS_URL": stores.redis_url})
+    await asyncio.to_thread(cli.read_until, proc, f"listening on http://127.0.0.1:{port}")
+    workers = [c for c in psutil.Process(proc.pid).children()
+               if "resource_tracker" not in " ".join(c.cmdline())]
+    assert len(workers) == 2
+
+    key = await admin.key(org["id"], scopes=["svc:*"])
+    assert await _statuses(port, key["key"]) == Counter({200: ROUNDS})
+    # Both workers served: each keeps its own cache, so both asked PostgreSQL or Redis once.
+
+    await admin.call("PATCH", f"/v1/keys/{key['id']}", json={"scopes": ["svc:read"]},
+                     expect=200)
+    await _eventually(port, key["key"], 403, "POST")
+    rotated = await admin.call("POST", f"/v1/keys/{key['id']}/rotate", expect=200)
+    await _eventually(port, key["key"], 401)
+    await _eventually(port, rotated["key"], 200)
+    await admin.call("POST", f"/v1/keys/{key['id']}/pause", expect=200)
+    await _eventually(port, rotated["key"], 403)
+    await admin.call("POST", f"/v1/keys/{key['id']}/resume", expect=200)
+    await _eventually(port, rotated["key"], 200)
+    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+    await _eventually(port, rotated["key"], 401)
+
+    code, out = await asyncio.to_thread(cli.stop, proc)
+    assert code == 0, out
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert key["key"] not in out and rotated["key"] not in out  # never in a log line
+    served_by = {orjson.loads(line.split(" keystile.access ", 1)[1])["worker"]
+                 for line in out.splitlines() if " keystile.access " in line}
+    assert served_by == {w.pid for w in workers}  # the kernel spread connections over both
