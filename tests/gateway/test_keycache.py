@@ -1,0 +1,72 @@
+"""Where a key lookup is answered: malformed keys touch no store, a known key is served from
+the worker cache after the first request, and an unknown one is remembered briefly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio
+from aiohttp.test_utils import TestClient
+
+from gateway import keyformat
+from tests.admin_api.conftest import Admin
+from tests.conftest import Stores
+
+
+async def _redis_calls(stores: Stores) -> int:
+    client = redis.asyncio.Redis.from_url(stores.redis_url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_get", "cmdstat_evalsha",
+                                                               "cmdstat_eval"))
+
+
+async def test_malformed_keys_touch_no_store(gateway: TestClient, admin: Admin,
+                                             stores: Stores) -> None:
+    good = keyformat.generate("ks_live")
+    bad_checksum = good[:-1] + ("A" if good[-1] != "A" else "B")
+    # A lookup always asks Redis before PostgreSQL, so no Redis read means no lookup at all.
+    redis_before = await _redis_calls(stores)
+    for raw in ("nonsense", bad_checksum, "ks_live_short", "x" * 300):
+        resp = await gateway.get("/svc/x", headers={"X-API-Key": raw})
+        assert resp.status == 401
+    assert await _redis_calls(stores) == redis_before
+    # ...while a well-formed unknown key does look (so this check can fail).
+    assert (await gateway.get("/svc/x", headers={"X-API-Key": good})).status == 401
+    assert await _redis_calls(stores) > redis_before
+
+
+async def test_known_key_is_cached_per_worker_and_unknown_key_negatively(
+        gateway: TestClient, admin: Admin, org: dict[str, Any], stores: Stores) -> None:
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
+    redis_before = await _redis_calls(stores)
+    for _ in range(20):
+        assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
+    assert await _redis_calls(stores) == redis_before  # all from the worker cache
+
+    unknown = keyformat.generate("ks_live")
+    assert (await gateway.get("/svc/x", headers={"X-API-Key": unknown})).status == 401
+    redis_after_first = await _redis_calls(stores)
+    assert redis_after_first > redis_before
+    for _ in range(5):
+        assert (await gateway.get("/svc/x", headers={"X-API-Key": unknown})).status == 401
+    assert await _redis_calls(stores) == redis_after_first  # the negative cache answered
+
+
+async def test_a_record_is_shared_through_redis(gateway: TestClient, admin: Admin,
+                                                org: dict[str, Any], stores: Stores) -> None:
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
+    client = redis.asyncio.Redis.from_url(stores.redis_url)
+    try:
+        cached = await client.get(f"ks:h:{keyformat.hash_key(key['key']).hex()}")
+        assert cached is not None and key["id"].encode() in cached
+        assert key["key"].encode() not in cached  # the record, never the secret
+        await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+        # The admin change removed the shared record at once.
+        assert await client.get(f"ks:h:{keyformat.hash_key(key['key']).hex()}") is None
+    finally:
+        await client.aclose()
