@@ -174,6 +174,12 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a worker count (1-64)")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="keystile", description="API-key gateway and admin API")
     sub = top.add_subparsers(dest="command", required=True)
@@ -194,7 +200,8 @@ def parser() -> argparse.ArgumentParser:
 
     gateway = sub.add_parser("gateway", help="serve the gateway (the authenticating proxy)")
     gateway.add_argument("--config", help="TOML configuration file with [[routes]]")
-    gateway.add_argument("--workers", type=int, help="worker processes (overrides [gateway])")
+    gateway.add_argument("--workers", type=_workers,
+                         help="worker processes sharing the port (overrides [gateway] workers)")
     gateway.add_argument("--host", help="overrides [gateway] host")
     gateway.add_argument("--port", type=_port, help="overrides [gateway] port")
     gateway.set_defaults(func=cmd_gateway)
