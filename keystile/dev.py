@@ -71,7 +71,7 @@ Shell variables for the examples in README.md:
   GATEWAY={gateway} ADMIN={admin} TOKEN={token} ROOT={demo.root_key} SUB={demo.sub_key}
 
 Try:
-  curl -s {gateway}/echo/hello?x=1 -H 'X-API-Key: {demo.sub_key}'
+  curl -s '{gateway}/echo/hello?x=1' -H 'X-API-Key: {demo.sub_key}'
   curl -s -X POST {gateway}/echo/orders -H 'X-API-Key: {demo.root_key}' -d '{{"id": 1}}'
   curl -s {gateway}/public/anything
   curl -s {admin}/v1/keys -H 'Authorization: Bearer {token}'
