@@ -21,8 +21,9 @@ CHUNK = 64 * 1024
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
                         "upgrade"})
-# Client headers the gateway replaces with its own.
-REPLACED = frozenset({"forwarded", "x-real-ip", "x-request-id", "host"})
+# Client headers the gateway replaces with its own, or handles itself (Expect: the gateway
+# answers 100-continue to the client; the upstream gets the body without asking).
+REPLACED = frozenset({"forwarded", "x-real-ip", "x-request-id", "host", "expect"})
 REPLACED_PREFIXES = ("x-keystile-", "x-forwarded-")
 
 

@@ -26,9 +26,13 @@ class Route:
     origin: str  # scheme://host:port of the upstream
     base_path: str  # the upstream URL's own path, without a trailing '/'
 
-    def required_scopes(self, method: str) -> tuple[str, ...]:
+    def required_scopes(self, method: str) -> tuple[str, ...] | None:
+        """The scopes ``method`` needs; None when the route lists scopes but none for this
+        method (nor "*"), which no key can satisfy — unlisted methods are closed."""
+        if not self.scopes:
+            return ()
         method = "GET" if method == "HEAD" and "HEAD" not in self.scopes else method
-        return self.scopes.get(method, self.scopes.get("*", ()))
+        return self.scopes.get(method, self.scopes.get("*"))
 
     def upstream_url(self, path: str, query: str) -> URL:
         """The upstream URL for the normalised ``path``; the query passes unchanged."""

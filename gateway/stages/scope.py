@@ -12,7 +12,11 @@ from gateway.verification import Code
 async def check(ex: Exchange, deps: Deps) -> None:
     if ex.key is None:
         return
-    lacking = scopes.missing(ex.key.scopes, ex.matched.required_scopes(ex.request.method))
+    required = ex.matched.required_scopes(ex.request.method)
+    if required is None:
+        raise GatewayError(Code.INSUFFICIENT_SCOPE,
+                           f"no scope grants {ex.request.method} on {ex.matched.prefix}")
+    lacking = scopes.missing(ex.key.scopes, required)
     if lacking:
         raise GatewayError(Code.INSUFFICIENT_SCOPE,
                            f"this key lacks the scope(s) {', '.join(lacking)} for "

@@ -83,6 +83,7 @@ def routes_for(upstream_url: str) -> list[RouteSettings]:
                       scopes={"*": ["svc:read"]}),
         RouteSettings(prefix="/bearer", upstream=upstream_url, credentials="bearer"),
         RouteSettings(prefix="/down", upstream="http://127.0.0.1:9", timeout_s=1.0),
+        RouteSettings(prefix="/partial", upstream=upstream_url, scopes={"GET": ["svc:read"]}),
     ]
 
 

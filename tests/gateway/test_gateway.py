@@ -176,3 +176,32 @@ async def test_health_and_readiness(gateway: TestClient) -> None:
     resp = await gateway.get("/readyz")
     assert resp.status == 200
     assert (await resp.json())["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+async def test_methods_without_listed_scopes_are_closed(gateway: TestClient, upstream: Upstream,
+                                                         writer: dict[str, Any]) -> None:
+    # /svc lists scopes for GET, POST and PUT; HEAD follows GET.
+    resp = await gateway.head("/svc/x", headers={"X-API-Key": writer["key"]})
+    assert resp.status == 200
+    # /partial takes any method but lists scopes for GET only: the others are closed.
+    assert (await gateway.get("/partial/x", headers={"X-API-Key": writer["key"]})).status == 200
+    for method in ("OPTIONS", "DELETE", "POST"):
+        resp = await gateway.request(method, "/partial/x", headers={"X-API-Key": writer["key"]})
+        assert resp.status == 403, method
+        assert (await resp.json())["error"]["code"] == "insufficient_scope"
+    resp = await gateway.options("/maybe/x", headers={"X-API-Key": writer["key"]})
+    assert resp.status == 200  # "*" covers every method there
+    seen_before = len(upstream.seen)
+    resp = await gateway.request("PATCH", "/bearer/x",
+                                 headers={"Authorization": f"Bearer {writer['key']}"})
+    assert resp.status == 200  # a route without scopes needs only a valid key
+    assert len(upstream.seen) == seen_before + 1
+
+
+async def test_expect_100_continue_is_handled_by_the_gateway(
+        gateway: TestClient, upstream: Upstream, writer: dict[str, Any]) -> None:
+    resp = await gateway.post("/svc/up", data=b"hello", expect100=True,
+                              headers={"X-API-Key": writer["key"]})
+    assert resp.status == 200
+    assert upstream.seen[-1]["body"] == b"hello"
+    assert "Expect" not in upstream.seen[-1]["headers"]
