@@ -14,6 +14,7 @@ from admin_api.handlers.meta import OPENAPI, package_version
 from admin_api.openapi import build
 from admin_api.routes import ROUTES, add_routes
 from admin_api.state import POOL, REDIS, SETTINGS
+from gateway import logfilter
 from gateway.database import create_pool
 from gateway.settings import Settings
 
@@ -36,6 +37,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
+    logfilter.install()
     app = web.Application(middlewares=[error_middleware],
                           client_max_size=settings.admin.request_body_limit)
     app[SETTINGS] = settings

@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
-from gateway import invalidation, pipeline, proxy
+from gateway import invalidation, logfilter, pipeline, proxy
 from gateway.database import create_pool
 from gateway.deps import Deps
 from gateway.errors import GatewayError, render
@@ -47,6 +47,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return response
 
 
+async def _no_early_continue(request: web.Request) -> None:
+    return None
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -62,7 +66,8 @@ async def _probe(check: Awaitable[object]) -> str:
 async def readyz(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     checks = {"postgres": await _probe(deps.keys.pool.fetchval("SELECT 1")),
-              "redis": await _probe(deps.keys.redis.ping())}
+              "redis": await _probe(deps.keys.redis.ping()),
+              "invalidations": "ok" if request.app[LISTENING].is_set() else "not subscribed"}
     ready = all(v == "ok" for v in checks.values())
     return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},
                              status=200 if ready else 503)
@@ -78,7 +83,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=(
-            "User-Agent", "Accept-Encoding", "Content-Type"))
+            "User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
     cache = LocalCache(gw.cache_size, gw.cache_ttl_s, gw.negative_ttl_s)
     providers = ProviderLookup(pool, gw.cache_ttl_s)
     app[DEPS] = Deps(gw, RouteTable(settings.routes), KeyLookup(cache, redis, pool,
@@ -114,6 +119,7 @@ async def _request_id_header(request: web.Request, response: web.StreamResponse)
 
 
 def create_app(settings: Settings) -> web.Application:
+    logfilter.install()
     gw = settings.gateway
     # The HTTP parser's own limits sit well above the configured ones, so requests over the
     # configured limits get a 431 from the pipeline; only grossly oversized ones are cut off
@@ -127,5 +133,6 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_request_id_header)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    # 100-continue is sent by the proxy once the pipeline has passed, not before.
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
     return app

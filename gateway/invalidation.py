@@ -70,5 +70,10 @@ async def listen(redis: Redis, apply: Callable[[str, str], None],
             log.warning("invalidation channel lost; reconnecting",
                         extra={"error": type(exc).__name__})
             await asyncio.sleep(RECONNECT_DELAY_S)
+        except Exception:  # never let the listener die: a worker without it serves stale keys
+            log.exception("invalidation listener failed; restarting it")
+            await asyncio.sleep(RECONNECT_DELAY_S)
         finally:
+            if subscribed is not None:
+                subscribed.clear()
             await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -23,7 +23,10 @@ from gateway.keyrecord import SELECT_WITH_SECRET_BY_HASH, KeyRecord
 
 log = logging.getLogger(__name__)
 
-HASH_KEY = "ks:h:{}"  # Redis: hex digest -> record JSON
+# A lookup that PostgreSQL cannot answer is a 503, never a 500 and never a pass.
+POSTGRES_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+HASH_KEY = "ks:h1:{}"  # Redis: hex digest -> record JSON (bump the version with the record)
 GENERATION_KEY = "ks:gen"  # Redis: bumped by every admin change to keys
 
 # Store the record only if no admin change happened since the lookup began.
@@ -137,15 +140,17 @@ class KeyLookup:
         generation = (generation or b"0").decode()
         if raw is None:
             return None, None, generation
-        record, secret_expires_at = KeyRecord.from_json(raw)
+        try:
+            record, secret_expires_at = KeyRecord.from_json(raw)
+        except (ValueError, TypeError, KeyError):
+            log.warning("undecodable shared key record; reading PostgreSQL instead")
+            return None, None, generation
         return record, secret_expires_at, generation
 
     async def _from_postgres(self, digest: bytes) -> tuple[KeyRecord | None, datetime | None]:
         try:
             row = await self.pool.fetchrow(SELECT_WITH_SECRET_BY_HASH, digest)
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-                asyncpg.ConnectionDoesNotExistError) as exc:
+        except POSTGRES_FAILURES as exc:
             log.warning("postgres unavailable for key lookup",
                         extra={"error": type(exc).__name__})
             raise GatewayError("store_unavailable") from None

@@ -3,8 +3,10 @@
 The raw request target is normalised once: percent-escapes of unreserved characters are
 decoded (``%61`` is ``a``), ``//`` is merged, ``.`` and ``..`` segments are resolved. Anything
 that different servers could read differently is refused instead: encoded ``/``, ``\\``,
-``.``, NUL and control characters, a raw backslash, or ``..`` above the root. Route matching,
-the scope check and the upstream all see the same normalised string."""
+``.``, NUL and control characters, a raw backslash, ``;`` path parameters (``/..;/`` is ``..``
+to some servers), double encoding (``%25`` + hex), bytes that can never be UTF-8 (overlong
+``%C0``/``%C1``, ``%F5``-``%FF``), or ``..`` above the root. Route matching, the scope check
+and the upstream all see the same normalised string."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import re
 
 UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~")
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
-_ALLOWED_RAW = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
+_ALLOWED_RAW = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@%/]*")
+_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
+_NEVER_UTF8 = re.compile(r"%(?:[Cc][01]|[Ff][5-9A-Fa-f])")
 
 
 class UnsafePath(ValueError):
@@ -39,6 +43,12 @@ def normalise(raw_path: str) -> str:
         raise UnsafePath("the path must start with '/'")
     if "\\" in raw_path:
         raise UnsafePath("backslash in the path")
+    if ";" in raw_path:
+        raise UnsafePath("';' path parameters are not accepted")
+    if _DOUBLE_ENCODED.search(raw_path):
+        raise UnsafePath("double percent-encoding ('%25' followed by hex) in the path")
+    if _NEVER_UTF8.search(raw_path):
+        raise UnsafePath("an escape that can never be UTF-8 (e.g. an overlong '%C0')")
     if _ALLOWED_RAW.fullmatch(raw_path) is None:
         raise UnsafePath("characters in the path that must be percent-encoded")
     decoded = _ESCAPE_RE.sub(_decode_unreserved, raw_path)

@@ -7,6 +7,7 @@ import time
 import asyncpg
 
 from gateway.errors import GatewayError
+from gateway.keycache import POSTGRES_FAILURES
 from gateway.verification import SELECT_ORG_BY_PROVIDER, is_provider_id
 
 
@@ -26,8 +27,7 @@ class ProviderLookup:
             return cached[0]
         try:
             org_id: str | None = await self.pool.fetchval(SELECT_ORG_BY_PROVIDER, provider)
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError):
+        except POSTGRES_FAILURES:
             raise GatewayError("store_unavailable") from None
         if len(self.entries) >= self.size:
             self.entries.clear()

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway import keyformat
 from gateway.deps import Deps
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
@@ -22,9 +23,12 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
                         "upgrade"})
 # Client headers the gateway replaces with its own, or handles itself (Expect: the gateway
-# answers 100-continue to the client; the upstream gets the body without asking).
+# answers 100-continue once the request has passed; the upstream gets the body unasked).
 REPLACED = frozenset({"forwarded", "x-real-ip", "x-request-id", "host", "expect"})
 REPLACED_PREFIXES = ("x-keystile-", "x-forwarded-")
+# Headers that make some frameworks act on another method or path than the one checked.
+OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override",
+                       "x-original-url", "x-rewrite-url"})
 
 
 class _BodyTooLarge(Exception):
@@ -43,12 +47,25 @@ def _end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
                        if name.lower() not in drop)
 
 
+def _spoofable(name: str, value: str, ex: Exchange) -> bool:
+    """Headers a client must not pass on: with '_' in the name (some servers read ``X_A`` as
+    ``X-A``, which would smuggle past the replacement), replaced or overriding ones, and
+    anything carrying a key (the one presented, or any value shaped like a key)."""
+    low = name.lower()
+    if "_" in low or low.startswith(REPLACED_PREFIXES) or low in OVERRIDES:
+        return True
+    if ex.raw_key and ex.raw_key in value:
+        return True
+    return "_" in value and keyformat.is_well_formed(value.rpartition(" ")[2].strip())
+
+
 def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
     request = ex.request
-    credential = ex.matched.extractor.headers
+    credential = ex.matched.extractor.headers if ex.matched.auth != "none" else ()
     headers = _end_to_end(request.headers, also_drop=(*REPLACED, *credential))
-    for name in [n for n in headers if n.lower().startswith(REPLACED_PREFIXES)]:
-        headers.popall(name)
+    for name, value in list(headers.items()):
+        if _spoofable(name, value, ex):
+            headers.popall(name, None)
     if request.content_length is None and request.body_exists:
         headers.popall("Content-Length", None)
     key = ex.key
@@ -80,6 +97,9 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.timeout_s,
                                     sock_read=route.timeout_s)
     data = _body(request, deps.settings.max_body_bytes) if request.body_exists else None
+    if data is not None and request.headers.get("Expect", "").lower() == "100-continue":
+        # The request passed every check: now the client may send its body.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     try:
         upstream = await deps.session.request(
             request.method, route.upstream_url(ex.path, ex.query),
@@ -98,6 +118,9 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
                                                 "error": type(exc).__name__})
         raise GatewayError("upstream_unavailable") from None
     async with upstream:
+        if upstream.status == 101:
+            raise GatewayError("upstream_unavailable",
+                               "the upstream switched protocols, which is not proxied")
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=_end_to_end(upstream.headers))
         response.headers["X-Request-Id"] = ex.request_id

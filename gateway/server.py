@@ -8,6 +8,7 @@ import asyncio
 import logging
 import multiprocessing
 import signal
+import socket
 import sys
 import time
 from multiprocessing.connection import wait
@@ -19,11 +20,13 @@ from aiohttp import web
 from gateway.accesslog import AccessLogger
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.supervision import die_with_parent
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
 RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
 
 
 class StartError(Exception):
@@ -51,6 +54,7 @@ async def _worker_main(settings: Settings, ready: Event) -> None:
 def _worker(settings: Settings, ready: Event) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    die_with_parent(signal.SIGTERM)  # a killed supervisor leaves no orphan serving the port
     try:
         import uvloop
 
@@ -73,7 +77,18 @@ def _spawn(ctx: multiprocessing.context.SpawnContext, settings: Settings
     return proc, ready
 
 
+def _port_is_free(host: str, port: int) -> None:
+    """SO_REUSEPORT would let a second gateway share the port silently; refuse instead."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def serve(settings: Settings, workers: int) -> None:
+    _port_is_free(settings.gateway.host, settings.gateway.port)
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -91,18 +106,22 @@ def serve(settings: Settings, workers: int) -> None:
                 if not proc.is_alive():
                     raise StartError(f"a worker exited during start-up (code {proc.exitcode});"
                                      " see its message above")
-                if time.monotonic() > deadline or stopping:
+                if stopping:
+                    return
+                if time.monotonic() > deadline:
                     raise StartError("workers did not start in time")
         gw = settings.gateway
         print(f"keystile gateway listening on http://{gw.host}:{gw.port} "
               f"({workers} worker{'s' if workers != 1 else ''})", flush=True)
+        delay = RESTART_DELAY_S
         while not stopping:
             wait([p.sentinel for p, _ in procs], timeout=0.5)
             for index, (proc, _) in enumerate(procs):
                 if not proc.is_alive() and not stopping:
-                    log.warning("gateway worker %s exited with %s; restarting", proc.pid,
-                                proc.exitcode)
-                    time.sleep(RESTART_DELAY_S)
+                    log.warning("gateway worker %s exited with %s; restarting in %.0f s",
+                                proc.pid, proc.exitcode, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, MAX_RESTART_DELAY_S)  # a worker that keeps dying
                     procs[index] = _spawn(ctx, settings)
     finally:
         for proc, _ in procs:

@@ -8,7 +8,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.credentials import CREDENTIAL_KINDS
 from gateway.scopes import is_valid_scope
@@ -85,6 +92,29 @@ class RouteSettings(_Strict):
             if bad:
                 raise ValueError(f"invalid scope(s) {bad} for {method}")
         return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        # A prefix is matched against normalised paths, so it must be one itself.
+        from gateway.paths import UnsafePath, normalise
+
+        try:
+            normal = normalise(value)
+        except UnsafePath as exc:
+            raise ValueError(str(exc)) from None
+        normal = normal.rstrip("/") or "/"  # "/admin/" guards "/admin" too
+        if normal != value.rstrip("/") and normal != value:
+            raise ValueError(f"write the prefix in normal form: {normal!r}")
+        return normal
+
+    @model_validator(mode="after")
+    def _optional_without_scopes(self) -> RouteSettings:
+        if self.auth == "optional" and self.scopes:
+            raise ValueError("a route with auth = \"optional\" cannot require scopes (a caller "
+                             "without a key would get more than one with a key); use "
+                             "\"required\"")
+        return self
 
     @field_validator("methods")
     @classmethod

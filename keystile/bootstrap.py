@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from admin_api.changes import Changes
 from admin_api.repository import audit, keys, orgs
 from admin_api.repository.audit import Actor
 from admin_api.views import audit_view, key_out
@@ -36,8 +37,9 @@ async def _record(conn: Connection, action: str, key_id: str, org_id: str,
                        org_id=org_id, changes=changes, request_id=None)
 
 
-async def _refresh(conn: Connection, key_id: str, org_id: str) -> str:
+async def _refresh(conn: Connection, key_id: str, org_id: str, changes: Changes) -> str:
     """A fresh secret for an existing demo key, which is made active again."""
+    await changes.key(conn, key_id)  # the old secret's shared record must go too
     raw = keyformat.generate(DEMO_PREFIX)
     await keys.rotate(conn, key_id, keyformat.hash_key(raw), keyformat.display_prefix(raw),
                       timedelta(0))
@@ -48,14 +50,14 @@ async def _refresh(conn: Connection, key_id: str, org_id: str) -> str:
     return raw
 
 
-async def _demo_key(conn: Connection, org_id: str, role: str, values: dict[str, object]
-                    ) -> tuple[str, str]:
+async def _demo_key(conn: Connection, org_id: str, role: str, values: dict[str, object],
+                    changes: Changes) -> tuple[str, str]:
     """(key id, raw key) of the live demo key of ``role``, created when there is none."""
     existing = await conn.fetchval(
         "SELECT id FROM keys WHERE org_id = $1 AND metadata->>'demo' = $2 "
         "AND status <> 'revoked' ORDER BY serial DESC LIMIT 1", org_id, role)
     if existing:
-        return existing, await _refresh(conn, existing, org_id)
+        return existing, await _refresh(conn, existing, org_id, changes)
     raw = keyformat.generate(DEMO_PREFIX)
     record = await keys.insert(conn, {
         "id": keyformat.new_id("key"), "org_id": org_id, "environment": "development",
@@ -67,7 +69,8 @@ async def _demo_key(conn: Connection, org_id: str, role: str, values: dict[str, 
     return record.id, raw
 
 
-async def ensure_demo(conn: Connection) -> DemoKeys:
+async def ensure_demo(conn: Connection, changes: Changes) -> DemoKeys:
+    """``changes`` collects what the caller must announce to gateways once committed."""
     async with conn.transaction():
         org = await orgs.get_by_provider(conn, DEMO_PROVIDER)
         if org is None:
@@ -81,8 +84,8 @@ async def ensure_demo(conn: Connection) -> DemoKeys:
         org_id = org["id"]
         root_id, root = await _demo_key(conn, org_id, "root", {
             "owner_id": "demo-admin", "name": "demo root key", "root": True,
-            "parent_id": None, "scopes": ROOT_SCOPES})
+            "parent_id": None, "scopes": ROOT_SCOPES}, changes)
         _, sub = await _demo_key(conn, org_id, "sub", {
             "owner_id": "demo-client", "name": "demo sub key", "root": False,
-            "parent_id": root_id, "scopes": SUB_SCOPES})
+            "parent_id": root_id, "scopes": SUB_SCOPES}, changes)
     return DemoKeys(org_id, root_id, root, sub)

@@ -6,8 +6,6 @@ Each store keeps its data in a folder, so a second start reuses what the first o
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import importlib.util
 import os
 import pwd
@@ -19,10 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.supervision import die_with_parent_hook
+
 PG_SYSTEM_USER = "keystile"  # PostgreSQL refuses to run as root
 PG_DATABASE = "keystile"
 START_TIMEOUT_S = 30.0
-_PR_SET_PDEATHSIG = 1
 
 
 class StoreStartError(Exception):
@@ -54,17 +53,6 @@ def write_secret(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
-
-
-def _die_with_parent(sig: int) -> Callable[[], None]:
-    """A pre-exec hook: the store gets ``sig`` if the process that started it dies, so a
-    killed ``keystile dev`` or test run leaves no orphan server behind (Linux only)."""
-
-    def hook() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-
-    return hook
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
@@ -196,7 +184,7 @@ class EmbeddedPostgres:
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.pgdata), "-p", str(self.port), *settings],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent(signal.SIGINT),
+            start_new_session=True, preexec_fn=die_with_parent_hook(signal.SIGINT),
             **self._run_as(),  # type: ignore[call-overload]
         )
         log.close()
@@ -257,7 +245,7 @@ class EmbeddedRedis:
              "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
              "--logfile", str(self.log_path), *persistence],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM),
+            start_new_session=True, preexec_fn=die_with_parent_hook(signal.SIGTERM),
         )
         _wait_until_ready("Redis", self.proc, self._ready, self.log_path, self.stop)
         return self

@@ -175,7 +175,8 @@ async def test_health_and_readiness(gateway: TestClient) -> None:
     assert resp.status == 200 and "X-Request-Id" in resp.headers
     resp = await gateway.get("/readyz")
     assert resp.status == 200
-    assert (await resp.json())["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert (await resp.json())["checks"] == {"postgres": "ok", "redis": "ok",
+                                             "invalidations": "ok"}
 
 
 async def test_methods_without_listed_scopes_are_closed(gateway: TestClient, upstream: Upstream,
@@ -190,7 +191,7 @@ async def test_methods_without_listed_scopes_are_closed(gateway: TestClient, ups
         assert resp.status == 403, method
         assert (await resp.json())["error"]["code"] == "insufficient_scope"
     resp = await gateway.options("/maybe/x", headers={"X-API-Key": writer["key"]})
-    assert resp.status == 200  # "*" covers every method there
+    assert resp.status == 200  # no scopes listed: any valid key, any method
     seen_before = len(upstream.seen)
     resp = await gateway.request("PATCH", "/bearer/x",
                                  headers={"Authorization": f"Bearer {writer['key']}"})
@@ -205,3 +206,58 @@ async def test_expect_100_continue_is_handled_by_the_gateway(
     assert resp.status == 200
     assert upstream.seen[-1]["body"] == b"hello"
     assert "Expect" not in upstream.seen[-1]["headers"]
+
+
+async def test_spoofing_and_smuggling_headers_never_reach_the_upstream(
+        gateway: TestClient, upstream: Upstream, reader: dict[str, Any],
+        writer: dict[str, Any]) -> None:
+    port = gateway.port
+    assert port is not None
+    resp = await raw_request(port, "GET", "/svc/x", {
+        "X-API-Key": reader["key"], "X_Keystile_Key_Id": "key_victim",
+        "X_Forwarded_For": "6.6.6.6", "X_API_KEY": writer["key"],
+        "X-HTTP-Method-Override": "DELETE", "X-Original-URL": "/admin",
+        "Authorization": f"Bearer {reader['key']}", "X-Other-Key": writer["key"],
+        "X-Fine": "kept"})
+    assert resp.status == 200
+    headers = {k.lower(): v for k, v in upstream.seen[-1]["headers"].items()}
+    assert not any("_" in name for name in headers)
+    assert "x-http-method-override" not in headers and "x-original-url" not in headers
+    assert "authorization" not in headers and "x-other-key" not in headers
+    assert reader["key"] not in str(headers) and writer["key"] not in str(headers)
+    assert headers["x-keystile-key-id"] == reader["id"] and headers["x-fine"] == "kept"
+
+    # On a route without auth, a key a client sends along is not passed on either.
+    await gateway.get("/open/x", headers={"X-API-Key": reader["key"],
+                                          "Authorization": "Bearer upstream-token"})
+    headers = {k.lower(): v for k, v in upstream.seen[-1]["headers"].items()}
+    assert "x-api-key" not in headers and headers["authorization"] == "Bearer upstream-token"
+
+
+async def test_refused_requests_get_no_100_continue(gateway: TestClient,
+                                                    upstream: Upstream) -> None:
+    port = gateway.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /svc/x HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 401"), status_line
+    assert upstream.seen == []
+
+
+async def test_a_malformed_header_line_never_logs_the_key(
+        gateway: TestClient, reader: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    port = gateway.port
+    assert port is not None
+    conn_reader, conn_writer = await asyncio.open_connection("127.0.0.1", port)
+    conn_writer.write(b"GET /svc/x HTTP/1.1\r\nHost: g\r\nX-API-Key : " + reader["key"].encode()
+                      + b"\r\n\r\n")
+    await conn_writer.drain()
+    status_line = await conn_reader.readline()
+    conn_writer.close()
+    assert status_line.split()[1] == b"400"
+    assert reader["key"] not in caplog.text
+    assert "refused a malformed HTTP request" in caplog.text

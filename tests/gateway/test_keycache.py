@@ -9,6 +9,7 @@ import redis.asyncio
 from aiohttp.test_utils import TestClient
 
 from gateway import keyformat
+from gateway.keycache import HASH_KEY
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 
@@ -62,11 +63,11 @@ async def test_a_record_is_shared_through_redis(gateway: TestClient, admin: Admi
     assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
     client = redis.asyncio.Redis.from_url(stores.redis_url)
     try:
-        cached = await client.get(f"ks:h:{keyformat.hash_key(key['key']).hex()}")
+        cached = await client.get(HASH_KEY.format(keyformat.hash_key(key["key"]).hex()))
         assert cached is not None and key["id"].encode() in cached
         assert key["key"].encode() not in cached  # the record, never the secret
         await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
         # The admin change removed the shared record at once.
-        assert await client.get(f"ks:h:{keyformat.hash_key(key['key']).hex()}") is None
+        assert await client.get(HASH_KEY.format(keyformat.hash_key(key["key"]).hex())) is None
     finally:
         await client.aclose()

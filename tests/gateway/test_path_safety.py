@@ -16,6 +16,7 @@ CASES = [
     "//svc/x", "/open/../svc/x", "/open/%2e%2e/svc/x", "/%2fsvc/x", "/svc%2f..%2fx",
     "/SVC/x", "/svc;x", "/svc%00", "\\svc\\x", "/./svc/x", "/open/..%2fsvc", "/open%2f../svc",
     "/%73vc/x", "/open/.%2e/svc/x", "/open/x/../../svc/x", "/svc/x%5c..%5c..%5copen",
+    "/open/..;/svc/x", "/open/%252e%252e/svc/x", "/open/%C0%AE%C0%AE/svc/x",
 ]
 
 

@@ -49,3 +49,24 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).parents[2] / "config" / "keystile.example.toml"
     settings = load(example, {})
     assert settings.admin.host == "127.0.0.1" and settings.admin.token is None
+
+
+@pytest.mark.parametrize(("route", "needle"), [
+    ('prefix = "/a/../b"', "normal form"),
+    ('prefix = "/a;b"', "path parameters"),
+    ('prefix = "/x"\nauth = "optional"\nscopes = { GET = ["a:b"] }', "optional"),
+    ('prefix = "/x"\nscopes = { FETCH = ["a:b"] }', "FETCH"),
+    ('prefix = "/x"\nscopes = { GET = ["nocolon"] }', "nocolon"),
+    ('prefix = "/x"\ncredentials = "cookie"', "cookie"),
+])
+def test_invalid_routes_are_refused(tmp_path: Path, route: str, needle: str) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text(f'[[routes]]\nupstream = "http://127.0.0.1:1"\n{route}\n')
+    with pytest.raises(ConfigError, match=needle):
+        load(path, {})
+
+
+def test_route_prefixes_lose_their_trailing_slash(tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text('[[routes]]\nprefix = "/admin/"\nupstream = "http://127.0.0.1:1"\n')
+    assert load(path, {}).routes[0].prefix == "/admin"

@@ -61,6 +61,13 @@ scopes = {{ GET = ["svc:read"], POST = ["svc:write"] }}
                if "resource_tracker" not in " ".join(c.cmdline())]
     assert len(workers) == 2
 
+    # A second gateway on the same port is refused rather than sharing it (SO_REUSEPORT).
+    second = await asyncio.to_thread(
+        cli.run, "gateway", "--config", str(config),
+        env={"KEYSTILE_DATABASE_URL": stores.database_url,
+             "KEYSTILE_REDIS_URL": stores.redis_url})
+    assert second.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in second.stderr
+
     key = await admin.key(org["id"], scopes=["svc:*"])
     assert await _statuses(port, key["key"]) == Counter({200: ROUNDS})
     # Both workers served: each keeps its own cache, so both asked PostgreSQL or Redis once.

@@ -106,6 +106,8 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
     assert status == 200 and kept["name"] == "kept"
     status, _ = _call(f"{admin}/v1/keys/self", {"X-API-Key": root_key})
     assert status == 401  # the old demo secret stopped working
+    status, _ = _call(f"{gateway}/echo/hi", {"X-API-Key": sub_key})
+    assert status == 401  # ...in the gateway too, though Redis kept its shared record
     for label in ("root key", "sub key"):
         status, again = _call(f"{admin}/v1/keys/self", {"X-API-Key": _field(banner, label)})
         assert status == 200 and again["status"] == "active", (label, again)
