@@ -135,5 +135,8 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
             if request.transport is not None:
                 request.transport.close()
             return response
+        except ConnectionError:
+            log.info("client went away mid-response", extra={"request_id": ex.request_id})
+            return response
         await response.write_eof()
     return response
