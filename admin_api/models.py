@@ -132,6 +132,8 @@ class OrgCreate(Input):
     provider_id: ProviderId
     key_prefix: KeyPrefix = "ks_live"
     key_defaults: KeyDefaults = KeyDefaults()
+    rate_limits: list[RateLimit] = Field([], description="shared by all keys of the "
+                                         "organisation")
     metadata: Metadata = {}
 
 
@@ -140,6 +142,7 @@ class OrgUpdate(Input):
     provider_id: ProviderId | None = None
     key_prefix: KeyPrefix | None = None
     key_defaults: KeyDefaults | None = None
+    rate_limits: list[RateLimit] | None = None
     metadata: Metadata | None = None
 
 
@@ -149,9 +152,22 @@ class OrgOut(Output):
     provider_id: str
     key_prefix: str
     key_defaults: KeyDefaults
+    rate_limits: list[RateLimit]
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+
+
+class OwnerLimits(Input):
+    """Rate limits shared by all keys of one owner in an organisation."""
+
+    rate_limits: list[RateLimit]
+
+
+class OwnerLimitsOut(Output):
+    org_id: str
+    owner_id: str
+    rate_limits: list[RateLimit]
 
 
 class OrgList(Output):

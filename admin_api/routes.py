@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from admin_api import inputs
 from admin_api import models as m
 from admin_api.auth import PRINCIPAL, authenticate, require_manager, require_operator
-from admin_api.handlers import audit, keys, meta, orgs, usage, verify
+from admin_api.handlers import audit, keys, meta, orgs, owners, usage, verify
 from admin_api.state import POOL, SETTINGS
 
 HandlerFn = Callable[..., Awaitable[web.StreamResponse]]
@@ -83,6 +83,14 @@ ROUTES: tuple[Route, ...] = (
           body=m.OrgUpdate, response=m.OrgOut, access="operator"),
     Route("DELETE", "/v1/orgs/{id}", orgs.delete_org, "Delete an organisation",
           "organisations", query=m.OrgDeleteQuery, status=204, access="operator"),
+    Route("GET", "/v1/orgs/{id}/owners/{owner_id}/limits", owners.get_owner_limits,
+          "Rate limits shared by an owner's keys", "organisations",
+          response=m.OwnerLimitsOut),
+    Route("PUT", "/v1/orgs/{id}/owners/{owner_id}/limits", owners.put_owner_limits,
+          "Set the rate limits shared by an owner's keys", "organisations",
+          body=m.OwnerLimits, response=m.OwnerLimitsOut),
+    Route("DELETE", "/v1/orgs/{id}/owners/{owner_id}/limits", owners.delete_owner_limits,
+          "Remove an owner's shared rate limits", "organisations", status=204),
     Route("POST", "/v1/keys", keys.create_key, "Create a key; the raw key is in the response "
           "once", "keys", body=m.KeyCreate, response=m.KeyCreated, status=201),
     Route("GET", "/v1/keys", keys.list_keys, "List keys (metadata only)", "keys",

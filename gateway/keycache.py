@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # A lookup that PostgreSQL cannot answer is a 503, never a 500 and never a pass.
 POSTGRES_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-HASH_KEY = "ks:h1:{}"  # Redis: hex digest -> record JSON (bump the version with the record)
+HASH_KEY = "ks:h2:{}"  # Redis: hex digest -> record JSON (bump the version with the record)
 GENERATION_KEY = "ks:gen"  # Redis: bumped by every admin change to keys
 
 # Store the record only if no admin change happened since the lookup began.
@@ -158,9 +158,7 @@ class KeyLookup:
             return None, None
         values = dict(row)
         secret_expires_at = values.pop("secret_expires_at")
-        values["scopes"] = tuple(values["scopes"])
-        values["rate_limits"] = tuple(values["rate_limits"])
-        return KeyRecord(**values), secret_expires_at
+        return KeyRecord.from_values(values), secret_expires_at
 
     async def _share(self, digest: bytes, record: KeyRecord,
                      secret_expires_at: datetime | None, generation: str, now: datetime) -> None:

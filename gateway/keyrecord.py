@@ -16,18 +16,25 @@ KEY_COLUMNS = """k.id, k.serial, k.org_id, k.owner_id, k.name, k.environment, k.
     k.rate_limits, k.is_default, k.metadata, k.prefix, k.key_prefix, k.recoverable, k.created_at,
     k.updated_at, k.last_used_at, k.revoked_at"""
 
+# The limits shared with the key's organisation and owner travel with the key record.
+_SHARED_LIMITS = """o.rate_limits AS org_rate_limits,
+    COALESCE(ol.rate_limits, '[]'::jsonb) AS owner_rate_limits"""
+_SHARED_JOINS = """JOIN orgs o ON o.id = k.org_id
+LEFT JOIN owner_limits ol ON ol.org_id = k.org_id AND ol.owner_id = k.owner_id"""
+
 # The hot lookup: a presented secret (hashed) to its key, honouring rotation grace.
 SELECT_BY_HASH = f"""
-SELECT {KEY_COLUMNS}
-FROM key_secrets s JOIN keys k ON k.id = s.key_id
+SELECT {KEY_COLUMNS}, {_SHARED_LIMITS}
+FROM key_secrets s JOIN keys k ON k.id = s.key_id {_SHARED_JOINS}
 WHERE s.hash = $1 AND (s.expires_at IS NULL OR s.expires_at > now())"""
 
-SELECT_BY_ID = f"SELECT {KEY_COLUMNS} FROM keys k WHERE k.id = $1"
+SELECT_BY_ID = f"""SELECT {KEY_COLUMNS}, {_SHARED_LIMITS}
+FROM keys k {_SHARED_JOINS} WHERE k.id = $1"""
 
 # The gateway's cache miss: the record plus when this particular secret stops working.
 SELECT_WITH_SECRET_BY_HASH = f"""
-SELECT {KEY_COLUMNS}, s.expires_at AS secret_expires_at
-FROM key_secrets s JOIN keys k ON k.id = s.key_id
+SELECT {KEY_COLUMNS}, {_SHARED_LIMITS}, s.expires_at AS secret_expires_at
+FROM key_secrets s JOIN keys k ON k.id = s.key_id {_SHARED_JOINS}
 WHERE s.hash = $1 AND (s.expires_at IS NULL OR s.expires_at > now())"""
 
 _TIME_FIELDS = ("expires_at", "created_at", "updated_at", "last_used_at", "revoked_at")
@@ -59,12 +66,18 @@ class KeyRecord:
     updated_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    org_rate_limits: tuple[dict[str, Any], ...] = ()
+    owner_rate_limits: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> KeyRecord:
-        values = dict(row)
-        values["scopes"] = tuple(values["scopes"])
-        values["rate_limits"] = tuple(values["rate_limits"])
+        return cls.from_values(dict(row))
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> KeyRecord:
+        for name in ("scopes", "rate_limits", "org_rate_limits", "owner_rate_limits"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def to_json(self, secret_expires_at: datetime | None) -> bytes:
@@ -80,9 +93,7 @@ class KeyRecord:
             if data[name] is not None:
                 data[name] = datetime.fromisoformat(data[name])
         secret_expires_at = data.pop("secret_expires_at")
-        data["scopes"] = tuple(data["scopes"])
-        data["rate_limits"] = tuple(data["rate_limits"])
-        return cls(**data), secret_expires_at
+        return cls.from_values(data), secret_expires_at
 
     def effective_status(self, now: datetime) -> str:
         """``status`` with ``expired`` derived from ``expires_at``; revoked outranks expired."""

@@ -27,7 +27,7 @@ async def get(conn: Queryable, key_id: str, *, for_update: bool = False
               ) -> KeyRecord | None:
     if not keyformat.is_id("key", key_id):
         return None
-    row = await conn.fetchrow(SELECT_BY_ID + (" FOR UPDATE" if for_update else ""), key_id)
+    row = await conn.fetchrow(SELECT_BY_ID + (" FOR UPDATE OF k" if for_update else ""), key_id)
     return KeyRecord.from_row(row) if row else None
 
 

@@ -9,18 +9,20 @@ import asyncpg
 from gateway import keyformat
 from gateway.database import Connection, Queryable
 
-ORG_COLUMNS = "id, name, provider_id, key_prefix, key_defaults, metadata, created_at, updated_at"
+ORG_COLUMNS = ("id, name, provider_id, key_prefix, key_defaults, rate_limits, metadata, "
+               "created_at, updated_at")
 
 # Columns a PATCH may change; anything else never reaches SQL.
-UPDATABLE = ("name", "provider_id", "key_prefix", "key_defaults", "metadata")
+UPDATABLE = ("name", "provider_id", "key_prefix", "key_defaults", "rate_limits", "metadata")
 
 
 async def insert(conn: Connection, values: dict[str, Any]) -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"""INSERT INTO orgs (id, name, provider_id, key_prefix, key_defaults, metadata)
-        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ORG_COLUMNS}""",
+        f"""INSERT INTO orgs (id, name, provider_id, key_prefix, key_defaults, rate_limits,
+            metadata)
+        VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {ORG_COLUMNS}""",
         values["id"], values["name"], values["provider_id"], values["key_prefix"],
-        values["key_defaults"], values["metadata"],
+        values["key_defaults"], values.get("rate_limits", []), values["metadata"],
     )
     assert row is not None  # INSERT … RETURNING always yields the row
     return row
@@ -64,3 +66,25 @@ async def key_ids(conn: Connection, org_id: str) -> list[str]:
 
 async def delete(conn: Connection, org_id: str) -> None:
     await conn.execute("DELETE FROM orgs WHERE id = $1", org_id)
+
+
+async def owner_limits(conn: Queryable, org_id: str, owner_id: str) -> list[Any] | None:
+    value: list[Any] | None = await conn.fetchval(
+        "SELECT rate_limits FROM owner_limits WHERE org_id = $1 AND owner_id = $2",
+        org_id, owner_id)
+    return value
+
+
+async def set_owner_limits(conn: Connection, org_id: str, owner_id: str,
+                           rate_limits: list[Any]) -> None:
+    await conn.execute(
+        """INSERT INTO owner_limits (org_id, owner_id, rate_limits) VALUES ($1, $2, $3)
+        ON CONFLICT (org_id, owner_id)
+        DO UPDATE SET rate_limits = EXCLUDED.rate_limits, updated_at = now()""",
+        org_id, owner_id, rate_limits)
+
+
+async def delete_owner_limits(conn: Connection, org_id: str, owner_id: str) -> bool:
+    return await conn.fetchval(
+        "DELETE FROM owner_limits WHERE org_id = $1 AND owner_id = $2 RETURNING true",
+        org_id, owner_id) is not None

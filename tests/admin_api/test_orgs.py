@@ -76,3 +76,30 @@ async def test_unknown_org_is_404(admin: Admin) -> None:
     assert body["error"]["code"] == "org_not_found"
     await admin.call("PATCH", "/v1/orgs/org_nope", json={"name": "x"}, expect=404)
     await admin.call("DELETE", "/v1/orgs/org_nope", expect=404)
+
+
+async def test_shared_rate_limits_for_an_organisation_and_an_owner(admin: Admin) -> None:
+    from tests.admin_api.conftest import as_key
+
+    org = await admin.org("acme", rate_limits=[{"limit": 100, "window_s": 60}])
+    assert org["rate_limits"] == [{"limit": 100, "window_s": 60}]
+    root = await admin.key(org["id"], root=True, scopes=["*"])
+    path = f"/v1/orgs/{org['id']}/owners/clinic-1/limits"
+    assert (await admin.call("GET", path, expect=200))["rate_limits"] == []
+    body = await admin.call("PUT", path, json={"rate_limits": [{"limit": 5, "window_s": 1}]},
+                            headers=as_key(root["key"]), expect=200)
+    assert body == {"org_id": org["id"], "owner_id": "clinic-1",
+                    "rate_limits": [{"limit": 5, "window_s": 1}]}
+    assert await admin.db.fetchval(
+        "SELECT rate_limits FROM owner_limits WHERE owner_id = 'clinic-1'") == [
+            {"limit": 5, "window_s": 1}]
+    other = await admin.org("other")
+    await admin.call("GET", f"/v1/orgs/{other['id']}/owners/clinic-1/limits",
+                     headers=as_key(root["key"]), expect=403)
+    await admin.call("PUT", path, json={"rate_limits": [{"limit": 0, "window_s": 1}]},
+                     expect=422)
+    await admin.call("DELETE", path, expect=204)
+    await admin.call("DELETE", path, expect=404)
+    patched = await admin.call("PATCH", f"/v1/orgs/{org['id']}", json={"rate_limits": []},
+                               expect=200)
+    assert patched["rate_limits"] == []
