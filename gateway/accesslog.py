@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.app import EXCHANGE
+from gateway.state import EXCHANGE
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -13,23 +13,23 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
-from gateway import invalidation, logfilter, pipeline, proxy
+from gateway import invalidation, logfilter, pipeline, proxy, selfservice
 from gateway.database import create_pool
 from gateway.deps import Deps
 from gateway.errors import GatewayError, render
 from gateway.exchange import Exchange
 from gateway.keycache import KeyLookup, LocalCache
+from gateway.limits import Limiter
 from gateway.providers import ProviderLookup
 from gateway.requestid import request_id
 from gateway.routing import RouteTable
 from gateway.settings import Settings
+from gateway.stages import limits
+from gateway.state import DEPS, EXCHANGE, LISTENING, SETTINGS
+from gateway.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
-DEPS = web.AppKey("deps", Deps)
-LISTENING = web.AppKey("listening", asyncio.Event)  # set once invalidations are received
-EXCHANGE = web.RequestKey("exchange", Exchange)
 READY_TIMEOUT_S = 2.0
 
 
@@ -41,6 +41,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         await pipeline.run(ex, deps)
         return await proxy.forward(ex, deps)
     except GatewayError as error:
+        if error.code in ("upstream_unavailable", "upstream_timeout"):
+            await limits.give_back(ex, deps)
         response = render(request, error, ex.request_id)
         response.headers["X-Request-Id"] = ex.request_id
         response.headers["X-Keystile-Error"] = error.code
@@ -86,9 +88,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             "User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
     cache = LocalCache(gw.cache_size, gw.cache_ttl_s, gw.negative_ttl_s)
     providers = ProviderLookup(pool, gw.cache_ttl_s)
+    usage = UsageRecorder()
     app[DEPS] = Deps(gw, RouteTable(settings.routes), KeyLookup(cache, redis, pool,
                                                                   gw.redis_cache_ttl_s),
-                     providers, session)
+                     providers, session, Limiter(redis, pool), usage)
 
     def apply(kind: str, ident: str) -> None:
         if kind == "key":
@@ -101,12 +104,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             providers.clear()
 
     listener = asyncio.create_task(invalidation.listen(redis, apply, app[LISTENING]))
+    flusher = asyncio.create_task(usage.run(pool, gw.usage_flush_interval_s))
     try:
         yield
     finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        for task in (listener, flusher):  # the flusher writes what is pending as it stops
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await session.close()
         await redis.aclose()
         await pool.close()
@@ -133,6 +138,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_request_id_header)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get(selfservice.PATH, selfservice.usage)
     # 100-continue is sent by the proxy once the pipeline has passed, not before.
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
     return app

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import aiohttp
 
 from gateway.keycache import KeyLookup
+from gateway.limits import Limiter
 from gateway.providers import ProviderLookup
 from gateway.routing import RouteTable
 from gateway.settings import GatewaySettings
+from gateway.usage import UsageRecorder
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,3 +21,5 @@ class Deps:
     keys: KeyLookup
     providers: ProviderLookup
     session: aiohttp.ClientSession
+    limiter: Limiter
+    usage: UsageRecorder

@@ -18,6 +18,8 @@ GATEWAY_ERRORS: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "this route does not accept this method"),
     "payload_too_large": (413, "the request body is too large"),
     "headers_too_large": (431, "the request headers are too large"),
+    "rate_limited": (429, "too many requests; retry later"),
+    "usage_exceeded": (429, "the key's usage allowance is used up"),
     "upstream_unavailable": (502, "the upstream service could not be reached"),
     "upstream_timeout": (504, "the upstream service did not answer in time"),
     "store_unavailable": (503, "a backing store is unavailable; retry later"),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.keyrecord import KeyRecord
+from gateway.limits import Decision
 from gateway.routing import Route
 
 
@@ -19,6 +20,7 @@ class Exchange:
     route: Route | None = None
     raw_key: str | None = None  # None: no credential was sent
     key: KeyRecord | None = None  # set once the key is verified to exist
+    decision: Decision | None = None  # what the limits said (and spent)
 
     @property
     def matched(self) -> Route:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.deps import Deps
 from gateway.exchange import Exchange
-from gateway.stages import credential, lookup, parse, provider, route, scope, size, state
+from gateway.stages import credential, limits, lookup, parse, provider, route, scope, size, state
 
 Stage = Callable[[Exchange, Deps], Awaitable[None]]
 
@@ -21,6 +21,7 @@ STAGES: tuple[Stage, ...] = (
     state.check,        # paused / revoked / expired
     provider.check,     # the provider header, when sent, names the key's organisation
     scope.check,        # 403 insufficient_scope
+    limits.spend,       # rate limits, quota, lifetime usage in one Redis call; 429
 )
 
 

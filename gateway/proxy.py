@@ -15,6 +15,7 @@ from gateway import keyformat
 from gateway.deps import Deps
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
+from gateway.stages import limits
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,12 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
         if upstream.status == 101:
             raise GatewayError("upstream_unavailable",
                                "the upstream switched protocols, which is not proxied")
+        if upstream.status >= 500:
+            await limits.give_back(ex, deps)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=_end_to_end(upstream.headers))
         response.headers["X-Request-Id"] = ex.request_id
+        response.headers.update(limits.response_headers(ex))
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):

@@ -23,6 +23,8 @@ class Route:
     provider_header: str | None
     cost: int
     timeout_s: float
+    refund_on_upstream_error: bool
+    enforce: bool
     origin: str  # scheme://host:port of the upstream
     base_path: str  # the upstream URL's own path, without a trailing '/'
 
@@ -56,6 +58,8 @@ def compile_route(config: RouteSettings) -> Route:
         provider_header=config.provider_header,
         cost=config.cost,
         timeout_s=config.timeout_s,
+        refund_on_upstream_error=config.refund_on_upstream_error,
+        enforce=config.enforce,
         origin=str(upstream.origin()),
         base_path=upstream.raw_path.rstrip("/"),
     )

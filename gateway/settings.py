@@ -65,6 +65,10 @@ class GatewaySettings(_Strict):
     cache_ttl_s: float = Field(1.0, gt=0, description="backstop for the invalidation channel")
     negative_ttl_s: float = Field(0.5, ge=0, description="how long an unknown key stays unknown")
     redis_cache_ttl_s: int = Field(60, ge=1, description="key records shared through Redis")
+    limits_mode: Literal["exact"] = Field("exact", description="exact: every check-and-spend "
+                                          "is one atomic Redis round trip")
+    usage_flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often usage "
+                                          "is written to PostgreSQL (the most that can be lost)")
 
 
 class RouteSettings(_Strict):
@@ -78,8 +82,10 @@ class RouteSettings(_Strict):
     methods: list[str] | None = None
     credentials: str = "x-api-key"
     provider_header: str | None = None
-    cost: int = Field(1, ge=0)
+    cost: int = Field(1, ge=0, le=10_000)
     timeout_s: float = Field(30.0, gt=0)
+    refund_on_upstream_error: bool = False
+    enforce: bool = Field(True, description="false: shadow mode, over-limit requests pass")
 
     @field_validator("scopes")
     @classmethod

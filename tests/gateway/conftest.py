@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import LISTENING, create_app
+from gateway.app import create_app
 from gateway.settings import GatewaySettings, RouteSettings, Settings
+from gateway.state import LISTENING
 from tests.admin_api.conftest import Admin, admin, org, root, settings  # noqa: F401
 from tests.conftest import Stores
 
