@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -13,10 +15,12 @@ from admin_api.errors import add_standard_headers, error_middleware
 from admin_api.handlers.meta import OPENAPI, package_version
 from admin_api.openapi import build
 from admin_api.routes import ROUTES, add_routes
-from admin_api.state import POOL, REDIS, SETTINGS
+from admin_api.state import LIMITER, POOL, REDIS, SETTINGS, USAGE
 from gateway import logfilter
 from gateway.database import create_pool
+from gateway.limits import Limiter
 from gateway.settings import Settings
+from gateway.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +40,25 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
+async def _limits(app: web.Application) -> AsyncIterator[None]:
+    """POST /v1/verify spends limits like the gateway and writes usage behind the same way."""
+    app[LIMITER] = Limiter(app[REDIS], app[POOL])
+    app[USAGE] = UsageRecorder()
+    flusher = asyncio.create_task(app[USAGE].run(app[POOL],
+                                                 app[SETTINGS].gateway.usage_flush_interval_s))
+    yield
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+
+
 def create_app(settings: Settings) -> web.Application:
     logfilter.install()
     app = web.Application(middlewares=[error_middleware],
                           client_max_size=settings.admin.request_body_limit)
     app[SETTINGS] = settings
     app[OPENAPI] = orjson.dumps(build(ROUTES, package_version()))
-    app.cleanup_ctx.extend([_postgres, _redis])
+    app.cleanup_ctx.extend([_postgres, _redis, _limits])
     app.on_response_prepare.append(add_standard_headers)
     add_routes(app)
     return app

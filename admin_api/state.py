@@ -6,8 +6,12 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
+from gateway.limits import Limiter
 from gateway.settings import Settings
+from gateway.usage import UsageRecorder
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
+LIMITER = web.AppKey("limiter", Limiter)
+USAGE = web.AppKey("usage", UsageRecorder)

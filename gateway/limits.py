@@ -130,6 +130,20 @@ end
 return out
 """
 
+# An operator's change to the lifetime count, applied to the live counter if there is one
+# (if there is none, the next request seeds it from PostgreSQL, which already has it).
+_ADJUST = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local value = tonumber(ARGV[2])
+if ARGV[1] == 'set' then redis.call('SET', KEYS[1], value)
+elseif ARGV[1] == 'increment' then redis.call('INCRBY', KEYS[1], value)
+else
+  local now = tonumber(redis.call('GET', KEYS[1]))
+  redis.call('SET', KEYS[1], math.max(now - value, 0))
+end
+return 1
+"""
+
 SEED_USAGE = "SELECT usage_count FROM keys WHERE id = $1"
 SEED_QUOTA = """SELECT COALESCE(sum(count), 0) FROM key_usage_daily
 WHERE key_id = $1 AND day >= $2"""
@@ -206,6 +220,7 @@ class Limiter:
         self._spend = redis.register_script(_SPEND)
         self._refund = redis.register_script(_REFUND)
         self._peek = redis.register_script(_PEEK)
+        self._adjust = redis.register_script(_ADJUST)
         self._members = (f"{os.getpid()}-{n}" for n in itertools.count())
 
     def _keys(self, record: KeyRecord, now: datetime, windows: list[Window]) -> list[str]:
@@ -297,6 +312,6 @@ class Limiter:
             quota_period=str(record.quota["period"]) if record.quota else None,
             quota_reset_s=quota_reset, spent=False)
 
-    async def forget_usage(self, redis: Redis, record: KeyRecord) -> None:
-        """After the lifetime count was changed in PostgreSQL: re-seed on the next request."""
-        await redis.delete(usage_key(record))
+    async def adjust_usage(self, record: KeyRecord, op: str, value: int) -> None:
+        """Applies ``op`` (set | increment | decrement) to the live lifetime counter."""
+        await self._adjust(keys=[usage_key(record)], args=[op, value])

@@ -1,4 +1,5 @@
-"""A key's usage: lifetime count, quota period, rate-limit windows and daily history."""
+"""A key's usage: live counters from Redis (lifetime, quota, rate-limit windows) and the
+daily history from PostgreSQL; changes to the lifetime count."""
 
 from __future__ import annotations
 
@@ -20,34 +21,34 @@ from admin_api.models import (
     UsageOut,
 )
 from admin_api.repository import audit, keys
-from admin_api.state import POOL, REDIS
+from admin_api.state import LIMITER, POOL, REDIS
 from admin_api.views import respond
-from gateway import quota
 from gateway.database import Queryable
 from gateway.keyrecord import KeyRecord
+from gateway.limits import Limiter
 
 HISTORY_DAYS = 30
 
 
-async def usage_of(conn: Queryable, key: KeyRecord) -> UsageOut:
+async def usage_of(conn: Queryable, limiter: Limiter, key: KeyRecord) -> UsageOut:
     now = datetime.now(UTC)
-    quota_usage = None
-    if key.quota:
-        period = str(key.quota["period"])
-        used = await keys.used_since(conn, key.id, quota.period_start(period, now).date())
-        quota_usage = QuotaUsage(limit=int(key.quota["limit"]), period=period, used=used,
-                                 resets_at=quota.period_end(period, now))
+    live = await limiter.peek(key, now)
     history = await keys.daily(conn, key.id, (now - timedelta(days=HISTORY_DAYS - 1)).date())
-    remaining = None if key.usage_limit is None else max(key.usage_limit - key.usage_count, 0)
+    used = live.usage_used if live.usage_used is not None else key.usage_count
+    quota = None
+    if live.quota_limit is not None and live.quota_period is not None:
+        quota = QuotaUsage(limit=live.quota_limit, period=live.quota_period,
+                           used=live.quota_used or 0,
+                           resets_at=now + timedelta(seconds=live.quota_reset_s or 0))
     return UsageOut(
-        usage_count=key.usage_count,
+        usage_count=used,
         usage_limit=key.usage_limit,
-        usage_remaining=remaining,
-        quota=quota_usage,
-        # Windows hold nothing until the gateway counts requests in Redis.
-        rate_limits=[RateLimitUsage(limit=int(r["limit"]), window_s=int(r["window_s"]),
-                                    remaining=int(r["limit"]), resets_at=None)
-                     for r in key.rate_limits],
+        usage_remaining=None if key.usage_limit is None else max(key.usage_limit - used, 0),
+        quota=quota,
+        rate_limits=[RateLimitUsage(limit=s.window.limit, window_s=s.window.window_s,
+                                    remaining=s.remaining,
+                                    resets_at=now + timedelta(seconds=s.reset_s))
+                     for s in live.windows if s.window.scope == "key"],
         daily=[DailyUsage(day=row["day"], count=row["count"]) for row in history],
     )
 
@@ -56,7 +57,7 @@ async def get_usage(request: web.Request, principal: Principal) -> web.Response:
     key_id = request.match_info["id"]
     pool = request.app[POOL]
     key = auth.visible(principal, await keys.get(pool, key_id), key_id)
-    return respond(await usage_of(pool, key))
+    return respond(await usage_of(pool, request.app[LIMITER], key))
 
 
 async def change_usage(request: web.Request, principal: Principal, body: UsageChange
@@ -76,6 +77,9 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
                            changes={"op": body.op, "value": body.value,
                                     "usage_count": [key.usage_count, updated.usage_count]},
                            request_id=request[REQUEST_ID])
-        out = await usage_of(conn, updated)
+    # The live counter follows at once, so the gateway honours the change immediately.
+    await request.app[LIMITER].adjust_usage(key, body.op, body.value)
     await changes.announce(request.app[REDIS])
-    return respond(out)
+    fresh = await keys.get(request.app[POOL], key.id)
+    assert fresh is not None
+    return respond(await usage_of(request.app[POOL], request.app[LIMITER], fresh))

@@ -4,6 +4,7 @@ a raw HTTP client for request targets that ordinary clients would tidy up."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +58,8 @@ class Upstream:
             await asyncio.sleep(1.5)
         body = await request.read()
         self.seen.append({"method": request.method, "path": request.raw_path,
-                          "headers": dict(request.headers), "body": body})
+                          "headers": dict(request.headers), "body": body,
+                          "at": time.monotonic()})
         status = int(request.query.get("status", "200"))
         return web.Response(status=status, body=b"upstream says hi",
                             headers={"X-Upstream": "1", "Connection": "X-Private",
@@ -84,6 +86,9 @@ def routes_for(upstream_url: str) -> list[RouteSettings]:
         RouteSettings(prefix="/bearer", upstream=upstream_url, credentials="bearer"),
         RouteSettings(prefix="/down", upstream="http://127.0.0.1:9", timeout_s=1.0),
         RouteSettings(prefix="/partial", upstream=upstream_url, scopes={"GET": ["svc:read"]}),
+        RouteSettings(prefix="/cost2", upstream=upstream_url, cost=2),
+        RouteSettings(prefix="/refund", upstream=upstream_url, refund_on_upstream_error=True),
+        RouteSettings(prefix="/shadow", upstream=upstream_url, enforce=False),
     ]
 
 
