@@ -325,6 +325,9 @@ class VerifyResult(Output):
     expires_at: datetime | None = None
     metadata: dict[str, Any] | None = None
     missing_scopes: list[str] | None = None
+    usage_remaining: int | None = Field(None, description="lifetime units left, if limited")
+    rate_limit_remaining: int | None = Field(None, description="in the tightest window")
+    retry_after_s: int | None = Field(None, description="when rate_limited or over quota")
 
 
 class AuditEntry(Output):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
 from admin_api.auth import Principal
 from admin_api.models import VerifyRequest, VerifyResult
-from admin_api.state import POOL
+from admin_api.state import LIMITER, POOL, USAGE
 from admin_api.views import respond
+from gateway import limits, quota
+from gateway.keyrecord import KeyRecord
 from gateway.verification import Code
 from gateway.verification import verify as verify_key
 
@@ -17,16 +20,45 @@ from gateway.verification import verify as verify_key
 async def verify(request: web.Request, principal: Principal, body: VerifyRequest
                  ) -> web.Response:
     """Answers 200 with ``valid`` and ``code`` for any key; only a malformed request is an
-    error. A root key verifies keys of its own organisation only."""
+    error. The same checks as the gateway, limits included: a valid key spends ``cost``
+    units of its rate limits, quota and lifetime usage, exactly as a proxied request would.
+    A root key verifies keys of its own organisation only."""
+    now = datetime.now(UTC)
     verdict = await verify_key(
-        request.app[POOL], body.key, now=datetime.now(UTC), provider=body.provider,
-        required=body.scopes, within_org=principal.key.org_id if principal.key else None)
-    result = VerifyResult(valid=verdict.valid, code=verdict.code.value)
+        request.app[POOL], body.key, now=now, provider=body.provider, required=body.scopes,
+        within_org=principal.key.org_id if principal.key else None)
     record = verdict.record
-    if record is not None and verdict.code not in (Code.INVALID_KEY, Code.INVALID_PROVIDER):
-        result = VerifyResult(
-            valid=verdict.valid, code=verdict.code.value, key_id=record.id,
-            org_id=record.org_id, owner_id=record.owner_id, environment=record.environment,
-            scopes=list(record.scopes), expires_at=record.expires_at, metadata=record.metadata,
-            missing_scopes=list(verdict.missing_scopes) or None)
-    return respond(result)
+    if record is None or verdict.code in (Code.INVALID_KEY, Code.INVALID_PROVIDER):
+        return respond(VerifyResult(valid=False, code=verdict.code.value))
+    found: dict[str, Any] = {
+        "key_id": record.id, "org_id": record.org_id, "owner_id": record.owner_id,
+        "environment": record.environment, "scopes": list(record.scopes),
+        "expires_at": record.expires_at, "metadata": record.metadata,
+        "missing_scopes": list(verdict.missing_scopes) or None}
+    code = verdict.code.value
+    if verdict.valid:
+        code, counters = await _spend(request, record, body.cost, now)
+        found |= counters
+    return respond(VerifyResult(valid=code == Code.VALID.value, code=code, **found))
+
+
+async def _spend(request: web.Request, record: KeyRecord, cost: int, now: datetime
+                 ) -> tuple[str, dict[str, Any]]:
+    counters: dict[str, Any] = {}
+    if limits.has_limits(record):
+        limiter, usage = request.app[LIMITER], request.app[USAGE]
+        since = (quota.period_start(str(record.quota["period"]), now).date() if record.quota
+                 else now.date())
+        decision = await limiter.spend(record, cost, True, now, usage.pending(record.id, since))
+        if decision.usage_limit is not None and decision.usage_used is not None:
+            counters["usage_remaining"] = max(decision.usage_limit - decision.usage_used, 0)
+        if decision.windows:
+            counters["rate_limit_remaining"] = min(s.remaining for s in decision.windows)
+        counters["retry_after_s"] = decision.retry_after_s
+        if decision.verdict == limits.RATE:
+            return "rate_limited", counters
+        if decision.verdict in (limits.QUOTA, limits.USAGE):
+            return "usage_exceeded", counters
+    if cost:
+        request.app[USAGE].record(record.id, cost, now)
+    return Code.VALID.value, counters

@@ -61,3 +61,26 @@ async def test_verify_input_errors(admin: Admin) -> None:
     assert body["error"]["code"] == "malformed_json"
     body = await admin.call("POST", "/v1/verify", json=["key"], expect=422)
     assert body["error"]["code"] == "validation_failed"
+
+
+async def test_verify_spends_limits_like_the_gateway(admin: Admin, org: dict[str, Any]) -> None:
+    import asyncio
+
+    key = await admin.key(org["id"], usage_limit=5, rate_limits=[{"limit": 3, "window_s": 60}])
+    results = [await admin.call("POST", "/v1/verify", json={"key": key["key"], "cost": 1},
+                                expect=200) for _ in range(4)]
+    assert [r["code"] for r in results] == ["valid", "valid", "valid", "rate_limited"]
+    assert results[2]["usage_remaining"] == 2 and results[2]["rate_limit_remaining"] == 0
+    assert results[3]["valid"] is False and 0 < results[3]["retry_after_s"] <= 60
+    big = await admin.call("POST", "/v1/verify", json={"key": key["key"], "cost": 0},
+                           expect=200)
+    assert big["code"] == "valid"  # cost 0 checks without spending
+
+    async def flushed() -> bool:
+        count = await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1", key["id"])
+        return bool(count == 3)
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await flushed():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
