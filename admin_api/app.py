@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
-from redis.asyncio import Redis
 
 from admin_api.errors import add_standard_headers, error_middleware
 from admin_api.handlers.meta import OPENAPI, package_version
@@ -19,6 +18,7 @@ from admin_api.state import LIMITER, POOL, REDIS, SETTINGS, USAGE
 from gateway import logfilter
 from gateway.database import create_pool
 from gateway.limits import Limiter
+from gateway.redisclient import create_redis
 from gateway.settings import Settings
 from gateway.usage import UsageRecorder
 
@@ -33,9 +33,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    timeout = app[SETTINGS].stores.timeout_s
-    app[REDIS] = Redis.from_url(app[SETTINGS].redis_url, socket_timeout=timeout,
-                                socket_connect_timeout=timeout)
+    app[REDIS] = create_redis(app[SETTINGS].redis_url, app[SETTINGS].stores)
     yield
     await app[REDIS].aclose()
 

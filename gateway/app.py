@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 
 from gateway import invalidation, logfilter, pipeline, proxy, selfservice
 from gateway.database import create_pool
@@ -21,6 +20,7 @@ from gateway.exchange import Exchange
 from gateway.keycache import KeyLookup, LocalCache
 from gateway.limits import Limiter
 from gateway.providers import ProviderLookup
+from gateway.redisclient import create_redis
 from gateway.requestid import request_id
 from gateway.routing import RouteTable
 from gateway.settings import Settings
@@ -79,9 +79,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     gw = settings.gateway
     pool = await create_pool(settings.database_url, settings.stores)
-    timeout = settings.stores.timeout_s
-    redis = Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                           socket_connect_timeout=timeout)
+    redis = create_redis(settings.redis_url, settings.stores)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=(

@@ -135,7 +135,7 @@ class KeyLookup:
                 pipe.get(GENERATION_KEY)
                 raw, generation = await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("redis unavailable for key lookup", extra={"error": type(exc).__name__})
+            log.warning("redis unavailable for key lookup: %s", type(exc).__name__)
             return None, None, None
         generation = (generation or b"0").decode()
         if raw is None:

@@ -49,6 +49,7 @@ class StoreSettings(_Strict):
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
     timeout_s: float = Field(5.0, gt=0)
+    redis_max_connections: int = Field(64, ge=2, description="Redis connections per process")
 
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

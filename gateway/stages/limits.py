@@ -54,7 +54,7 @@ async def spend(ex: Exchange, deps: Deps) -> None:
             decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
                                                 deps.usage.pending(key.id, since))
         except (RedisError, OSError) as exc:
-            log.warning("limits unavailable", extra={"error": type(exc).__name__})
+            log.warning("limits unavailable: %s", type(exc).__name__)
             raise GatewayError("store_unavailable") from None
         ex.decision = decision
         if not decision.allowed:

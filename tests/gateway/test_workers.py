@@ -92,3 +92,58 @@ scopes = {{ GET = ["svc:read"], POST = ["svc:write"] }}
     served_by = {orjson.loads(line.split(" keystile.access ", 1)[1])["worker"]
                  for line in out.splitlines() if " keystile.access " in line}
     assert served_by == {w.pid for w in workers}  # the kernel spread connections over both
+
+
+async def _start_two_workers(cli: Cli, stores: Stores, upstream: Upstream,  # noqa: F811
+                             tmp_path: Path) -> int:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+port = {port}
+
+[[routes]]
+prefix = "/svc"
+upstream = "{upstream.url}"
+""")
+    proc = cli.start("gateway", "--config", str(config), "--workers", "2",
+                     env={"KEYSTILE_DATABASE_URL": stores.database_url,
+                          "KEYSTILE_REDIS_URL": stores.redis_url})
+    await asyncio.to_thread(cli.read_until, proc, f"listening on http://127.0.0.1:{port}")
+    return port
+
+
+async def _concurrently(port: int, key: str, n: int) -> Counter[int]:
+    connector = aiohttp.TCPConnector(force_close=True, limit=200)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one() -> int:
+            async with session.get(f"http://127.0.0.1:{port}/svc/x",
+                                   headers={"X-API-Key": key}) as resp:
+                body = await resp.read()
+                if resp.status == 429:
+                    assert b"usage_exceeded" in body or b"rate_limited" in body
+                return resp.status
+        return Counter(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def test_lifetime_limit_is_exact_across_workers(
+        cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
+        org: dict[str, Any], tmp_path: Path) -> None:
+    port = await _start_two_workers(cli, stores, upstream, tmp_path)
+    key = await admin.key(org["id"], usage_limit=100)
+    statuses = await _concurrently(port, key["key"], 1000)
+    assert statuses == Counter({200: 100, 429: 900})
+    assert len(upstream.seen) == 100
+
+
+async def test_rate_window_is_exact_across_workers(
+        cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
+        org: dict[str, Any], tmp_path: Path) -> None:
+    port = await _start_two_workers(cli, stores, upstream, tmp_path)
+    key = await admin.key(org["id"], rate_limits=[{"limit": 10, "window_s": 1}])
+    statuses = await _concurrently(port, key["key"], 200)
+    times = sorted(s["at"] for s in upstream.seen)
+    # At most 10 in any one-second window, and exactly 10 in the first.
+    assert all(sum(1 for t in times if start <= t < start + 1.0) <= 10 for start in times)
+    assert sum(1 for t in times if t < times[0] + 1.0) == 10
+    assert statuses[200] == len(times) and statuses[200] + statuses[429] == 200
