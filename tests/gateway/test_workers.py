@@ -147,3 +147,29 @@ async def test_rate_window_is_exact_across_workers(
     assert all(sum(1 for t in times if start <= t < start + 1.0) <= 10 for start in times)
     assert sum(1 for t in times if t < times[0] + 1.0) == 10
     assert statuses[200] == len(times) and statuses[200] + statuses[429] == 200
+
+
+async def test_counters_lost_in_redis_are_reseeded_from_postgres(
+        cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
+        org: dict[str, Any], tmp_path: Path) -> None:
+    import redis.asyncio
+
+    port = await _start_two_workers(cli, stores, upstream, tmp_path)
+    key = await admin.key(org["id"], usage_limit=100, quota={"limit": 80, "period": "week"})
+    assert await _concurrently(port, key["key"], 50) == Counter({200: 50})
+
+    # Both workers write usage behind within their flush interval; wait until it is there.
+    deadline = asyncio.get_running_loop().time() + 5
+    while await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1",
+                                  key["id"]) != 50:
+        assert asyncio.get_running_loop().time() < deadline, "usage never reached PostgreSQL"
+        await asyncio.sleep(0.05)
+    assert await admin.db.fetchval("SELECT sum(count) FROM key_usage_daily WHERE key_id = $1",
+                                   key["id"]) == 50
+
+    client = redis.asyncio.Redis.from_url(stores.redis_url)
+    await client.flushall()
+    await client.aclose()
+    # Re-seeded from PostgreSQL: the weekly quota of 80 leaves exactly 30, not 80.
+    assert await _concurrently(port, key["key"], 100) == Counter({200: 30, 429: 70})
+    assert len(upstream.seen) == 80
