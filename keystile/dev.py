@@ -77,6 +77,7 @@ Try:
   curl -s '{gateway}/echo/hello?x=1' -H 'X-API-Key: {demo.sub_key}'
   curl -s -X POST {gateway}/echo/orders -H 'X-API-Key: {demo.root_key}' -d '{{"id": 1}}'
   curl -s {gateway}/public/anything
+  curl -s {gateway}/_keystile/usage -H 'X-API-Key: {demo.sub_key}'
   curl -s {admin}/v1/keys -H 'Authorization: Bearer {token}'
   curl -s {admin}/v1/keys/self -H 'X-API-Key: {demo.sub_key}'
   curl -s -X POST {admin}/v1/keys -H 'X-API-Key: {demo.root_key}' \\
