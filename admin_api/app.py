@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -42,12 +41,12 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     """POST /v1/verify spends limits like the gateway and writes usage behind the same way."""
     app[LIMITER] = Limiter(app[REDIS], app[POOL])
     app[USAGE] = UsageRecorder()
-    flusher = asyncio.create_task(app[USAGE].run(app[POOL],
-                                                 app[SETTINGS].gateway.usage_flush_interval_s))
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(app[USAGE].run(
+        app[POOL], app[SETTINGS].gateway.usage_flush_interval_s, stop))
     yield
-    flusher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await flusher
+    stop.set()
+    await flusher
 
 
 def create_app(settings: Settings) -> web.Application:

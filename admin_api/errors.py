@@ -70,6 +70,13 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class StoreUnavailable(ApiError):
+    """A store cannot answer right now; retryable."""
+
+    status = 503
+    code = "store_unavailable"
+
+
 class Unprocessable(ApiError):
     """Well-formed JSON with values that are not acceptable; the message names the field."""
 

@@ -102,14 +102,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             providers.clear()
 
     listener = asyncio.create_task(invalidation.listen(redis, apply, app[LISTENING]))
-    flusher = asyncio.create_task(usage.run(pool, gw.usage_flush_interval_s))
+    stop_flushing = asyncio.Event()
+    flusher = asyncio.create_task(usage.run(pool, gw.usage_flush_interval_s, stop_flushing))
     try:
         yield
     finally:
-        for task in (listener, flusher):  # the flusher writes what is pending as it stops
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        stop_flushing.set()
+        await flusher  # writes what is still pending
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
         await session.close()
         await redis.aclose()
         await pool.close()

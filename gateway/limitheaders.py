@@ -28,6 +28,6 @@ def limit_headers(decision: Decision, shadow_exceeded: bool = False) -> dict[str
     if decision.usage_limit is not None and decision.usage_used is not None:
         headers["X-Usage-Limit"] = str(decision.usage_limit)
         headers["X-Usage-Remaining"] = str(max(decision.usage_limit - decision.usage_used, 0))
-    if decision.retry_after_s is not None and not decision.allowed:
+    if decision.retry_after_s is not None and not decision.allowed and not shadow_exceeded:
         headers["Retry-After"] = str(decision.retry_after_s)
     return headers

@@ -15,9 +15,11 @@ seeds. What can be lost is usage not yet flushed to PostgreSQL (see ``gateway/us
 from __future__ import annotations
 
 import itertools
-import os
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -29,10 +31,13 @@ NEED_SEED = -1
 ALLOWED, RATE, QUOTA, USAGE = 0, 1, 2, 3
 
 _SPEND = """
-local now, cost, enforce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
-local usage_limit, quota_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
-local quota_ttl, member = tonumber(ARGV[6]), ARGV[7]
-local usage_seed, quota_seed = ARGV[8], ARGV[9]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cost, enforce = tonumber(ARGV[1]), ARGV[2] == '1'
+local need = math.max(cost, 1)  -- a cost-0 request is still refused by an exhausted limit
+local usage_limit, quota_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local quota_expire_at, member = tonumber(ARGV[5]), ARGV[6] .. ':' .. ARGV[1]
+local usage_seed, quota_seed = ARGV[7], ARGV[8]
 local used, qused = 0, 0
 if usage_limit >= 0 then
   local v = redis.call('GET', KEYS[1])
@@ -47,52 +52,81 @@ if quota_limit >= 0 then
   local v = redis.call('GET', KEYS[2])
   if not v then
     if quota_seed == '' then return {-1} end
-    redis.call('SET', KEYS[2], quota_seed, 'EX', quota_ttl, 'NX')
+    redis.call('SET', KEYS[2], quota_seed, 'NX')
+    redis.call('EXPIREAT', KEYS[2], quota_expire_at)
     v = redis.call('GET', KEYS[2])
   end
   qused = tonumber(v)
 end
-local verdict, retry = 0, 0
+local function cost_of(m) return tonumber(string.match(m, ':(%d+)$')) end
+local verdict, retry, blocking = 0, 0, 0
 local windows = {}
-for i = 3, #KEYS do
-  local n = (i - 3) * 2 + 10
-  local limit, window = tonumber(ARGV[n]), tonumber(ARGV[n + 1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  local count = redis.call('ZCARD', KEYS[i])
+local count = (#KEYS - 2) / 2
+for w = 1, count do
+  local log, sum = KEYS[1 + 2 * w], KEYS[2 + 2 * w]
+  local limit, window = tonumber(ARGV[7 + 2 * w]), tonumber(ARGV[8 + 2 * w])
+  local expired = redis.call('ZRANGEBYSCORE', log, '-inf', now - window)
+  if #expired > 0 then
+    local freed = 0
+    for _, m in ipairs(expired) do freed = freed + cost_of(m) end
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+    redis.call('DECRBY', sum, freed)
+  end
+  local inside = tonumber(redis.call('GET', sum) or '0')
+  if inside < 0 or redis.call('ZCARD', log) == 0 then
+    inside = 0
+    redis.call('DEL', sum)
+  end
   local reset = window
-  local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
-  if count + cost > limit then
+  local first = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+  if first[2] then reset = tonumber(first[2]) + window - now end
+  if inside + need > limit then
     if verdict == 0 then verdict = 1 end
     local wait = window
-    if cost <= limit then
-      local nth = redis.call('ZRANGE', KEYS[i], count + cost - limit - 1, count + cost - limit - 1,
-                             'WITHSCORES')
-      if nth[2] then wait = tonumber(nth[2]) + window - now end
+    if need <= limit then
+      -- Walk from the oldest entry until enough units will have left the window.
+      local excess, freed, offset, found = inside + need - limit, 0, 0, false
+      while not found do
+        local page = redis.call('ZRANGE', log, offset, offset + 127, 'WITHSCORES')
+        if #page == 0 then break end
+        for k = 1, #page, 2 do
+          freed = freed + cost_of(page[k])
+          if freed >= excess then
+            wait = tonumber(page[k + 1]) + window - now
+            found = true
+            break
+          end
+        end
+        offset = offset + 128
+      end
     end
-    if wait > retry then retry = wait end
+    if wait > retry then
+      retry = wait
+      blocking = w
+    end
   end
-  windows[#windows + 1] = {limit - count, reset}
+  windows[w] = {limit - inside, reset}
 end
-if verdict == 0 and quota_limit >= 0 and qused + cost > quota_limit then
+if verdict == 0 and quota_limit >= 0 and qused + need > quota_limit then
   verdict = 2
-  retry = quota_ttl * 1000
+  retry = (quota_expire_at - 86400) * 1000 - now
 end
-if verdict == 0 and usage_limit >= 0 and used + cost > usage_limit then verdict = 3 end
+if verdict == 0 and usage_limit >= 0 and used + need > usage_limit then verdict = 3 end
 local spend = verdict == 0 or not enforce
-if spend then
+if spend and cost > 0 then
   if usage_limit >= 0 then used = redis.call('INCRBY', KEYS[1], cost) end
   if quota_limit >= 0 then qused = redis.call('INCRBY', KEYS[2], cost) end
-  for i = 3, #KEYS do
-    local window = tonumber(ARGV[(i - 3) * 2 + 11])
-    for j = 1, cost do
-      redis.call('ZADD', KEYS[i], now, member .. ':' .. j)
-    end
-    redis.call('PEXPIRE', KEYS[i], window)
-    windows[i - 2][1] = windows[i - 2][1] - cost
+  for w = 1, count do
+    local log, sum = KEYS[1 + 2 * w], KEYS[2 + 2 * w]
+    local window = tonumber(ARGV[8 + 2 * w])
+    redis.call('ZADD', log, now, member)
+    redis.call('INCRBY', sum, cost)
+    redis.call('PEXPIRE', log, window)
+    redis.call('PEXPIRE', sum, window)
+    windows[w][1] = windows[w][1] - cost
   end
 end
-local out = {verdict, retry, used, qused, spend and 1 or 0}
+local out = {verdict, retry, used, qused, spend and 1 or 0, blocking}
 for _, w in ipairs(windows) do
   out[#out + 1] = w[1]
   out[#out + 1] = w[2]
@@ -101,30 +135,35 @@ return out
 """
 
 _REFUND = """
-local cost, member = tonumber(ARGV[1]), ARGV[2]
+local cost, member = tonumber(ARGV[1]), ARGV[2] .. ':' .. ARGV[1]
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('DECRBY', KEYS[1], cost)
 end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('DECRBY', KEYS[2], cost)
 end
-for i = 3, #KEYS do
-  for j = 1, cost do redis.call('ZREM', KEYS[i], member .. ':' .. j) end
+for w = 1, (#KEYS - 2) / 2 do
+  if redis.call('ZREM', KEYS[1 + 2 * w], member) == 1 then
+    redis.call('DECRBY', KEYS[2 + 2 * w], cost)
+  end
 end
 return 0
 """
 
 _PEEK = """
-local now = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or ''}
-for i = 3, #KEYS do
-  local window = tonumber(ARGV[i - 1])
-  local count = redis.call('ZCOUNT', KEYS[i], now - window + 1, '+inf')
-  local reset = window
-  local oldest = redis.call('ZRANGEBYSCORE', KEYS[i], now - window + 1, '+inf', 'WITHSCORES',
-                            'LIMIT', 0, 1)
-  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
-  out[#out + 1] = count
+for w = 1, (#KEYS - 2) / 2 do
+  local window = tonumber(ARGV[w])
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1 + 2 * w], now - window + 1, '+inf',
+                          'WITHSCORES')
+  local inside, reset = 0, window
+  for k = 1, #live, 2 do
+    inside = inside + tonumber(string.match(live[k], ':(%d+)$'))
+    if k == 1 then reset = tonumber(live[2]) + window - now end
+  end
+  out[#out + 1] = inside
   out[#out + 1] = reset
 end
 return out
@@ -147,6 +186,14 @@ return 1
 SEED_USAGE = "SELECT usage_count FROM keys WHERE id = $1"
 SEED_QUOTA = """SELECT COALESCE(sum(count), 0) FROM key_usage_daily
 WHERE key_id = $1 AND day >= $2"""
+
+QUOTA_MARGIN_S = 86400  # a period's counter outlives the period by a day, then goes
+
+Pending = Callable[[str, date], tuple[int, int]]
+
+
+def _no_pending(key_id: str, since: date) -> tuple[int, int]:
+    return 0, 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +222,8 @@ class Decision:
     quota_period: str | None
     quota_reset_s: float | None
     spent: bool
+    at: datetime | None = None  # when the units were spent (a refund books them back there)
+    blocking: WindowState | None = None  # the window that refused, if one did
     refund: tuple[list[str], int, str, bool, bool] | None = field(default=None, repr=False)
 
     @property
@@ -200,67 +249,75 @@ def usage_key(record: KeyRecord) -> str:
     return f"ks:{{{record.org_id}}}:u:{record.id}"
 
 
-def _quota_key(record: KeyRecord, now: datetime) -> str:
-    if not record.quota:
+def quota_key(record: KeyRecord, quota: dict[str, Any] | None, now: datetime) -> str:
+    if not quota:
         return f"ks:{{{record.org_id}}}:q:-"
-    period = str(record.quota["period"])
+    period = str(quota["period"])
     start = int(periods.period_start(period, now).timestamp())
     return f"ks:{{{record.org_id}}}:q:{record.id}:{period}:{start}"
 
 
-def _window_key(record: KeyRecord, window: Window) -> str:
+def _window_keys(record: KeyRecord, window: Window) -> list[str]:
+    """The sliding log of a window and the running sum of the units in it."""
     owner = record.owner_id or ""
     subject = {"key": f"k:{record.id}", "owner": f"o:{owner}", "org": "g"}[window.scope]
-    return f"ks:{{{record.org_id}}}:r:{subject}:{window.window_s}"
+    log = f"ks:{{{record.org_id}}}:r:{subject}:{window.window_s}"
+    return [log, log + ":s"]
 
 
 class Limiter:
     def __init__(self, redis: Redis, pool: asyncpg.Pool) -> None:
+        self.redis = redis
         self.pool = pool
         self._spend = redis.register_script(_SPEND)
         self._refund = redis.register_script(_REFUND)
         self._peek = redis.register_script(_PEEK)
         self._adjust = redis.register_script(_ADJUST)
-        self._members = (f"{os.getpid()}-{n}" for n in itertools.count())
+        # Log entries must be unique across every limiter on every host, forever.
+        prefix = secrets.token_hex(8)
+        self._members = (f"{prefix}{n:x}" for n in itertools.count())
 
     def _keys(self, record: KeyRecord, now: datetime, windows: list[Window]) -> list[str]:
-        return [usage_key(record), _quota_key(record, now),
-                *(_window_key(record, w) for w in windows)]
+        keys = [usage_key(record), quota_key(record, record.quota, now)]
+        for window in windows:
+            keys += _window_keys(record, window)
+        return keys
 
-    async def _seeds(self, record: KeyRecord, now: datetime, pending: tuple[int, int]
+    async def _seeds(self, record: KeyRecord, now: datetime, pending: Pending
                      ) -> tuple[int, int]:
-        """Lifetime and period usage from PostgreSQL, plus what this process has not flushed."""
+        """Lifetime and period usage from PostgreSQL plus what this process has not flushed.
+        Pending is read first: a flush landing in between is counted twice (stricter), never
+        missed."""
+        since = (periods.period_start(str(record.quota["period"]), now).date()
+                 if record.quota else now.date())
+        unflushed = pending(record.id, since)
         used = await self.pool.fetchval(SEED_USAGE, record.id) or 0
-        period_used = 0
-        if record.quota:
-            start = periods.period_start(str(record.quota["period"]), now).date()
-            period_used = await self.pool.fetchval(SEED_QUOTA, record.id, start) or 0
-        return int(used) + pending[0], int(period_used) + pending[1]
+        period_used = await self.pool.fetchval(SEED_QUOTA, record.id, since) or 0
+        return int(used) + unflushed[0], int(period_used) + unflushed[1]
 
     async def spend(self, record: KeyRecord, cost: int, enforce: bool, now: datetime,
-                    pending: tuple[int, int] = (0, 0)) -> Decision:
+                    pending: Pending = _no_pending) -> Decision:
         windows = windows_of(record)
         keys = self._keys(record, now, windows)
         quota_limit = int(record.quota["limit"]) if record.quota else -1
-        quota_ttl = 0
+        quota_end = None
         if record.quota:
-            end = periods.period_end(str(record.quota["period"]), now)
-            quota_ttl = max(int((end - now).total_seconds()), 1)
+            quota_end = periods.period_end(str(record.quota["period"]), now)
         member = next(self._members)
         args: list[int | str] = [
-            int(now.timestamp() * 1000), cost, "1" if enforce else "0",
+            cost, "1" if enforce else "0",
             record.usage_limit if record.usage_limit is not None else -1, quota_limit,
-            quota_ttl, member, "", ""]
+            int(quota_end.timestamp()) + QUOTA_MARGIN_S if quota_end else 0, member, "", ""]
         for window in windows:
             args += [window.limit, window.window_s * 1000]
         result = await self._spend(keys=keys, args=args)
         if int(result[0]) == NEED_SEED:
             used, period_used = await self._seeds(record, now, pending)
-            args[7], args[8] = str(used), str(period_used)
+            args[6], args[7] = str(used), str(period_used)
             result = await self._spend(keys=keys, args=args)
-        verdict, retry_ms, used, qused, spent = (int(x) for x in result[:5])
-        states = [WindowState(w, max(int(result[5 + 2 * i]), 0),
-                              max(int(result[6 + 2 * i]), 0) / 1000)
+        verdict, retry_ms, used, qused, spent, blocking = (int(x) for x in result[:6])
+        states = [WindowState(w, max(int(result[6 + 2 * i]), 0),
+                              max(int(result[7 + 2 * i]), 0) / 1000)
                   for i, w in enumerate(windows)]
         return Decision(
             verdict=verdict,
@@ -271,32 +328,36 @@ class Limiter:
             quota_limit=quota_limit if record.quota else None,
             quota_used=qused if record.quota else None,
             quota_period=str(record.quota["period"]) if record.quota else None,
-            quota_reset_s=quota_ttl if record.quota else None,
-            spent=bool(spent),
+            quota_reset_s=(quota_end - now).total_seconds() if quota_end else None,
+            spent=bool(spent) and cost > 0,
+            at=now,
+            blocking=states[blocking - 1] if blocking else None,
             refund=(keys, cost, member, record.usage_limit is not None, bool(record.quota))
-            if spent else None)
+            if spent and cost > 0 else None)
 
     async def refund(self, decision: Decision) -> None:
         """Gives back what ``decision`` spent (e.g. the upstream failed)."""
         if decision.refund is None:
             return
         keys, cost, member, usage, quota = decision.refund
+        decision.refund = None
         await self._refund(keys=keys, args=[cost, member, "1" if usage else "0",
                                             "1" if quota else "0"])
-        decision.refund = None
 
-    async def peek(self, record: KeyRecord, now: datetime) -> Decision:
+    async def peek(self, record: KeyRecord, now: datetime, pending: Pending = _no_pending
+                   ) -> Decision:
         """Where the key stands, spending nothing (self-service and the admin API)."""
         windows = windows_of(record)
         result = await self._peek(keys=self._keys(record, now, windows),
-                                  args=[int(now.timestamp() * 1000),
-                                        *(w.window_s * 1000 for w in windows)])
+                                  args=[w.window_s * 1000 for w in windows])
         used_raw, qused_raw = result[0], result[1]
-        pending = (0, 0)
-        if (record.usage_limit is not None and not used_raw) or (record.quota and not qused_raw):
-            pending = await self._seeds(record, now, (0, 0))
-        used = int(used_raw) if used_raw else pending[0] or record.usage_count
-        qused = int(qused_raw) if qused_raw else pending[1]
+        live_usage = record.usage_limit is not None and used_raw
+        live_quota = bool(record.quota) and qused_raw
+        seeds = (0, 0)
+        if not live_usage or (record.quota and not live_quota):
+            seeds = await self._seeds(record, now, pending)
+        used = int(used_raw) if live_usage else seeds[0]
+        qused = int(qused_raw) if live_quota else seeds[1]
         states = [WindowState(w, max(w.limit - int(result[2 + 2 * i]), 0),
                               max(int(result[3 + 2 * i]), 0) / 1000)
                   for i, w in enumerate(windows)]
@@ -315,3 +376,10 @@ class Limiter:
     async def adjust_usage(self, record: KeyRecord, op: str, value: int) -> None:
         """Applies ``op`` (set | increment | decrement) to the live lifetime counter."""
         await self._adjust(keys=[usage_key(record)], args=[op, value])
+
+    async def reset_counters(self, before: KeyRecord, after: KeyRecord, now: datetime) -> None:
+        """A changed ``usage_limit`` or ``quota``: counters that stopped moving while a limit
+        was absent must not be trusted again, so they go and are re-seeded from PostgreSQL."""
+        stale = {usage_key(before), quota_key(before, before.quota, now),
+                 quota_key(after, after.quota, now)}
+        await self.redis.delete(*stale)

@@ -41,7 +41,7 @@ async def usage(request: web.Request) -> web.Response:
         if code is not Code.VALID:
             raise GatewayError(code)
         try:
-            state = await deps.limiter.peek(key, now)
+            state = await deps.limiter.peek(key, now, deps.usage.pending)
         except (RedisError, OSError):
             raise GatewayError("store_unavailable") from None
     except GatewayError as error:

@@ -6,6 +6,7 @@ not flushed yet, i.e. at most ``flush_interval_s`` of its traffic."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -15,62 +16,86 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-ADD_USAGE = """UPDATE keys SET usage_count = usage_count + $2,
-    last_used_at = GREATEST(COALESCE(last_used_at, $3), $3)
+# GREATEST: a refund's negative delta can meet a count an operator has just lowered.
+ADD_USAGE = """UPDATE keys SET usage_count = GREATEST(usage_count + $2, 0),
+    last_used_at = CASE WHEN $3::timestamptz IS NULL THEN last_used_at
+                        ELSE GREATEST(COALESCE(last_used_at, $3), $3) END
 WHERE id = $1"""
 ADD_DAILY = """INSERT INTO key_usage_daily (key_id, day, count)
-SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1)
-ON CONFLICT (key_id, day) DO UPDATE SET count = key_usage_daily.count + EXCLUDED.count"""
+SELECT $1, $2, GREATEST($3, 0) WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1)
+ON CONFLICT (key_id, day)
+DO UPDATE SET count = GREATEST(key_usage_daily.count + $3, 0)"""
+
+
+@dataclass
+class _Batch:
+    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    last_used: dict[str, datetime] = field(default_factory=dict)
+    daily: dict[str, dict[date, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+
+    def merge(self, other: _Batch) -> None:
+        for key_id, n in other.totals.items():
+            self.totals[key_id] += n
+        for key_id, at in other.last_used.items():
+            self.last_used[key_id] = max(at, self.last_used.get(key_id, at))
+        for key_id, days in other.daily.items():
+            for day, n in days.items():
+                self.daily[key_id][day] += n
 
 
 @dataclass
 class UsageRecorder:
-    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    last_used: dict[str, datetime] = field(default_factory=dict)
-    daily: dict[tuple[str, date], int] = field(default_factory=lambda: defaultdict(int))
+    open: _Batch = field(default_factory=_Batch)
+    inflight: _Batch | None = None  # being written; still counted as pending until committed
 
     def record(self, key_id: str, cost: int, now: datetime) -> None:
-        self.totals[key_id] += cost
-        self.daily[(key_id, now.date())] += cost
-        self.last_used[key_id] = now
+        self.open.totals[key_id] += cost
+        self.open.daily[key_id][now.date()] += cost
+        self.open.last_used[key_id] = now
 
-    def unrecord(self, key_id: str, cost: int, now: datetime) -> None:
-        """A refund: the units go back before they are flushed (or as a negative delta)."""
-        self.totals[key_id] -= cost
-        self.daily[(key_id, now.date())] -= cost
+    def unrecord(self, key_id: str, cost: int, spent_at: datetime) -> None:
+        """A refund, booked on the day the units were spent."""
+        self.open.totals[key_id] -= cost
+        self.open.daily[key_id][spent_at.date()] -= cost
 
     def pending(self, key_id: str, since: date) -> tuple[int, int]:
-        """Units not yet in PostgreSQL: lifetime, and since ``since`` (for quota seeds)."""
-        period = sum(n for (k, day), n in self.daily.items() if k == key_id and day >= since)
-        return self.totals.get(key_id, 0), period
+        """Units not yet committed to PostgreSQL: lifetime, and since ``since``."""
+        total = period = 0
+        for batch in (self.open, self.inflight):
+            if batch is None:
+                continue
+            total += batch.totals.get(key_id, 0)
+            period += sum(n for day, n in batch.daily.get(key_id, {}).items() if day >= since)
+        return total, period
 
     async def flush(self, pool: asyncpg.Pool) -> None:
-        if not self.totals and not self.daily:
+        batch = self.open
+        if not batch.totals:
             return
-        totals, last_used, daily = self.totals, self.last_used, self.daily
-        self.totals, self.last_used, self.daily = defaultdict(int), {}, defaultdict(int)
+        self.open, self.inflight = _Batch(), batch
         try:
             async with pool.acquire() as conn, conn.transaction():
+                # Sorted: two processes flushing the same keys lock them in the same order.
                 await conn.executemany(ADD_USAGE, [
-                    (key_id, n, last_used.get(key_id) or datetime.now().astimezone())
-                    for key_id, n in totals.items() if n or key_id in last_used])
-                await conn.executemany(ADD_DAILY, [(k, d, n) for (k, d), n in daily.items()
-                                                   if n])
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            # Keep the units for the next flush rather than losing them.
-            log.warning("usage flush failed; will retry", extra={"error": type(exc).__name__})
-            for key_id, n in totals.items():
-                self.totals[key_id] += n
-            for day_key, n in daily.items():
-                self.daily[day_key] += n
-            for key_id, at in last_used.items():
-                self.last_used.setdefault(key_id, at)
-
-    async def run(self, pool: asyncpg.Pool, interval_s: float) -> None:
-        """Flushes every ``interval_s`` until cancelled, then once more."""
-        try:
-            while True:
-                await asyncio.sleep(interval_s)
-                await self.flush(pool)
+                    (key_id, batch.totals[key_id], batch.last_used.get(key_id))
+                    for key_id in sorted(batch.totals)])
+                await conn.executemany(ADD_DAILY, [
+                    (key_id, day, n) for key_id in sorted(batch.daily)
+                    for day, n in sorted(batch.daily[key_id].items()) if n])
+        except BaseException as exc:
+            # Not written (failure, or cancelled at shutdown): keep it for the next flush.
+            batch.merge(self.open)
+            self.open = batch
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("usage flush failed (%s); will retry", type(exc).__name__)
         finally:
+            self.inflight = None
+
+    async def run(self, pool: asyncpg.Pool, interval_s: float, stop: asyncio.Event) -> None:
+        """Flushes every ``interval_s`` until ``stop`` is set, then once more."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):  # the interval passed: flush
+                await asyncio.wait_for(stop.wait(), interval_s)
             await self.flush(pool)

@@ -24,7 +24,7 @@ from admin_api.models import (
     RotateRequest,
 )
 from admin_api.repository import audit, keys, orgs
-from admin_api.state import POOL, REDIS
+from admin_api.state import LIMITER, POOL, REDIS
 from admin_api.views import audit_view, key_out, respond
 from gateway import keyformat
 from gateway.database import Connection
@@ -172,6 +172,8 @@ async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
         await changes.key(conn, key.id)
         updated = await keys.update(conn, key.id, fields)
         await _record(conn, request, principal, "key.update", key, audited)
+    if "usage_limit" in fields or "quota" in fields:
+        await request.app[LIMITER].reset_counters(key, updated, datetime.now(UTC))
     await changes.announce(request.app[REDIS])
     return respond(key_out(updated))
 

@@ -21,18 +21,19 @@ from admin_api.models import (
     UsageOut,
 )
 from admin_api.repository import audit, keys
-from admin_api.state import LIMITER, POOL, REDIS
+from admin_api.state import LIMITER, POOL, REDIS, USAGE
 from admin_api.views import respond
 from gateway.database import Queryable
 from gateway.keyrecord import KeyRecord
-from gateway.limits import Limiter
+from gateway.limits import Limiter, Pending
 
 HISTORY_DAYS = 30
 
 
-async def usage_of(conn: Queryable, limiter: Limiter, key: KeyRecord) -> UsageOut:
+async def usage_of(conn: Queryable, limiter: Limiter, key: KeyRecord,
+                   pending: Pending) -> UsageOut:
     now = datetime.now(UTC)
-    live = await limiter.peek(key, now)
+    live = await limiter.peek(key, now, pending)
     history = await keys.daily(conn, key.id, (now - timedelta(days=HISTORY_DAYS - 1)).date())
     used = live.usage_used if live.usage_used is not None else key.usage_count
     quota = None
@@ -57,7 +58,7 @@ async def get_usage(request: web.Request, principal: Principal) -> web.Response:
     key_id = request.match_info["id"]
     pool = request.app[POOL]
     key = auth.visible(principal, await keys.get(pool, key_id), key_id)
-    return respond(await usage_of(pool, request.app[LIMITER], key))
+    return respond(await usage_of(pool, request.app[LIMITER], key, request.app[USAGE].pending))
 
 
 async def change_usage(request: web.Request, principal: Principal, body: UsageChange
@@ -82,4 +83,5 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
     await changes.announce(request.app[REDIS])
     fresh = await keys.get(request.app[POOL], key.id)
     assert fresh is not None
-    return respond(await usage_of(request.app[POOL], request.app[LIMITER], fresh))
+    return respond(await usage_of(request.app[POOL], request.app[LIMITER], fresh,
+                                  request.app[USAGE].pending))

@@ -6,12 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from admin_api.auth import Principal
+from admin_api.errors import StoreUnavailable
 from admin_api.models import VerifyRequest, VerifyResult
 from admin_api.state import LIMITER, POOL, USAGE
 from admin_api.views import respond
-from gateway import limits, quota
+from gateway import limits
 from gateway.keyrecord import KeyRecord
 from gateway.verification import Code
 from gateway.verification import verify as verify_key
@@ -47,9 +49,11 @@ async def _spend(request: web.Request, record: KeyRecord, cost: int, now: dateti
     counters: dict[str, Any] = {}
     if limits.has_limits(record):
         limiter, usage = request.app[LIMITER], request.app[USAGE]
-        since = (quota.period_start(str(record.quota["period"]), now).date() if record.quota
-                 else now.date())
-        decision = await limiter.spend(record, cost, True, now, usage.pending(record.id, since))
+        try:
+            decision = await limiter.spend(record, cost, True, now, usage.pending)
+        except RedisError as exc:  # BUSY, OOM…: the limits cannot be judged
+            raise StoreUnavailable(f"the limits store refused the check "
+                                   f"({type(exc).__name__}); retry later") from None
         if decision.usage_limit is not None and decision.usage_used is not None:
             counters["usage_remaining"] = max(decision.usage_limit - decision.usage_used, 0)
         if decision.windows:

@@ -67,14 +67,18 @@ async def test_verify_spends_limits_like_the_gateway(admin: Admin, org: dict[str
     import asyncio
 
     key = await admin.key(org["id"], usage_limit=5, rate_limits=[{"limit": 3, "window_s": 60}])
+    for _ in range(5):  # cost 0 checks without spending
+        free = await admin.call("POST", "/v1/verify", json={"key": key["key"], "cost": 0},
+                                expect=200)
+        assert free["code"] == "valid" and free["rate_limit_remaining"] == 3
     results = [await admin.call("POST", "/v1/verify", json={"key": key["key"], "cost": 1},
                                 expect=200) for _ in range(4)]
     assert [r["code"] for r in results] == ["valid", "valid", "valid", "rate_limited"]
     assert results[2]["usage_remaining"] == 2 and results[2]["rate_limit_remaining"] == 0
     assert results[3]["valid"] is False and 0 < results[3]["retry_after_s"] <= 60
-    big = await admin.call("POST", "/v1/verify", json={"key": key["key"], "cost": 0},
-                           expect=200)
-    assert big["code"] == "valid"  # cost 0 checks without spending
+    check = await admin.call("POST", "/v1/verify", json={"key": key["key"], "cost": 0},
+                             expect=200)
+    assert check["code"] == "rate_limited"  # ...and sees an exhausted limit
 
     async def flushed() -> bool:
         count = await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1", key["id"])
