@@ -25,7 +25,9 @@ async def usage(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     rid = request_id(request.headers)
     try:
-        extractors = {r.extractor for r in deps.routes.routes} or set()
+        # Every credential convention the route table uses, in a stable order.
+        extractors = sorted({r.extractor for r in deps.routes.routes},
+                            key=lambda e: e.headers)
         raw = next((k for e in extractors if (k := e.extract(request.headers)) is not None),
                    None)
         if raw is None:

@@ -185,6 +185,7 @@ async def delete_key(request: web.Request, principal: Principal) -> web.Response
         await changes.key(conn, key.id)
         await keys.delete(conn, key.id)
         await _record(conn, request, principal, "key.delete", key, {})
+    await request.app[LIMITER].reset_counters(key, key, datetime.now(UTC))  # no leftovers
     await changes.announce(request.app[REDIS])
     return respond(None, 204)
 
