@@ -139,10 +139,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                               "a value in the request cannot be stored (out of range or "
                               "containing NUL characters); correct it and retry")
     except _STORE_ERRORS as exc:
-        log.warning("store unavailable", extra={"request_id": request_id,
-                                                "error": type(exc).__name__})
+        store = "Redis" if type(exc).__module__.startswith("redis") else "PostgreSQL"
+        log.warning("%s unavailable (%s), request %s", store, type(exc).__name__, request_id)
         return error_response(request_id, 503, "store_unavailable",
-                              "a backing store (PostgreSQL or Redis) is unavailable; retry later")
+                              f"{store} is unavailable, so this cannot be done right now; "
+                              "retry later")
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
         return error_response(request_id, 500, "internal_error",

@@ -19,6 +19,7 @@ from gateway.errors import GatewayError, render
 from gateway.exchange import Exchange
 from gateway.keycache import KeyLookup, LocalCache
 from gateway.limits import Limiter
+from gateway.locallimits import LocalLimiter
 from gateway.providers import ProviderLookup
 from gateway.redisclient import create_redis
 from gateway.requestid import request_id
@@ -89,7 +90,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     usage = UsageRecorder()
     app[DEPS] = Deps(gw, RouteTable(settings.routes), KeyLookup(cache, redis, pool,
                                                                   gw.redis_cache_ttl_s),
-                     providers, session, Limiter(redis, pool), usage)
+                     providers, session, Limiter(redis, pool), usage, LocalLimiter())
 
     def apply(kind: str, ident: str) -> None:
         if kind == "key":

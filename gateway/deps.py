@@ -8,6 +8,7 @@ import aiohttp
 
 from gateway.keycache import KeyLookup
 from gateway.limits import Limiter
+from gateway.locallimits import LocalLimiter
 from gateway.providers import ProviderLookup
 from gateway.routing import RouteTable
 from gateway.settings import GatewaySettings
@@ -23,3 +24,4 @@ class Deps:
     session: aiohttp.ClientSession
     limiter: Limiter
     usage: UsageRecorder
+    local_limiter: LocalLimiter

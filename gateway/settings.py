@@ -70,6 +70,12 @@ class GatewaySettings(_Strict):
                                           "is one atomic Redis round trip")
     usage_flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often usage "
                                           "is written to PostgreSQL (the most that can be lost)")
+    rate_limits_without_redis: Literal["local", "closed"] = Field(
+        "local", description="local: each worker enforces the windows alone (fail open to "
+        "per-worker limits); closed: 503")
+    quotas_without_redis: Literal["closed", "open"] = Field(
+        "closed", description="closed: keys with a quota or lifetime limit get 503; open: "
+        "they pass uncounted")
 
 
 class RouteSettings(_Strict):

@@ -13,8 +13,8 @@ from gateway.errors import GatewayError
 from gateway.exchange import Exchange
 from gateway.keycache import POSTGRES_FAILURES
 from gateway.limitheaders import limit_headers
-from gateway.limits import QUOTA, RATE, USAGE, Decision, has_limits
-from gateway.metrics import SHADOW_EXCEEDED
+from gateway.limits import QUOTA, RATE, USAGE, Decision, has_limits, windows_of
+from gateway.metrics import FAIL_OPEN, SHADOW_EXCEEDED
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,41 @@ async def spend(ex: Exchange, deps: Deps) -> None:
         try:
             decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
                                                 deps.usage.pending)
-        except (RedisError, OSError, *POSTGRES_FAILURES) as exc:
-            log.warning("limits unavailable: %s", type(exc).__name__)
+        except (RedisError, OSError) as exc:
+            log.warning("limits store unavailable: %s", type(exc).__name__)
+            _without_redis(ex, deps)
+            decision = None
+        except POSTGRES_FAILURES as exc:  # seeding lost counters needs PostgreSQL
+            log.warning("limits cannot be seeded: %s", type(exc).__name__)
             raise GatewayError("store_unavailable") from None
         ex.decision = decision
-        if not decision.allowed:
+        if decision is not None and not decision.allowed:
             if route.enforce:
                 raise _refusal(ex, decision)
             SHADOW_EXCEEDED.labels(route=route.prefix).inc()
     if route.cost:
         deps.usage.record(key.id, route.cost, now)
+
+
+def _without_redis(ex: Exchange, deps: Deps) -> None:
+    """The failure policies: quotas and lifetime limits fail closed unless configured open;
+    rate limits fall back to per-worker windows unless configured closed."""
+    key, route, policy = ex.key, ex.matched, deps.settings
+    assert key is not None
+    if key.quota or key.usage_limit is not None:
+        if policy.quotas_without_redis == "closed":
+            raise GatewayError("store_unavailable", "usage limits cannot be checked right now "
+                               "(their store is unreachable); retry later")
+        FAIL_OPEN.labels(kind="quota").inc()
+    if windows_of(key):
+        if policy.rate_limits_without_redis == "closed":
+            raise GatewayError("store_unavailable", "rate limits cannot be checked right now "
+                               "(their store is unreachable); retry later")
+        FAIL_OPEN.labels(kind="rate_limit").inc()
+        allowed, retry = deps.local_limiter.admit(key, route.cost)
+        if not allowed and route.enforce:
+            raise GatewayError("rate_limited", f"rate limit reached; retry after {retry} s",
+                               headers={"Retry-After": str(retry)})
 
 
 async def give_back(ex: Exchange, deps: Deps) -> None:
