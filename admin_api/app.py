@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from admin_api.errors import add_standard_headers, error_middleware
+from admin_api.errors import Handler, add_standard_headers, error_middleware
 from admin_api.handlers.meta import OPENAPI, package_version
 from admin_api.openapi import build
 from admin_api.routes import ROUTES, add_routes
@@ -17,6 +17,7 @@ from admin_api.state import LIMITER, POOL, REDIS, SETTINGS, USAGE
 from gateway import logfilter
 from gateway.database import create_pool
 from gateway.limits import Limiter
+from gateway.metrics import ADMIN_REQUESTS
 from gateway.redisclient import create_redis
 from gateway.settings import Settings
 from gateway.usage import UsageRecorder
@@ -49,9 +50,19 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     await flusher
 
 
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "-"
+    ADMIN_REQUESTS.labels(method=request.method, route=route,
+                          status=str(response.status)).inc()
+    return response
+
+
 def create_app(settings: Settings) -> web.Application:
     logfilter.install()
-    app = web.Application(middlewares=[error_middleware],
+    app = web.Application(middlewares=[count_requests, error_middleware],
                           client_max_size=settings.admin.request_body_limit)
     app[SETTINGS] = settings
     app[OPENAPI] = orjson.dumps(build(ROUTES, package_version()))

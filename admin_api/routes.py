@@ -73,6 +73,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/readyz", meta.readyz, "PostgreSQL and Redis answer", "operations",
           response=m.Health, access="public"),
     Route("GET", "/openapi.json", meta.openapi, "This document", "operations", access="public"),
+    Route("GET", "/metrics", meta.metrics, "Prometheus metrics of this process",
+          "operations", access="operator"),
     Route("POST", "/v1/orgs", orgs.create_org, "Create an organisation", "organisations",
           body=m.OrgCreate, response=m.OrgOut, status=201, access="operator"),
     Route("GET", "/v1/orgs", orgs.list_orgs, "List organisations", "organisations",

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import web
 
-from gateway import invalidation, logfilter, pipeline, proxy, selfservice
+from gateway import invalidation, logfilter, metrics, pipeline, proxy, selfservice
 from gateway.database import create_pool
 from gateway.deps import Deps
 from gateway.errors import GatewayError, render
@@ -35,19 +36,25 @@ READY_TIMEOUT_S = 2.0
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
     ex = Exchange(request, request_id(request.headers))
     request[EXCHANGE] = ex
     deps = request.app[DEPS]
+    code = ""
     try:
         await pipeline.run(ex, deps)
-        return await proxy.forward(ex, deps)
+        response = await proxy.forward(ex, deps)
     except GatewayError as error:
         if error.code in ("upstream_unavailable", "upstream_timeout"):
             await limits.give_back(ex, deps)
+        code = error.code
         response = render(request, error, ex.request_id)
         response.headers["X-Request-Id"] = ex.request_id
         response.headers["X-Keystile-Error"] = error.code
-        return response
+    route = ex.route.prefix if ex.route else "-"
+    metrics.REQUESTS.labels(route=route, status=str(response.status), code=code).inc()
+    metrics.LATENCY.labels(route=route).observe(time.perf_counter() - started)
+    return response
 
 
 async def _no_early_continue(request: web.Request) -> None:
@@ -140,6 +147,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(selfservice.PATH, selfservice.usage)
+    if gw.metrics:
+        app.router.add_get("/metrics", metrics.handler)
     # 100-continue is sent by the proxy once the pipeline has passed, not before.
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
     return app

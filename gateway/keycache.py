@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError
 from gateway.keyrecord import SELECT_WITH_SECRET_BY_HASH, KeyRecord
+from gateway.metrics import CACHE, STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,18 @@ class KeyLookup:
     async def find(self, digest: bytes) -> KeyRecord | None:
         cached = self.cache.get(digest)
         if cached is False:
+            CACHE.labels(result="negative").inc()
             return None
         now = datetime.now(UTC)
         if isinstance(cached, _Entry):
+            CACHE.labels(result="worker").inc()
             return None if _secret_expired(cached.secret_expires_at, now) else cached.record
         local_generation = self.cache.generation
         record, secret_expires_at, shared_generation = await self._from_redis(digest)
-        if record is None:
+        if record is not None:
+            CACHE.labels(result="redis").inc()
+        else:
+            CACHE.labels(result="postgres").inc()
             record, secret_expires_at = await self._from_postgres(digest)
             if record is not None and shared_generation is not None:
                 await self._share(digest, record, secret_expires_at, shared_generation, now)
@@ -135,6 +141,7 @@ class KeyLookup:
                 pipe.get(GENERATION_KEY)
                 raw, generation = await pipe.execute()
         except (RedisError, OSError) as exc:
+            STORE_ERRORS.labels(store="redis").inc()
             log.warning("redis unavailable for key lookup: %s", type(exc).__name__)
             return None, None, None
         generation = (generation or b"0").decode()
@@ -151,6 +158,7 @@ class KeyLookup:
         try:
             row = await self.pool.fetchrow(SELECT_WITH_SECRET_BY_HASH, digest)
         except POSTGRES_FAILURES as exc:
+            STORE_ERRORS.labels(store="postgres").inc()
             log.warning("postgres unavailable for key lookup",
                         extra={"error": type(exc).__name__})
             raise GatewayError("store_unavailable") from None

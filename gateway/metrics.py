@@ -1,9 +1,40 @@
-"""Prometheus metrics of the data plane."""
+"""Prometheus metrics of the data plane (and the admin API's request counter).
+
+With several gateway workers, ``keystile gateway`` points PROMETHEUS_MULTIPROC_DIR at a
+folder of its own before starting them, and ``/metrics`` on any worker reports the sum over
+all of them."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import os
 
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter("keystile_requests_total", "Gateway requests by route, status and code",
+                   ["route", "status", "code"])
+LATENCY = Histogram("keystile_request_duration_seconds",
+                    "Time from request to response headers, by route", ["route"],
+                    buckets=BUCKETS)
+UPSTREAM_LATENCY = Histogram("keystile_upstream_duration_seconds",
+                             "Time the upstream took to send its response headers, by route",
+                             ["route"], buckets=BUCKETS)
+CACHE = Counter("keystile_key_cache_total",
+                "Key lookups by where they were answered: worker (cache hit), negative "
+                "(known unknown), redis (shared record), postgres (miss everywhere)",
+                ["result"])
+STORE_ERRORS = Counter("keystile_store_errors_total", "Failed calls to a store", ["store"])
 FAIL_OPEN = Counter(
     "keystile_fail_open_total",
     "Requests judged without Redis: rate limits enforced per worker, or quotas skipped",
@@ -12,3 +43,20 @@ SHADOW_EXCEEDED = Counter(
     "keystile_shadow_limit_exceeded_total",
     "Requests over a limit that passed because the route enforces nothing (shadow mode)",
     ["route"])
+FLUSH_LAG = Gauge("keystile_usage_flush_lag_seconds",
+                  "Seconds since this process last wrote its usage to PostgreSQL "
+                  "(the oldest across workers)", multiprocess_mode="max")
+ADMIN_REQUESTS = Counter("keystile_admin_requests_total", "Admin API requests",
+                         ["method", "route", "status"])
+
+
+def exposition() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+async def handler(request: web.Request) -> web.Response:
+    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

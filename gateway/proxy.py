@@ -5,6 +5,7 @@ anything the client claimed."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
@@ -15,6 +16,7 @@ from gateway import keyformat
 from gateway.deps import Deps
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
+from gateway.metrics import UPSTREAM_LATENCY
 from gateway.stages import limits
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
     if data is not None and request.headers.get("Expect", "").lower() == "100-continue":
         # The request passed every check: now the client may send its body.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    started = time.perf_counter()
     try:
         upstream = await deps.session.request(
             request.method, route.upstream_url(ex.path, ex.query),
@@ -118,6 +121,7 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
         log.info("upstream unavailable", extra={"request_id": ex.request_id,
                                                 "error": type(exc).__name__})
         raise GatewayError("upstream_unavailable") from None
+    UPSTREAM_LATENCY.labels(route=route.prefix).observe(time.perf_counter() - started)
     async with upstream:
         if upstream.status == 101:
             raise GatewayError("upstream_unavailable",

@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 
 from aiohttp import web
+from prometheus_client import multiprocess
 
 from gateway.accesslog import AccessLogger
 from gateway.app import create_app
@@ -64,6 +68,7 @@ def _worker(settings: Settings, ready: Event) -> None:
     try:
         with runner:
             runner.run(_worker_main(settings, ready))
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
     except Exception as exc:  # a worker reports why it could not serve, in one line
         print(f"keystile gateway worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -89,6 +94,17 @@ def _port_is_free(host: str, port: int) -> None:
 
 def serve(settings: Settings, workers: int) -> None:
     _port_is_free(settings.gateway.host, settings.gateway.port)
+    # Workers write their metrics here; /metrics on any of them sums all (set before they
+    # start, so prometheus_client opens in multi-process mode).
+    metrics_dir = tempfile.mkdtemp(prefix="keystile-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _supervise(settings, workers)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(settings: Settings, workers: int) -> None:
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 

@@ -70,6 +70,8 @@ class GatewaySettings(_Strict):
                                           "is one atomic Redis round trip")
     usage_flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often usage "
                                           "is written to PostgreSQL (the most that can be lost)")
+    metrics: bool = Field(True, description="serve Prometheus /metrics on the gateway "
+                          "listener (keep it off the public internet)")
     rate_limits_without_redis: Literal["local", "closed"] = Field(
         "local", description="local: each worker enforces the windows alone (fail open to "
         "per-worker limits); closed: 503")

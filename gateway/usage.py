@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import asyncpg
+
+from gateway.metrics import FLUSH_LAG
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class _Batch:
 @dataclass
 class UsageRecorder:
     open: _Batch = field(default_factory=_Batch)
+    flushed_at: float = field(default_factory=time.monotonic)  # last time nothing was pending
     inflight: _Batch | None = None  # being written; still counted as pending until committed
 
     def record(self, key_id: str, cost: int, now: datetime) -> None:
@@ -72,6 +76,7 @@ class UsageRecorder:
     async def flush(self, pool: asyncpg.Pool) -> None:
         batch = self.open
         if not batch.totals:
+            self.flushed_at = time.monotonic()
             return
         self.open, self.inflight = _Batch(), batch
         try:
@@ -83,6 +88,7 @@ class UsageRecorder:
                 await conn.executemany(ADD_DAILY, [
                     (key_id, day, n) for key_id in sorted(batch.daily)
                     for day, n in sorted(batch.daily[key_id].items()) if n])
+            self.flushed_at = time.monotonic()
         except BaseException as exc:
             # Not written (failure, or cancelled at shutdown): keep it for the next flush.
             batch.merge(self.open)
@@ -99,3 +105,4 @@ class UsageRecorder:
             with contextlib.suppress(TimeoutError):  # the interval passed: flush
                 await asyncio.wait_for(stop.wait(), interval_s)
             await self.flush(pool)
+            FLUSH_LAG.set(time.monotonic() - self.flushed_at)

@@ -8,9 +8,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
+from admin_api.auth import Principal
 from admin_api.models import Health
 from admin_api.state import POOL, REDIS
 from admin_api.views import respond
+from gateway.metrics import handler as metrics_handler
 
 OPENAPI = web.AppKey("openapi", bytes)
 READY_TIMEOUT_S = 2.0
@@ -47,3 +49,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+async def metrics(request: web.Request, principal: Principal) -> web.Response:
+    return await metrics_handler(request)

@@ -14,7 +14,7 @@ from gateway.exchange import Exchange
 from gateway.keycache import POSTGRES_FAILURES
 from gateway.limitheaders import limit_headers
 from gateway.limits import QUOTA, RATE, USAGE, Decision, has_limits, windows_of
-from gateway.metrics import FAIL_OPEN, SHADOW_EXCEEDED
+from gateway.metrics import FAIL_OPEN, SHADOW_EXCEEDED, STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ async def spend(ex: Exchange, deps: Deps) -> None:
             decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
                                                 deps.usage.pending)
         except (RedisError, OSError) as exc:
+            STORE_ERRORS.labels(store="redis").inc()
             log.warning("limits store unavailable: %s", type(exc).__name__)
             _without_redis(ex, deps)
             decision = None

@@ -16,6 +16,7 @@ from keystile.embedded import free_port
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import Upstream
+from tests.gateway.test_observability import _value
 from tests.keystile.conftest import Cli, cli  # noqa: F401
 
 ROUNDS = 40  # fresh connections per check, spread over the workers by the kernel
@@ -70,7 +71,14 @@ scopes = {{ GET = ["svc:read"], POST = ["svc:write"] }}
 
     key = await admin.key(org["id"], scopes=["svc:*"])
     assert await _statuses(port, key["key"]) == Counter({200: ROUNDS})
-    # Both workers served: each keeps its own cache, so both asked PostgreSQL or Redis once.
+    # /metrics adds up all workers, whichever one answers the scrape.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        totals = set()
+        for _ in range(10):
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+            totals.add(_value(text, "keystile_requests_total", route="/svc", status="200"))
+    assert totals == {float(ROUNDS)}
 
     await admin.call("PATCH", f"/v1/keys/{key['id']}", json={"scopes": ["svc:read"]},
                      expect=200)

@@ -1,0 +1,72 @@
+"""Metrics and logs: what operators see, and what they must never see (a key)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway import keyformat
+from tests.admin_api.conftest import OPERATOR, Admin
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_count_requests_codes_cache_and_latency(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    before = await (await gateway.get("/metrics")).text()
+    for _ in range(3):
+        assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
+    assert (await gateway.get("/svc/x", headers={"X-API-Key": "bad"})).status == 401
+    after = await (await gateway.get("/metrics")).text()
+
+    def grew(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert grew("keystile_requests_total", route="/svc", status="200", code="") == 3
+    assert grew("keystile_requests_total", route="/svc", status="401", code="invalid_key") == 1
+    assert grew("keystile_request_duration_seconds_count", route="/svc") == 4
+    assert grew("keystile_upstream_duration_seconds_count", route="/svc") == 3
+    assert grew("keystile_key_cache_total", result="worker") >= 2
+    assert "keystile_usage_flush_lag_seconds" in after
+    assert "keystile_fail_open_total" in after or "keystile_store_errors_total" in after
+
+
+async def test_admin_metrics_need_the_operator(admin: Admin) -> None:
+    resp = await admin.client.get("/metrics")
+    assert resp.status == 401
+    resp = await admin.client.get("/metrics", headers=OPERATOR)
+    assert resp.status == 200 and "keystile_admin_requests_total" in await resp.text()
+
+
+async def test_a_canary_key_never_reaches_a_log_line(
+        gateway: TestClient, admin: Admin, org: dict[str, Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    canary = await admin.key(org["id"], scopes=["svc:read"], name="canary")
+    unknown = keyformat.generate("ks_live")
+    for headers in ({"X-API-Key": canary["key"]}, {"X-API-Key": unknown},
+                    {"Authorization": f"Bearer {canary['key']}"},
+                    {"X-API-Key": canary["key"], "X-Provider": "nope"}):
+        await gateway.get("/svc/x", headers=headers)
+        await gateway.get("/bearer/x", headers=headers)
+        await gateway.get("/down/x", headers=headers)
+        await gateway.get("/_keystile/usage", headers=headers)
+    await admin.call("POST", "/v1/verify", json={"key": canary["key"]})
+    await admin.call("GET", "/v1/keys/self", headers={"X-API-Key": canary["key"]})
+    logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    assert canary["key"] not in logged and unknown not in logged
+    assert canary["key"][:20] not in logged  # not even most of it
