@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint bench venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: $(STAMP)
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+## bench: programs that print numbers (results in bench/results/)
+bench: $(STAMP)
+	$(BIN)/python bench/propagation.py $(if $(QUICK),--changes 20,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway admin_api keystile tests

@@ -26,6 +26,8 @@ class AccessLogger(AbstractAccessLogger):
             "key_id": key.id if key else None,
             "org_id": key.org_id if key else None,
             "duration_ms": round(time * 1000, 2),
+            "upstream_ms": (round(ex.upstream_s * 1000, 2)
+                            if ex is not None and ex.upstream_s is not None else None),
             "remote": request.remote,
             "worker": os.getpid(),
         }).decode())

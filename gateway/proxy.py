@@ -121,7 +121,8 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
         log.info("upstream unavailable", extra={"request_id": ex.request_id,
                                                 "error": type(exc).__name__})
         raise GatewayError("upstream_unavailable") from None
-    UPSTREAM_LATENCY.labels(route=route.prefix).observe(time.perf_counter() - started)
+    ex.upstream_s = time.perf_counter() - started
+    UPSTREAM_LATENCY.labels(route=route.prefix).observe(ex.upstream_s)
     async with upstream:
         if upstream.status == 101:
             raise GatewayError("upstream_unavailable",

@@ -63,6 +63,8 @@ Keystile dev stack is up (Ctrl-C stops everything).
   PostgreSQL     {pg.url}
   Redis          {redis.url}
   data folder    {opts.data_dir}
+  metrics        {gateway}/metrics (gateway), {admin}/metrics (admin, operator token)
+  logs           this terminal: one JSON line per request (keystile.access), never a key
 
   operator token  {token}
   root key        {demo.root_key}   (organisation {demo.org_id}, provider "demo")
