@@ -19,6 +19,7 @@ from admin_api.models import (
     KeyDefaults,
     KeyList,
     KeyListQuery,
+    KeyOut,
     KeyRotated,
     KeyUpdate,
     RotateRequest,
@@ -64,6 +65,11 @@ async def locked(conn: Connection, principal: Principal, key_id: str) -> KeyReco
 
 async def create_key(request: web.Request, principal: Principal, body: KeyCreate
                      ) -> web.Response:
+    return respond(await create(request, principal, body), 201)
+
+
+async def create(request: web.Request, principal: Principal, body: KeyCreate) -> KeyCreated:
+    """Issues a key; the one place a raw key is made (dialects call this too)."""
     org_id = auth.org_scope(principal, body.org_id)
     if org_id is None:
         raise Unprocessable("org_id: required when creating a key with the operator token",
@@ -121,11 +127,15 @@ async def create_key(request: web.Request, principal: Principal, body: KeyCreate
         out = key_out(record, now)
         await _record(conn, request, principal, "key.create", record, audit_view(out))
     await changes.announce(request.app[REDIS])
-    return respond(KeyCreated(**out.model_dump(), key=raw), 201)
+    return KeyCreated(**out.model_dump(), key=raw)
 
 
 async def list_keys(request: web.Request, principal: Principal, query: KeyListQuery
                     ) -> web.Response:
+    return respond(await page(request, principal, query))
+
+
+async def page(request: web.Request, principal: Principal, query: KeyListQuery) -> KeyList:
     org_id = auth.org_scope(principal, query.org_id)
     records = await keys.page(
         request.app[POOL], org_id=org_id, owner_id=query.owner_id, status=query.status,
@@ -134,8 +144,8 @@ async def list_keys(request: web.Request, principal: Principal, query: KeyListQu
     more = len(records) > query.limit
     records = records[: query.limit]
     now = datetime.now(UTC)
-    return respond(KeyList(data=[key_out(r, now) for r in records],
-                           next_cursor=encode_cursor(records[-1].serial) if more else None))
+    return KeyList(data=[key_out(r, now) for r in records],
+                   next_cursor=encode_cursor(records[-1].serial) if more else None)
 
 
 async def get_self(request: web.Request, principal: Principal) -> web.Response:
@@ -150,6 +160,11 @@ async def get_key(request: web.Request, principal: Principal) -> web.Response:
 
 async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
                      ) -> web.Response:
+    return respond(await update(request, principal, request.match_info["id"], body))
+
+
+async def update(request: web.Request, principal: Principal, key_id: str, body: KeyUpdate
+                 ) -> KeyOut:
     fields = body.model_dump(mode="json", exclude_unset=True)
     audited = dict(fields)
     for name in NOT_NULLABLE:
@@ -162,7 +177,7 @@ async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
         fields["expires_at"] = body.expires_at  # the column wants a datetime, not a string
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        key = await locked(conn, principal, request.match_info["id"])
+        key = await locked(conn, principal, key_id)
         auth.require_not_own_limits(principal, key, set(fields))
         if "scopes" in fields:
             auth.require_grantable(principal, fields["scopes"])
@@ -175,26 +190,36 @@ async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
     if "usage_limit" in fields or "quota" in fields:
         await request.app[LIMITER].reset_counters(key, updated, datetime.now(UTC))
     await changes.announce(request.app[REDIS])
-    return respond(key_out(updated))
+    return key_out(updated)
 
 
 async def delete_key(request: web.Request, principal: Principal) -> web.Response:
+    await delete(request, principal, request.match_info["id"])
+    return respond(None, 204)
+
+
+async def delete(request: web.Request, principal: Principal, key_id: str) -> None:
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        key = await locked(conn, principal, request.match_info["id"])
+        key = await locked(conn, principal, key_id)
         await changes.key(conn, key.id)
         await keys.delete(conn, key.id)
         await _record(conn, request, principal, "key.delete", key, {})
     await request.app[LIMITER].reset_counters(key, key, datetime.now(UTC))  # no leftovers
     await changes.announce(request.app[REDIS])
-    return respond(None, 204)
 
 
 async def rotate_key(request: web.Request, principal: Principal, body: RotateRequest
                      ) -> web.Response:
+    return respond(await rotate(request, principal, request.match_info["id"],
+                                body.grace_seconds))
+
+
+async def rotate(request: web.Request, principal: Principal, key_id: str, grace_seconds: int
+                 ) -> KeyRotated:
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        key = await locked(conn, principal, request.match_info["id"])
+        key = await locked(conn, principal, key_id)
         if key.status == "revoked":
             raise Conflict("a revoked key cannot be rotated; create a new key",
                            code="key_revoked")
@@ -202,35 +227,39 @@ async def rotate_key(request: web.Request, principal: Principal, body: RotateReq
         raw = keyformat.generate(key.key_prefix)
         ends = await keys.rotate(conn, key.id, keyformat.hash_key(raw),
                                  keyformat.display_prefix(raw),
-                                 timedelta(seconds=body.grace_seconds))
+                                 timedelta(seconds=grace_seconds))
         updated = await keys.get(conn, key.id)
         assert updated is not None
         await _record(conn, request, principal, "key.rotate", key,
-                      {"grace_seconds": body.grace_seconds,
+                      {"grace_seconds": grace_seconds,
                        "previous_expires_at": ends.isoformat() if ends else None})
     await changes.announce(request.app[REDIS])
     out = key_out(updated)
-    return respond(KeyRotated(**out.model_dump(), key=raw, previous_expires_at=ends))
+    return KeyRotated(**out.model_dump(), key=raw, previous_expires_at=ends)
+
+
+async def set_status(request: web.Request, principal: Principal, key_id: str, action: str,
+                     target: str) -> KeyOut:
+    """revoke / pause / resume: idempotent on a key already in the target state."""
+    changes = Changes()
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        key = await locked(conn, principal, key_id)
+        if key.status == target:
+            return key_out(key)
+        if key.status == "revoked":
+            raise Conflict(f"key {key.id} is revoked, which is irreversible; "
+                           "create a new key", code="key_revoked")
+        await changes.key(conn, key.id)
+        updated = await keys.set_status(conn, key.id, target)
+        await _record(conn, request, principal, action, key, {"status": [key.status, target]})
+    await changes.announce(request.app[REDIS])
+    return key_out(updated)
 
 
 def _status_change(action: str, target: str) -> Callable[..., Awaitable[web.Response]]:
-    """revoke / pause / resume: idempotent on a key already in the target state."""
-
     async def change(request: web.Request, principal: Principal) -> web.Response:
-        changes = Changes()
-        async with request.app[POOL].acquire() as conn, conn.transaction():
-            key = await locked(conn, principal, request.match_info["id"])
-            if key.status == target:
-                return respond(key_out(key))
-            if key.status == "revoked":
-                raise Conflict(f"key {key.id} is revoked, which is irreversible; "
-                               "create a new key", code="key_revoked")
-            await changes.key(conn, key.id)
-            updated = await keys.set_status(conn, key.id, target)
-            await _record(conn, request, principal, action, key,
-                          {"status": [key.status, target]})
-        await changes.announce(request.app[REDIS])
-        return respond(key_out(updated))
+        return respond(await set_status(request, principal, request.match_info["id"], action,
+                                        target))
 
     change.__name__ = action.replace(".", "_")
     return change
