@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
+from admin_api import dialects
 from admin_api.errors import Handler, add_standard_headers, error_middleware
 from admin_api.handlers.meta import OPENAPI, package_version
 from admin_api.openapi import build
@@ -69,4 +70,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([_postgres, _redis, _limits])
     app.on_response_prepare.append(add_standard_headers)
     add_routes(app)
+    dialects.mount(app, settings)
     return app

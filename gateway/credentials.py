@@ -9,11 +9,15 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
+# Query parameters a client might put a key in, against the dialect's documentation.
+KEY_QUERY_PARAMETERS = ("api_key", "apikey", "apiKey", "key", "x-api-key", "token")
+
 
 @dataclass(frozen=True, slots=True)
 class Extractor:
     headers: tuple[str, ...]  # removed before forwarding
     scheme: str | None = None  # e.g. "Bearer": the header value is "<scheme> <key>"
+    refuse_query_keys: bool = False  # a key in the query string is refused with a hint
 
     def extract(self, headers: CIMultiDictProxy[str]) -> str | None:
         value = headers.get(self.headers[0])
@@ -29,5 +33,8 @@ class Extractor:
 EXTRACTORS: dict[str, Extractor] = {
     "x-api-key": Extractor(("X-API-Key",)),
     "bearer": Extractor(("Authorization",), scheme="Bearer"),
+    # Seed dialects' client conventions.
+    "scrubbe": Extractor(("X-API-Key",), refuse_query_keys=True),
+    "regen": Extractor(("X-API-Key",)),
 }
 CREDENTIAL_KINDS = tuple(EXTRACTORS)

@@ -149,6 +149,20 @@ class RouteSettings(_Strict):
         return value
 
 
+DIALECTS = ("scrubbe", "regen")
+
+REGEN_SCOPES = ["orders:read", "orders:write", "products:read", "products:write",
+                "inventory:read", "inventory:write", "commissions:read", "webhooks:read",
+                "webhooks:write"]
+
+
+class DialectOptions(_Strict):
+    prefix: str = Field("", pattern=r"^(/[A-Za-z0-9._~\-]+)*$",
+                        description="moves the dialect's documented paths under this prefix")
+    available_scopes: list[str] | None = Field(
+        None, description="scopes the dialect accepts (Regen: the seed's nine by default)")
+
+
 class Settings(_Strict):
     database_url: str = "postgresql://keystile@127.0.0.1:5432/keystile"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -156,6 +170,19 @@ class Settings(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     stores: StoreSettings = StoreSettings()
     routes: list[RouteSettings] = []
+    dialects: list[Literal["scrubbe", "regen"]] = []
+    dialect: dict[str, DialectOptions] = {}
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialects(cls, value: dict[str, DialectOptions]) -> dict[str, DialectOptions]:
+        unknown = sorted(set(value) - set(DIALECTS))
+        if unknown:
+            raise ValueError(f"unknown dialect(s) {unknown}; known: {', '.join(DIALECTS)}")
+        return value
+
+    def dialect_options(self, name: str) -> DialectOptions:
+        return self.dialect.get(name, DialectOptions())
 
     @field_validator("database_url")
     @classmethod

@@ -153,9 +153,11 @@ async def get_self(request: web.Request, principal: Principal) -> web.Response:
 
 
 async def get_key(request: web.Request, principal: Principal) -> web.Response:
-    key_id = request.match_info["id"]
-    key = auth.visible(principal, await keys.get(request.app[POOL], key_id), key_id)
-    return respond(key_out(key))
+    return respond(await read(request, principal, request.match_info["id"]))
+
+
+async def read(request: web.Request, principal: Principal, key_id: str) -> KeyOut:
+    return key_out(auth.visible(principal, await keys.get(request.app[POOL], key_id), key_id))
 
 
 async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
