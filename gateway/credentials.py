@@ -18,6 +18,8 @@ class Extractor:
     headers: tuple[str, ...]  # removed before forwarding
     scheme: str | None = None  # e.g. "Bearer": the header value is "<scheme> <key>"
     refuse_query_keys: bool = False  # a key in the query string is refused with a hint
+    provider_header: str | None = None  # the convention's own provider header, if any
+    provider_required: bool = False  # a request without it is refused
 
     def extract(self, headers: CIMultiDictProxy[str]) -> str | None:
         value = headers.get(self.headers[0])
@@ -34,6 +36,8 @@ EXTRACTORS: dict[str, Extractor] = {
     "x-api-key": Extractor(("X-API-Key",)),
     "bearer": Extractor(("Authorization",), scheme="Bearer"),
     # Seed dialects' client conventions.
+    "scrubs": Extractor(("X-Scrubs-Clinic-Api-Key",),
+                        provider_header="X-Scrubs-Clinic-Provider", provider_required=True),
     "scrubbe": Extractor(("X-API-Key",), refuse_query_keys=True),
     "regen": Extractor(("X-API-Key",)),
 }

@@ -149,7 +149,7 @@ class RouteSettings(_Strict):
         return value
 
 
-DIALECTS = ("scrubbe", "regen")
+DIALECTS = ("scrubs", "scrubbe", "regen")
 
 REGEN_SCOPES = ["orders:read", "orders:write", "products:read", "products:write",
                 "inventory:read", "inventory:write", "commissions:read", "webhooks:read",
@@ -170,7 +170,7 @@ class Settings(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     stores: StoreSettings = StoreSettings()
     routes: list[RouteSettings] = []
-    dialects: list[Literal["scrubbe", "regen"]] = []
+    dialects: list[Literal["scrubs", "scrubbe", "regen"]] = []
     dialect: dict[str, DialectOptions] = {}
 
     @field_validator("dialect")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from admin_api.dialects import regen, scrubbe
+from admin_api.dialects import regen, scrubbe, scrubs
 from gateway.settings import Settings
 
-MODULES = {"scrubbe": scrubbe, "regen": regen}
+MODULES = {"scrubs": scrubs, "scrubbe": scrubbe, "regen": regen}
 
 
 def mount(app: web.Application, settings: Settings) -> None:

@@ -10,11 +10,14 @@ from gateway.verification import Code, check_provider
 
 
 async def check(ex: Exchange, deps: Deps) -> None:
-    header = ex.matched.provider_header
+    extractor = ex.matched.extractor
+    header = ex.matched.provider_header or extractor.provider_header
     if ex.key is None or header is None:
         return
     provider = ex.request.headers.get(header)
     if provider is None:
+        if extractor.provider_required:
+            raise GatewayError(Code.MISSING_KEY, f"send the {header} header with your key")
         return
     org_id = await deps.providers.org_id(provider.strip())
     if org_id is None:

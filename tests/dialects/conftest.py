@@ -18,7 +18,7 @@ from tests.admin_api.conftest import OPERATOR_TOKEN, Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import Upstream, upstream  # noqa: F401
 
-DIALECTS = ["scrubbe", "regen"]
+DIALECTS = ["scrubs", "scrubbe", "regen"]
 
 
 @pytest.fixture

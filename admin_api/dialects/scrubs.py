@@ -1,0 +1,157 @@
+"""Scrubs (seeds/scrubs-clinic-api-keys.txt): ``/api/v1/api-key`` GET / POST / PUT / DELETE,
+authenticated by ``X-Scrubs-Clinic-Api-Key`` + ``X-Scrubs-Clinic-Provider`` (the provider is
+the organisation's ``provider_id``). A clinic is a key owner, with one key per clinic per
+organisation; ``usage_limit`` defaults to 5 and the gateway enforces it. Messages are the
+seed's own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from admin_api.auth import KEY, Principal
+from admin_api.dialects.common import DialectError, handler, iso, json
+from admin_api.errors import ApiError
+from admin_api.handlers import keys as core
+from admin_api.models import MAX_COUNT, KeyCreate, KeyListQuery, KeyOut, KeyUpdate
+from admin_api.state import POOL
+from gateway.verification import Code, verify
+
+KEY_HEADER = "X-Scrubs-Clinic-Api-Key"
+PROVIDER_HEADER = "X-Scrubs-Clinic-Provider"
+DEFAULT_USAGE_LIMIT = 5
+
+AUTH_FAILED = "API key authentication failed."
+ROOT_REQUIRED = "Root API key is required."
+
+
+class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    clinic_id: str = Field(min_length=1, max_length=200)
+    friendly_name: str = Field(min_length=1, max_length=200)
+    usage_limit: int | None = Field(None, ge=0, le=MAX_COUNT)
+
+
+class UpdateKey(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str = Field(min_length=1)
+    friendly_name: str | None = Field(None, min_length=1, max_length=200)
+    usage_limit: int | None = Field(None, ge=0, le=MAX_COUNT)
+
+
+def _view(key: KeyOut) -> dict[str, Any]:
+    return {"id": key.id, "friendly_name": key.name, "created": iso(key.created_at),
+            "clinic_id": key.owner_id, "usage_limit": key.usage_limit, "root": key.root}
+
+
+async def _caller(request: web.Request) -> Principal:
+    raw = request.headers.get(KEY_HEADER)
+    provider = request.headers.get(PROVIDER_HEADER)
+    if not raw or not provider:
+        raise DialectError(401, AUTH_FAILED)
+    verdict = await verify(request.app[POOL], raw.strip(), now=datetime.now(UTC),
+                           provider=provider.strip())
+    if verdict.code is Code.INVALID_PROVIDER:
+        raise DialectError(400, "Provider ID is invalid.")
+    if not verdict.valid or verdict.record is None:
+        raise DialectError(401, AUTH_FAILED)
+    return Principal(KEY, verdict.record)
+
+
+def _require_root(principal: Principal, message: str = ROOT_REQUIRED) -> None:
+    if principal.key is None or not principal.key.root:
+        raise DialectError(403, message)
+
+
+async def _parse(request: web.Request, model: type[BaseModel], invalid: str) -> Any:
+    try:
+        return model.model_validate_json(await request.read() or b"{}")
+    except ValidationError:
+        raise DialectError(400, invalid) from None
+
+
+@handler
+async def get(request: web.Request) -> web.Response:
+    principal = await _caller(request)
+    if request.query.get("list_all", "").lower() != "true":
+        return json(_view(await core.read(request, principal, principal.own_key().id)))
+    _require_root(principal, "Root API key is required for list_all=true.")
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await core.page(request, principal, KeyListQuery(limit=1000, cursor=cursor))
+        found += [_view(k) for k in page.data]
+        if page.next_cursor is None:
+            return json(found)
+        cursor = page.next_cursor
+
+
+@handler
+async def create(request: web.Request) -> web.Response:
+    principal = await _caller(request)
+    spec = await _parse(request, CreateKey, "Request body is invalid. clinic_id and "
+                        "friendly_name are required; usage_limit must be numeric.")
+    _require_root(principal)
+    existing = await core.page(request, principal,
+                               KeyListQuery(owner_id=spec.clinic_id, limit=1))
+    if existing.data:
+        raise DialectError(409, "Clinic already has an API key.")
+    created = await core.create(request, principal, KeyCreate(
+        owner_id=spec.clinic_id, name=spec.friendly_name,
+        usage_limit=DEFAULT_USAGE_LIMIT if spec.usage_limit is None else spec.usage_limit))
+    return json({"apiKey": created.key, **{k: v for k, v in _view(created).items()
+                                           if k != "id"}}, 201)
+
+
+@handler
+async def update(request: web.Request) -> web.Response:
+    principal = await _caller(request)
+    spec = await _parse(request, UpdateKey, "Request body is invalid. id is required; "
+                        "usage_limit must be numeric when provided.")
+    _require_root(principal)
+    changes: dict[str, Any] = {}
+    if spec.friendly_name is not None:
+        changes["name"] = spec.friendly_name
+    if "usage_limit" in spec.model_fields_set:
+        changes["usage_limit"] = spec.usage_limit
+    try:
+        target = await core.read(request, principal, spec.id)
+        if not changes:
+            return json(_view(target))
+        updated = await core.update(request, principal, spec.id, KeyUpdate(**changes))
+    except ApiError as exc:
+        if exc.status == 404:
+            raise DialectError(404, "API key was not found.") from None
+        if exc.code == "root_key_protected":
+            raise DialectError(403, "Cannot update another root key.") from None
+        raise
+    return json(_view(updated))
+
+
+@handler
+async def delete(request: web.Request) -> web.Response:
+    principal = await _caller(request)
+    key_id = request.query.get("id")
+    if not key_id:
+        raise DialectError(400, "API key ID is missing.")
+    _require_root(principal)
+    try:
+        await core.delete(request, principal, key_id)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise DialectError(404, "API key was not found.") from None
+        raise
+    return json({"message": "API key deleted successfully"})
+
+
+ROUTES = [
+    ("GET", "/api/v1/api-key", get),
+    ("POST", "/api/v1/api-key", create),
+    ("PUT", "/api/v1/api-key", update),
+    ("DELETE", "/api/v1/api-key", delete),
+]

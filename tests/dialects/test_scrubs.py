@@ -1,0 +1,120 @@
+"""Scrubs conformance: every documented request, error case and field, then the clinic key at
+the gateway with its usage limit."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.admin_api.conftest import Admin
+from tests.gateway.conftest import Upstream
+
+PATH = "/api/v1/api-key"
+
+
+def creds(raw: str, provider: str = "tenant") -> dict[str, str]:
+    return {"X-Scrubs-Clinic-Api-Key": raw, "X-Scrubs-Clinic-Provider": provider}
+
+
+async def test_documented_flow(dialect_admin: Admin, tenant: dict[str, Any],
+                               dialect_gateway: TestClient, upstream: Upstream) -> None:
+    root = creds(tenant["root"]["key"])
+    created = await dialect_admin.call("POST", PATH, headers=root, json={
+        "clinic_id": "00A123", "friendly_name": "New Clinic API Key", "usage_limit": 100},
+        expect=201)
+    assert set(created) == {"apiKey", "friendly_name", "created", "clinic_id", "usage_limit",
+                            "root"}
+    assert created["clinic_id"] == "00A123" and created["usage_limit"] == 100
+    assert created["root"] is False and created["created"].endswith("Z")
+    clinic = creds(created["apiKey"])
+
+    me = await dialect_admin.call("GET", PATH, headers=clinic, expect=200)
+    assert set(me) == {"id", "friendly_name", "created", "clinic_id", "usage_limit", "root"}
+    everyone = await dialect_admin.call("GET", f"{PATH}?list_all=true", headers=root,
+                                        expect=200)
+    assert {k["id"] for k in everyone} == {me["id"], tenant["root"]["id"]}
+
+    updated = await dialect_admin.call("PUT", PATH, headers=root, json={
+        "id": me["id"], "friendly_name": "Updated Clinic API Key", "usage_limit": 1500},
+        expect=200)
+    assert updated["friendly_name"] == "Updated Clinic API Key"
+    assert updated["usage_limit"] == 1500
+
+    deleted = await dialect_admin.call("DELETE", f"{PATH}?id={me['id']}", headers=root,
+                                       expect=200)
+    assert deleted == {"message": "API key deleted successfully"}
+
+
+async def test_default_usage_limit_is_enforced_at_the_gateway(
+        dialect_admin: Admin, tenant: dict[str, Any], dialect_gateway: TestClient,
+        upstream: Upstream) -> None:
+    created = await dialect_admin.call("POST", PATH, headers=creds(tenant["root"]["key"]),
+                                       json={"clinic_id": "C1", "friendly_name": "c"},
+                                       expect=201)
+    assert created["usage_limit"] == 5
+    statuses = Counter([(await dialect_gateway.get(
+        "/scrubs/notes", headers=creds(created["apiKey"]))).status for _ in range(7)])
+    assert statuses == Counter({200: 5, 429: 2})
+    assert upstream.seen[-1]["headers"]["X-Keystile-Owner-Id"] == "C1"
+    assert "X-Scrubs-Clinic-Api-Key" not in upstream.seen[-1]["headers"]
+    # The gateway wants the provider header too, and the right one.
+    resp = await dialect_gateway.get("/scrubs/notes",
+                                     headers={"X-Scrubs-Clinic-Api-Key": created["apiKey"]})
+    assert resp.status == 401
+    resp = await dialect_gateway.get("/scrubs/notes", headers=creds(created["apiKey"], "nope"))
+    assert resp.status == 400
+
+
+async def test_every_documented_error(dialect_admin: Admin, tenant: dict[str, Any]) -> None:
+    root = creds(tenant["root"]["key"])
+
+    async def expect(status: int, message: str, method: str, path: str = PATH,
+                     headers: dict[str, str] | None = None, **kwargs: Any) -> None:
+        body = await dialect_admin.call(method, path, headers=root if headers is None
+                                        else headers, expect=status, **kwargs)
+        assert body["error"].startswith(message), body
+
+    # Common authentication errors.
+    await expect(401, "API key authentication failed.", "GET", headers={})
+    await expect(401, "API key authentication failed.", "GET",
+                 headers={"X-Scrubs-Clinic-Api-Key": tenant["root"]["key"]})
+    await expect(400, "Provider ID is invalid.", "GET",
+                 headers=creds(tenant["root"]["key"], "unknown-provider"))
+    await expect(401, "API key authentication failed.", "GET", headers=creds("sk_bogus"))
+    other = await dialect_admin.org("other")
+    await expect(401, "API key authentication failed.", "GET",
+                 headers=creds(tenant["root"]["key"], other["provider_id"]))
+    # Request validation.
+    await expect(400, "Request body is invalid.", "POST", json={"clinic_id": "x"})
+    await expect(400, "Request body is invalid.", "POST",
+                 json={"clinic_id": "x", "friendly_name": "y", "usage_limit": "ten"})
+    await expect(400, "Request body is invalid.", "PUT", json={"friendly_name": "y"})
+    await expect(400, "API key ID is missing.", "DELETE")
+    # Root requirements.
+    sub = await dialect_admin.call("POST", PATH, headers=root,
+                                   json={"clinic_id": "S", "friendly_name": "s"}, expect=201)
+    sub_headers = creds(sub["apiKey"])
+    await expect(403, "Root API key is required for list_all=true.", "GET",
+                 f"{PATH}?list_all=true", headers=sub_headers)
+    await expect(403, "Root API key is required.", "POST", headers=sub_headers,
+                 json={"clinic_id": "T", "friendly_name": "t"})
+    await expect(403, "Root API key is required.", "PUT", headers=sub_headers,
+                 json={"id": "key_x"})
+    await expect(403, "Root API key is required.", "DELETE", f"{PATH}?id=key_x",
+                 headers=sub_headers)
+    # Creation, update and deletion validation.
+    await expect(409, "Clinic already has an API key.", "POST",
+                 json={"clinic_id": "S", "friendly_name": "again"})
+    other_root = await dialect_admin.key(tenant["org"]["id"], root=True, name="other root")
+    await expect(403, "Cannot update another root key.", "PUT",
+                 json={"id": other_root["id"], "friendly_name": "x"})
+    await expect(404, "API key was not found.", "PUT",
+                 json={"id": "key_AAAAAAAAAAAAAAAAAAAAAA", "friendly_name": "x"})
+    await expect(404, "API key was not found.", "DELETE", f"{PATH}?id=key_missing")
+    # A root key may update itself.
+    me = await dialect_admin.call("PUT", PATH, headers=root,
+                                  json={"id": tenant["root"]["id"], "friendly_name": "me"},
+                                  expect=200)
+    assert me["friendly_name"] == "me" and me["root"] is True
