@@ -25,6 +25,7 @@ from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, write_secret
 
 DEV_CONFIG = Path(__file__).resolve().parents[1] / "config" / "dev.toml"
 DEV_UPSTREAM = "http://127.0.0.1:9000"
+READY = "Keystile is ready."
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,18 @@ Try:
        -d '{{"key": "{demo.sub_key}", "scopes": ["echo:read"]}}'
   curl -s {admin}/v1/audit -H 'Authorization: Bearer {token}'
   curl -s 'http://127.0.0.1:{opts.upstream_port}/hello?x=1'
+
+Seed dialects (management on the admin listener, clients through the gateway):
+  curl -s {admin}/api/v1/api-key -H 'X-Scrubs-Clinic-Api-Key: {demo.sub_key}' \\
+       -H 'X-Scrubs-Clinic-Provider: demo'
+  curl -s {gateway}/scrubs/notes -H 'X-Scrubs-Clinic-Api-Key: {demo.sub_key}' \\
+       -H 'X-Scrubs-Clinic-Provider: demo'
+  curl -s {admin}/api/v1/apikey/apikeys -H 'Authorization: Bearer {demo.root_key}'
+  curl -s {gateway}/scrubbe/incidents -H 'X-API-Key: {demo.sub_key}'
+  curl -s {admin}/api/v1/api-keys -H 'X-API-Key: {demo.root_key}'
+  curl -s {gateway}/regen/orders -H 'X-API-Key: {demo.sub_key}'
+
+{READY}
 """
 
 

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from keystile.dev import READY
 from keystile.embedded import free_port
 from tests.keystile.conftest import Cli
 
@@ -52,7 +53,7 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
             "--upstream-port", str(upstream_port), "--gateway-port", str(gateway_port))
     env = {"KEYSTILE_ADMIN_TOKEN": ""}
     proc = cli.start(*args, env=env)
-    banner = cli.read_until(proc, "curl -s 'http://127.0.0.1")
+    banner = cli.read_until(proc, READY)
     token = _field(banner, "operator token")
     root_key, sub_key = _field(banner, "root key"), _field(banner, "sub key")
     admin = f"http://127.0.0.1:{admin_port}"
@@ -78,6 +79,7 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
     status, _ = _call(f"{gateway}/public/x", {})
     assert status == 200
 
+    assert len(_curl_lines(banner)) == 17  # every printed example is tried below
     if shutil.which("curl"):
         for line in _curl_lines(banner):
             result = subprocess.run(["bash", "-c", line + " -f -o /dev/null -w '%{http_code}'"],
@@ -99,7 +101,7 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
 
     # A second run reuses the data: the key created above is still there, same token.
     proc = cli.start(*args, env=env)
-    banner = cli.read_until(proc, "curl -s 'http://127.0.0.1")
+    banner = cli.read_until(proc, READY)
     assert _field(banner, "operator token") == token
     assert _field(banner, "root key") != root_key  # demo secrets are fresh each start
     status, kept = _call(f"{admin}/v1/keys/{created['id']}", {"Authorization": f"Bearer {token}"})
@@ -120,7 +122,7 @@ def test_dev_takes_the_operator_token_from_the_environment(cli: Cli, tmp_path: P
     proc = cli.start("dev", "--data-dir", str(tmp_path / "d"), "--admin-port", str(admin_port),
                      "--upstream-port", str(free_port()),
                      env={"KEYSTILE_ADMIN_TOKEN": "from-the-environment-123"})
-    banner = cli.read_until(proc, "curl -s 'http://127.0.0.1")
+    banner = cli.read_until(proc, READY)
     assert _field(banner, "operator token") == "from-the-environment-123"
     status, _ = _call(f"http://127.0.0.1:{admin_port}/v1/orgs",
                       {"Authorization": "Bearer from-the-environment-123"})
