@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from admin_api import dialects
+from admin_api.changes import drain_forever
 from admin_api.errors import Handler, add_standard_headers, error_middleware
 from admin_api.handlers.meta import OPENAPI, package_version
 from admin_api.openapi import build
@@ -46,9 +47,11 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     stop = asyncio.Event()
     flusher = asyncio.create_task(app[USAGE].run(
         app[POOL], app[SETTINGS].gateway.usage_flush_interval_s, stop))
+    drainer = asyncio.create_task(drain_forever(app[POOL], app[REDIS], stop))
     yield
     stop.set()
     await flusher
+    await drainer
 
 
 @web.middleware

@@ -1,33 +1,84 @@
-"""What a request changed, gathered inside its transaction (before secrets are deleted) and
-announced to the gateways once it has committed."""
+"""What a request changed, recorded in the invalidation outbox inside its own transaction
+(before secrets are deleted), and delivered to the gateways once it has committed.
+
+Delivery deletes the shared Redis records of the affected secrets (and any counters named),
+bumps the generation counter and publishes one message per change. When Redis cannot take
+it, the rows stay and the admin process retries every second (``drain_forever``), so a
+committed change is always announced eventually — never silently dropped."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 
+import asyncpg
 from redis.asyncio import Redis
 
 from gateway import invalidation
 from gateway.database import Connection
 
+log = logging.getLogger(__name__)
+
 HASHES_OF_KEY = "SELECT hash FROM key_secrets WHERE key_id = $1"
 HASHES_OF_ORG = """SELECT s.hash FROM key_secrets s JOIN keys k ON k.id = s.key_id
 WHERE k.org_id = $1"""
+ENQUEUE = """INSERT INTO invalidation_outbox (kind, ident, hashes, redis_keys)
+VALUES ($1, $2, $3, $4) RETURNING id"""
+# Oldest first; SKIP LOCKED lets several admin processes drain side by side.
+PENDING = """SELECT id, kind, ident, hashes, redis_keys FROM invalidation_outbox
+WHERE $1::bigint[] IS NULL OR id = ANY($1)
+ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED"""
+DONE = "DELETE FROM invalidation_outbox WHERE id = ANY($1)"
+RETRY_INTERVAL_S = 1.0
 
 
 @dataclass
 class Changes:
-    items: list[tuple[str, str]] = field(default_factory=list)
-    hashes: list[bytes] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
 
-    async def key(self, conn: Connection, key_id: str) -> None:
-        self.items.append(("key", key_id))
-        self.hashes += [bytes(r["hash"]) for r in await conn.fetch(HASHES_OF_KEY, key_id)]
+    async def key(self, conn: Connection, key_id: str, redis_keys: list[str] | None = None
+                  ) -> None:
+        hashes = [bytes(r["hash"]) for r in await conn.fetch(HASHES_OF_KEY, key_id)]
+        self.ids.append(await conn.fetchval(ENQUEUE, "key", key_id, hashes, redis_keys or []))
 
     async def org(self, conn: Connection, org_id: str) -> None:
-        self.items.append(("org", org_id))
-        self.hashes += [bytes(r["hash"]) for r in await conn.fetch(HASHES_OF_ORG, org_id)]
+        hashes = [bytes(r["hash"]) for r in await conn.fetch(HASHES_OF_ORG, org_id)]
+        self.ids.append(await conn.fetchval(ENQUEUE, "org", org_id, hashes, []))
 
-    async def announce(self, redis: Redis) -> None:
-        if self.items:
-            await invalidation.announce(redis, self.items, self.hashes)
+    async def counters(self, conn: Connection, redis_keys: list[str]) -> None:
+        """Counters that must go (re-seeded from PostgreSQL on the next request)."""
+        self.ids.append(await conn.fetchval(ENQUEUE, "none", "", [], redis_keys))
+
+    async def announce(self, pool: asyncpg.Pool, redis: Redis) -> None:
+        """After commit: deliver now if Redis takes it; otherwise the drainer retries."""
+        if self.ids:
+            async with pool.acquire() as conn:
+                await drain(conn, redis, self.ids)
+
+
+async def drain(conn: Connection, redis: Redis, ids: list[int] | None = None) -> bool:
+    """Delivers pending invalidations (``ids``, or all); True when nothing is left over."""
+    async with conn.transaction():
+        rows = await conn.fetch(PENDING, ids)
+        if not rows:
+            return True
+        changes = [(r["kind"], r["ident"]) for r in rows if r["kind"] != "none"]
+        hashes = [bytes(h) for r in rows for h in r["hashes"]]
+        extra = [k for r in rows for k in r["redis_keys"]]
+        if not await invalidation.announce(redis, changes, hashes, extra):
+            return False  # rows stay; retried
+        await conn.execute(DONE, [r["id"] for r in rows])
+    return len(rows) < 500
+
+
+async def drain_forever(pool: asyncpg.Pool, redis: Redis, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                await drain(conn, redis)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("invalidation outbox not drained: %s", type(exc).__name__)
+        with contextlib.suppress(TimeoutError):  # the interval passed: try again
+            await asyncio.wait_for(stop.wait(), RETRY_INTERVAL_S)

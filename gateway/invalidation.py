@@ -27,13 +27,16 @@ def message(kind: str, ident: str) -> bytes:
 
 
 async def announce(redis: Redis, changes: Iterable[tuple[str, str]],
-                   hashes: Iterable[bytes] = ()) -> bool:
+                   hashes: Iterable[bytes] = (), redis_keys: Iterable[str] = ()) -> bool:
     """``changes`` are ("key" | "org", id) pairs; ``hashes`` the secrets whose shared records
-    must go. Best effort: when Redis is unreachable the cache TTLs still bound staleness."""
+    must go; ``redis_keys`` other keys to delete (counters). False when Redis refused: the
+    caller keeps the change and tries again."""
     try:
         async with redis.pipeline(transaction=True) as pipe:
             for digest in hashes:
                 pipe.delete(HASH_KEY.format(digest.hex()))
+            for name in redis_keys:
+                pipe.delete(name)
             pipe.incr(GENERATION_KEY)
             for kind, ident in changes:
                 pipe.publish(CHANNEL, message(kind, ident))

@@ -377,9 +377,11 @@ class Limiter:
         """Applies ``op`` (set | increment | decrement) to the live lifetime counter."""
         await self._adjust(keys=[usage_key(record)], args=[op, value])
 
-    async def reset_counters(self, before: KeyRecord, after: KeyRecord, now: datetime) -> None:
-        """A changed ``usage_limit`` or ``quota``: counters that stopped moving while a limit
-        was absent must not be trusted again, so they go and are re-seeded from PostgreSQL."""
-        stale = {usage_key(before), quota_key(before, before.quota, now),
-                 quota_key(after, after.quota, now)}
-        await self.redis.delete(*stale)
+
+
+def stale_counters(before: KeyRecord, after: KeyRecord, now: datetime) -> list[str]:
+    """After a change of ``usage_limit`` or ``quota`` (or a deletion): counters that stopped
+    moving while a limit was absent must not be trusted again; they go and are re-seeded from
+    PostgreSQL on the next request."""
+    return sorted({usage_key(before), quota_key(before, before.quota, now),
+                   quota_key(after, after.quota, now)})

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from admin_api.accesslog import AccessLogger
 from admin_api.app import create_app as create_admin_app
-from admin_api.changes import Changes
+from admin_api.changes import Changes, drain
 from admin_api.migrate import migrate
 from gateway.accesslog import AccessLogger as GatewayAccessLogger
 from gateway.app import create_app as create_gateway_app
@@ -123,18 +123,15 @@ async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
                  redis: EmbeddedRedis) -> None:
     settings = dev_settings(opts, token, pg.url, redis.url)
     conn = await connect(pg.url)
-    changes = Changes()
-    try:
-        await migrate(conn)
-        demo = await ensure_demo(conn, changes)
-    finally:
-        await conn.close()
     client = Redis.from_url(redis.url)
     try:
+        await migrate(conn)
+        demo = await ensure_demo(conn, Changes())
         # Redis keeps its data across runs: the old demo secrets' shared records must go.
-        await changes.announce(client)
+        await drain(conn, client)
     finally:
         await client.aclose()
+        await conn.close()
     stop = serving.stop_event()
     runners = await serving.start([
         serving.Listener("admin API", create_admin_app(settings), opts.admin_host,

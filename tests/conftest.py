@@ -18,7 +18,7 @@ from admin_api.migrate import migrate
 from gateway.database import connect
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis
 
-TABLES = "audit_log, key_usage_daily, key_secrets, keys, orgs"
+TABLES = "audit_log, key_usage_daily, key_secrets, keys, orgs, invalidation_outbox"
 
 
 @dataclass(frozen=True)

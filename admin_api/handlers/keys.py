@@ -25,11 +25,12 @@ from admin_api.models import (
     RotateRequest,
 )
 from admin_api.repository import audit, keys, orgs
-from admin_api.state import LIMITER, POOL, REDIS
+from admin_api.state import POOL, REDIS
 from admin_api.views import audit_view, key_out, respond
 from gateway import keyformat
 from gateway.database import Connection
 from gateway.keyrecord import KeyRecord
+from gateway.limits import stale_counters
 
 NOT_NULLABLE = ("name", "scopes", "rate_limits", "metadata")
 
@@ -126,7 +127,7 @@ async def create(request: web.Request, principal: Principal, body: KeyCreate) ->
             record = await keys.set_default(conn, record.id, True)
         out = key_out(record, now)
         await _record(conn, request, principal, "key.create", record, audit_view(out))
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
     return KeyCreated(**out.model_dump(), key=raw)
 
 
@@ -186,12 +187,12 @@ async def update(request: web.Request, principal: Principal, key_id: str, body: 
             fields["scopes"] = list(dict.fromkeys(fields["scopes"]))
         if key.is_default and fields.get("owner_id", key.owner_id) != key.owner_id:
             fields["is_default"] = audited["is_default"] = False  # a default is its owner's
-        await changes.key(conn, key.id)
         updated = await keys.update(conn, key.id, fields)
+        stale = (stale_counters(key, updated, datetime.now(UTC))
+                 if "usage_limit" in fields or "quota" in fields else [])
+        await changes.key(conn, key.id, stale)
         await _record(conn, request, principal, "key.update", key, audited)
-    if "usage_limit" in fields or "quota" in fields:
-        await request.app[LIMITER].reset_counters(key, updated, datetime.now(UTC))
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
     return key_out(updated)
 
 
@@ -204,11 +205,10 @@ async def delete(request: web.Request, principal: Principal, key_id: str) -> Non
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, key_id)
-        await changes.key(conn, key.id)
+        await changes.key(conn, key.id, stale_counters(key, key, datetime.now(UTC)))
         await keys.delete(conn, key.id)
         await _record(conn, request, principal, "key.delete", key, {})
-    await request.app[LIMITER].reset_counters(key, key, datetime.now(UTC))  # no leftovers
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
 
 
 async def rotate_key(request: web.Request, principal: Principal, body: RotateRequest
@@ -235,7 +235,7 @@ async def rotate(request: web.Request, principal: Principal, key_id: str, grace_
         await _record(conn, request, principal, "key.rotate", key,
                       {"grace_seconds": grace_seconds,
                        "previous_expires_at": ends.isoformat() if ends else None})
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
     out = key_out(updated)
     return KeyRotated(**out.model_dump(), key=raw, previous_expires_at=ends)
 
@@ -254,7 +254,7 @@ async def set_status(request: web.Request, principal: Principal, key_id: str, ac
         await changes.key(conn, key.id)
         updated = await keys.set_status(conn, key.id, target)
         await _record(conn, request, principal, action, key, {"status": [key.status, target]})
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
     return key_out(updated)
 
 
@@ -300,7 +300,7 @@ def _default_change(on: bool) -> Callable[..., Awaitable[web.Response]]:
             await _record(conn, request, principal,
                           "key.set_default" if on else "key.unset_default", key,
                           {"is_default": on})
-        await changes.announce(request.app[REDIS])
+        await changes.announce(request.app[POOL], request.app[REDIS])
         return respond(key_out(updated))
 
     change.__name__ = "set_default" if on else "unset_default"

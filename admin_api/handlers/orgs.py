@@ -82,7 +82,7 @@ async def update_org(request: web.Request, principal: Principal, body: OrgUpdate
         await audit.record(conn, principal.actor, "org.update", target_type="org",
                            target_id=org_id, org_id=org_id, changes=fields,
                            request_id=request[REQUEST_ID])
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
     return respond(org_out(row))
 
 
@@ -109,5 +109,5 @@ async def delete_org(request: web.Request, principal: Principal, query: OrgDelet
                            changes={"deleted_keys": len(key_ids)},
                            request_id=request[REQUEST_ID])
     # Gateways drop every cached key of an organisation on its invalidation.
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
     return respond(None, 204)

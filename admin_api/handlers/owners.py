@@ -42,7 +42,7 @@ async def put_owner_limits(request: web.Request, principal: Principal, body: Own
                            target_id=owner_id, org_id=org_id,
                            changes={"rate_limits": limits}, request_id=request[REQUEST_ID])
         await changes.org(conn, org_id)  # cached keys carry their owner's limits
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
     return respond(OwnerLimitsOut(org_id=org_id, owner_id=owner_id, rate_limits=limits))
 
 
@@ -56,5 +56,5 @@ async def delete_owner_limits(request: web.Request, principal: Principal) -> web
                            target_id=owner_id, org_id=org_id, changes={"rate_limits": []},
                            request_id=request[REQUEST_ID])
         await changes.org(conn, org_id)
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
     return respond(None, 204)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from admin_api import auth
 from admin_api.auth import Principal
@@ -25,7 +26,7 @@ from admin_api.state import LIMITER, POOL, REDIS, USAGE
 from admin_api.views import respond
 from gateway.database import Queryable
 from gateway.keyrecord import KeyRecord
-from gateway.limits import Limiter, Pending
+from gateway.limits import Limiter, Pending, usage_key
 
 HISTORY_DAYS = 30
 
@@ -78,9 +79,16 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
                            changes={"op": body.op, "value": body.value,
                                     "usage_count": [key.usage_count, updated.usage_count]},
                            request_id=request[REQUEST_ID])
-    # The live counter follows at once, so the gateway honours the change immediately.
-    await request.app[LIMITER].adjust_usage(key, body.op, body.value)
-    await changes.announce(request.app[REDIS])
+    await changes.announce(request.app[POOL], request.app[REDIS])
+    # The live counter follows at once, so the gateway honours the change immediately; if
+    # Redis cannot take it now, the counter goes instead (re-seeded from PostgreSQL later).
+    try:
+        await request.app[LIMITER].adjust_usage(key, body.op, body.value)
+    except (RedisError, OSError):
+        fallback = Changes()
+        async with request.app[POOL].acquire() as conn, conn.transaction():
+            await fallback.counters(conn, [usage_key(key)])
+        await fallback.announce(request.app[POOL], request.app[REDIS])
     fresh = await keys.get(request.app[POOL], key.id)
     assert fresh is not None
     return respond(await usage_of(request.app[POOL], request.app[LIMITER], fresh,

@@ -51,8 +51,17 @@ async def test_redis_down_then_back(gateway: TestClient, admin: Admin, org: dict
         assert resp.status == 503
         assert (await resp.json())["error"]["code"] == "store_unavailable"
         assert (await gateway.get("/readyz")).status == 503
+        # A change made now is committed and kept for delivery, not lost.
+        await admin.call("POST", f"/v1/keys/{cached['id']}/revoke", expect=200)
+        assert await admin.db.fetchval("SELECT count(*) FROM invalidation_outbox") >= 1
     finally:
         stores.redis.start()
+
+    async def delivered() -> bool:
+        return bool(await admin.db.fetchval("SELECT count(*) FROM invalidation_outbox") == 0)
+
+    await _until(delivered)
+    assert await status(cached["key"]) == 401
 
     # Back: full function without a restart, counters re-seeded from PostgreSQL.
     await asyncio.wait_for(gateway.app[LISTENING].wait(), 15)
