@@ -7,6 +7,7 @@ on a channel every worker listens on; workers drop what they cached."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "keystile:invalidate"
 RECONNECT_DELAY_S = 0.5
+HEALTH_INTERVAL_S = 5.0  # a quiet channel is PINGed this often
+HEALTH_TIMEOUT_S = 3.0  # and must answer within this
 
 
 def message(kind: str, ident: str) -> bytes:
@@ -49,34 +52,51 @@ async def announce(redis: Redis, changes: Iterable[tuple[str, str]],
 
 async def listen(redis: Redis, apply: Callable[[str, str], None],
                  subscribed: asyncio.Event | None = None) -> None:
-    """Applies every message until cancelled; reconnects after Redis failures, and drops
-    everything cached after a reconnect, since messages may have been missed meanwhile."""
+    """Applies every message until cancelled. A connection that goes quiet is probed with a
+    PING every ``HEALTH_INTERVAL_S``; one that fails or does not answer within
+    ``HEALTH_TIMEOUT_S`` is dropped and re-made, and everything cached is dropped too, since
+    messages may have been missed meanwhile."""
     first = True
     while True:
         pubsub = redis.pubsub()
         try:
-            await pubsub.subscribe(CHANNEL)
+            await asyncio.wait_for(pubsub.subscribe(CHANNEL), HEALTH_TIMEOUT_S)
             if not first:
                 apply("all", "")
             first = False
             if subscribed is not None:
                 subscribed.set()
-            async for item in pubsub.listen():
-                if item.get("type") != "message":
+            loop = asyncio.get_running_loop()
+            quiet_since, pinged_at = loop.time(), None
+            while True:
+                item = await asyncio.wait_for(
+                    pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0),
+                    HEALTH_TIMEOUT_S)
+                now = loop.time()
+                if item is not None:
+                    quiet_since, pinged_at = now, None  # anything heard proves the link
+                elif pinged_at is not None and now - pinged_at > HEALTH_TIMEOUT_S:
+                    raise TimeoutError("no answer to PING on the invalidation channel")
+                elif pinged_at is None and now - quiet_since > HEALTH_INTERVAL_S:
+                    await asyncio.wait_for(pubsub.ping(), HEALTH_TIMEOUT_S)
+                    pinged_at = now
+                if item is None or item.get("type") != "message":
                     continue
                 try:
                     data = orjson.loads(item["data"])
                     apply(str(data["type"]), str(data["id"]))
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     log.warning("ignored a malformed invalidation message")
-        except (RedisError, OSError) as exc:
-            log.warning("invalidation channel lost; reconnecting",
-                        extra={"error": type(exc).__name__})
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("invalidation channel lost (%s); reconnecting", type(exc).__name__)
+            if subscribed is not None:
+                subscribed.clear()
             await asyncio.sleep(RECONNECT_DELAY_S)
         except Exception:  # never let the listener die: a worker without it serves stale keys
             log.exception("invalidation listener failed; restarting it")
-            await asyncio.sleep(RECONNECT_DELAY_S)
-        finally:
             if subscribed is not None:
                 subscribed.clear()
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(RECONNECT_DELAY_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
