@@ -42,7 +42,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     code = ""
     try:
-        await pipeline.run(ex, deps)
+        try:
+            async with asyncio.timeout(deps.store_timeout_s):
+                await pipeline.run(ex, deps)
+        except TimeoutError:
+            raise GatewayError("store_unavailable", "the key could not be checked in time "
+                               "(a store is slow or unreachable); retry later") from None
         response = await proxy.forward(ex, deps)
     except GatewayError as error:
         if error.code in ("upstream_unavailable", "upstream_timeout"):
@@ -97,7 +102,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     usage = UsageRecorder()
     app[DEPS] = Deps(gw, RouteTable(settings.routes), KeyLookup(cache, redis, pool,
                                                                   gw.redis_cache_ttl_s),
-                     providers, session, Limiter(redis, pool), usage, LocalLimiter())
+                     providers, session, Limiter(redis, pool), usage, LocalLimiter(),
+                     settings.stores.timeout_s)
 
     def apply(kind: str, ident: str) -> None:
         if kind == "key":

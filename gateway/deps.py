@@ -25,3 +25,4 @@ class Deps:
     limiter: Limiter
     usage: UsageRecorder
     local_limiter: LocalLimiter
+    store_timeout_s: float  # the longest the checks of one request may wait on stores

@@ -28,6 +28,8 @@ class ProviderLookup:
         try:
             org_id: str | None = await self.pool.fetchval(SELECT_ORG_BY_PROVIDER, provider)
         except POSTGRES_FAILURES:
+            if cached is not None:  # PostgreSQL is down: the last answer beats none
+                return cached[0]
             raise GatewayError("store_unavailable") from None
         if len(self.entries) >= self.size:
             self.entries.clear()
@@ -35,4 +37,7 @@ class ProviderLookup:
         return org_id
 
     def clear(self) -> None:
-        self.entries.clear()
+        """An organisation changed: forget answers, but keep them usable while PostgreSQL is
+        down (expired entries are only served when it cannot be asked)."""
+        now = time.monotonic()
+        self.entries = {p: (org, now) for p, (org, _) in self.entries.items()}

@@ -77,12 +77,17 @@ async def test_postgres_down_then_back(gateway: TestClient, admin: Admin, org: d
         pytest.skip("needs the embedded PostgreSQL (it is stopped and restarted)")
     key = await admin.key(org["id"])
     assert (await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})).status == 200
+    scoped = await admin.key(org["id"], scopes=["svc:read"])
+    with_provider = {"X-API-Key": scoped["key"], "X-Provider": "acme"}
+    assert (await gateway.get("/svc/x", headers=with_provider)).status == 200
     stores.postgres.stop()
     try:
         # Cached keys keep working (the worker cache, then the record shared in Redis).
         for _ in range(3):
             resp = await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})
             assert resp.status == 200
+        # ...also with a provider header: its last known answer stands in for PostgreSQL.
+        assert (await gateway.get("/svc/x", headers=with_provider)).status == 200
         unknown = await gateway.get("/maybe/x",
                                     headers={"X-API-Key": keyformat.generate("ks_live")})
         assert unknown.status == 503  # cannot be checked: refused, never passed
