@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from admin_api.auth import PRINCIPAL
+from gateway.keyformat import redact
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -17,7 +18,7 @@ class AccessLogger(AbstractAccessLogger):
                                                 else "operator")
         self.logger.info(orjson.dumps({
             "method": request.method,
-            "path": request.path,
+            "path": redact(request.path),
             "status": response.status,
             "duration_ms": round(time * 1000, 2),
             "request_id": response.headers.get("X-Request-Id"),

@@ -10,6 +10,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.requestid import request_id as new_request_id
@@ -94,6 +95,7 @@ _STORE_ERRORS = (
     asyncpg.ConnectionDoesNotExistError,
     RedisConnectionError,
     RedisTimeoutError,
+    RedisError,  # OOM, READONLY after a failover, BUSY: Redis cannot take it now
 )
 # Two transactions got in each other's way; the client may simply retry.
 _CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)

@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from gateway.keyformat import redact
 from gateway.state import EXCHANGE
 
 
@@ -19,10 +20,11 @@ class AccessLogger(AbstractAccessLogger):
         self.logger.info(orjson.dumps({
             "request_id": response.headers.get("X-Request-Id"),
             "method": request.method,
-            "path": ex.path if ex is not None and ex.path else request.raw_path.split("?")[0],
+            "path": redact(ex.path if ex is not None and ex.path
+                           else request.raw_path.split("?")[0]),
             "route": ex.route.prefix if ex is not None and ex.route else None,
             "status": response.status,
-            "code": response.headers.get("X-Keystile-Error"),
+            "code": ex.error if ex is not None else None,
             "key_id": key.id if key else None,
             "org_id": key.org_id if key else None,
             "duration_ms": round(time * 1000, 2),

@@ -52,13 +52,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except GatewayError as error:
         if error.code in ("upstream_unavailable", "upstream_timeout"):
             await limits.give_back(ex, deps)
-        code = error.code
+        code = ex.error = error.code
         response = render(request, error, ex.request_id)
         response.headers["X-Request-Id"] = ex.request_id
         response.headers["X-Keystile-Error"] = error.code
     route = ex.route.prefix if ex.route else "-"
     metrics.REQUESTS.labels(route=route, status=str(response.status), code=code).inc()
-    metrics.LATENCY.labels(route=route).observe(time.perf_counter() - started)
+    # To the response headers: a long streamed body is the upstream's, not the gateway's time.
+    headers_s = ex.headers_s if ex.headers_s is not None else time.perf_counter() - started
+    metrics.LATENCY.labels(route=route).observe(headers_s)
     return response
 
 
@@ -80,8 +82,9 @@ async def _probe(check: Awaitable[object]) -> str:
 
 async def readyz(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    checks = {"postgres": await _probe(deps.keys.pool.fetchval("SELECT 1")),
-              "redis": await _probe(deps.keys.redis.ping()),
+    postgres, redis = await asyncio.gather(_probe(deps.keys.pool.fetchval("SELECT 1")),
+                                           _probe(deps.keys.redis.ping()))
+    checks = {"postgres": postgres, "redis": redis,
               "invalidations": "ok" if request.app[LISTENING].is_set() else "not subscribed"}
     ready = all(v == "ok" for v in checks.values())
     return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -15,6 +16,7 @@ from gateway.routing import Route
 class Exchange:
     request: web.Request
     request_id: str
+    started: float = field(default_factory=time.perf_counter)
     path: str = ""  # normalised: what is routed, scope-checked and forwarded
     query: str = ""  # raw query string, forwarded unchanged
     route: Route | None = None
@@ -22,6 +24,8 @@ class Exchange:
     key: KeyRecord | None = None  # set once the key is verified to exist
     decision: Decision | None = None  # what the limits said (and spent)
     upstream_s: float | None = None  # how long the upstream took to answer (headers)
+    error: str | None = None  # the refusal's code, when the gateway refused
+    headers_s: float | None = None  # from arrival to the response headers
 
     @property
     def matched(self) -> Route:

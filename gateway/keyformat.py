@@ -82,3 +82,12 @@ def is_id(kind: str, value: str) -> bool:
     """True when ``value`` could be an id made by ``new_id(kind)``: anything else is unknown
     without asking a store."""
     return value.startswith(f"{kind}_") and _ID_RE.fullmatch(value) is not None
+
+
+_KEY_SHAPED = re.compile(rf"[a-z][a-z0-9]*(?:_[a-z0-9]+)*_[0-9A-Za-z]{{{BODY_LEN}}}")
+
+
+def redact(text: str) -> str:
+    """``text`` with every well-formed key in it replaced, for log lines."""
+    return _KEY_SHAPED.sub(
+        lambda m: "[redacted-key]" if is_well_formed(m.group(0)) else m.group(0), text)

@@ -25,6 +25,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from gateway import quota as periods
+from gateway.keycache import POSTGRES_FAILURES
 from gateway.keyrecord import KeyRecord
 
 NEED_SEED = -1
@@ -183,6 +184,10 @@ end
 return 1
 """
 
+class SeedUnavailable(Exception):
+    """Counters Redis lost cannot be re-seeded: PostgreSQL does not answer."""
+
+
 SEED_USAGE = "SELECT usage_count FROM keys WHERE id = $1"
 SEED_QUOTA = """SELECT COALESCE(sum(count), 0) FROM key_usage_daily
 WHERE key_id = $1 AND day >= $2"""
@@ -291,8 +296,11 @@ class Limiter:
         since = (periods.period_start(str(record.quota["period"]), now).date()
                  if record.quota else now.date())
         unflushed = pending(record.id, since)
-        used = await self.pool.fetchval(SEED_USAGE, record.id) or 0
-        period_used = await self.pool.fetchval(SEED_QUOTA, record.id, since) or 0
+        try:
+            used = await self.pool.fetchval(SEED_USAGE, record.id) or 0
+            period_used = await self.pool.fetchval(SEED_QUOTA, record.id, since) or 0
+        except POSTGRES_FAILURES as exc:
+            raise SeedUnavailable(type(exc).__name__) from None
         return int(used) + unflushed[0], int(period_used) + unflushed[1]
 
     async def spend(self, record: KeyRecord, cost: int, enforce: bool, now: datetime,

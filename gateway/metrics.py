@@ -45,7 +45,7 @@ SHADOW_EXCEEDED = Counter(
     ["route"])
 FLUSH_LAG = Gauge("keystile_usage_flush_lag_seconds",
                   "Seconds since this process last wrote its usage to PostgreSQL "
-                  "(the oldest across workers)", multiprocess_mode="max")
+                  "(the oldest across live workers)", multiprocess_mode="livemax")
 ADMIN_REQUESTS = Counter("keystile_admin_requests_total", "Admin API requests",
                          ["method", "route", "status"])
 

@@ -129,11 +129,15 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
                                "the upstream switched protocols, which is not proxied")
         if upstream.status >= 500:
             await limits.give_back(ex, deps)
+        back = _end_to_end(upstream.headers)
+        for name in [n for n in back if n.lower().startswith("x-keystile-")]:
+            back.popall(name)  # the gateway's own headers cannot be forged by an upstream
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=_end_to_end(upstream.headers))
+                                      headers=back)
         response.headers["X-Request-Id"] = ex.request_id
         response.headers.update(limits.response_headers(ex))
         await response.prepare(request)
+        ex.headers_s = time.perf_counter() - ex.started
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)

@@ -136,6 +136,8 @@ def _supervise(settings: Settings, workers: int) -> None:
                 if not proc.is_alive() and not stopping:
                     log.warning("gateway worker %s exited with %s; restarting in %.0f s",
                                 proc.pid, proc.exitcode, delay)
+                    if proc.pid is not None:
+                        multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
                     time.sleep(delay)
                     delay = min(delay * 2, MAX_RESTART_DELAY_S)  # a worker that keeps dying
                     procs[index] = _spawn(ctx, settings)

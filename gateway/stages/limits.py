@@ -11,9 +11,16 @@ from redis.exceptions import RedisError
 from gateway.deps import Deps
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
-from gateway.keycache import POSTGRES_FAILURES
 from gateway.limitheaders import limit_headers
-from gateway.limits import QUOTA, RATE, USAGE, Decision, has_limits, windows_of
+from gateway.limits import (
+    QUOTA,
+    RATE,
+    USAGE,
+    Decision,
+    SeedUnavailable,
+    has_limits,
+    windows_of,
+)
 from gateway.metrics import FAIL_OPEN, SHADOW_EXCEEDED, STORE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -53,14 +60,15 @@ async def spend(ex: Exchange, deps: Deps) -> None:
         try:
             decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
                                                 deps.usage.pending)
+        except SeedUnavailable as exc:  # re-seeding lost counters needs PostgreSQL
+            STORE_ERRORS.labels(store="postgres").inc()
+            log.warning("limits cannot be seeded: %s", exc)
+            raise GatewayError("store_unavailable") from None
         except (RedisError, OSError) as exc:
             STORE_ERRORS.labels(store="redis").inc()
             log.warning("limits store unavailable: %s", type(exc).__name__)
             _without_redis(ex, deps)
             decision = None
-        except POSTGRES_FAILURES as exc:  # seeding lost counters needs PostgreSQL
-            log.warning("limits cannot be seeded: %s", type(exc).__name__)
-            raise GatewayError("store_unavailable") from None
         ex.decision = decision
         if decision is not None and not decision.allowed:
             if route.enforce:
@@ -75,6 +83,9 @@ def _without_redis(ex: Exchange, deps: Deps) -> None:
     rate limits fall back to per-worker windows unless configured closed."""
     key, route, policy = ex.key, ex.matched, deps.settings
     assert key is not None
+    if not route.enforce:  # shadow mode observes; it never refuses
+        FAIL_OPEN.labels(kind="shadow").inc()
+        return
     if key.quota or key.usage_limit is not None:
         if policy.quotas_without_redis == "closed":
             raise GatewayError("store_unavailable", "usage limits cannot be checked right now "
@@ -86,7 +97,7 @@ def _without_redis(ex: Exchange, deps: Deps) -> None:
                                "(their store is unreachable); retry later")
         FAIL_OPEN.labels(kind="rate_limit").inc()
         allowed, retry = deps.local_limiter.admit(key, route.cost)
-        if not allowed and route.enforce:
+        if not allowed:
             raise GatewayError("rate_limited", f"rate limit reached; retry after {retry} s",
                                headers={"Retry-After": str(retry)})
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from admin_api.accesslog import AccessLogger
 from admin_api.app import create_app
 from gateway.settings import AdminSettings, Settings
 from tests.conftest import Stores
@@ -62,7 +64,11 @@ def settings(stores: Stores) -> Settings:
 @pytest.fixture
 async def admin(aiohttp_client: Callable[..., Awaitable[TestClient]], settings: Settings,
                 db: asyncpg.Connection) -> Admin:
-    return Admin(await aiohttp_client(create_app(settings)), db)
+    server = TestServer(create_app(settings))
+    await server.start_server(access_log_class=AccessLogger,
+                              access_log=logging.getLogger("keystile.access"))
+    client = await aiohttp_client(server)
+    return Admin(client, db)
 
 
 @pytest.fixture

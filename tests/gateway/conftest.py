@@ -4,6 +4,7 @@ a raw HTTP client for request targets that ordinary clients would tidy up."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.accesslog import AccessLogger
 from gateway.app import create_app
 from gateway.settings import GatewaySettings, RouteSettings, Settings
 from gateway.state import LISTENING
@@ -104,7 +106,11 @@ def gateway_settings(stores: Stores, upstream: Upstream) -> Settings:
 async def gateway(aiohttp_client: Callable[..., Awaitable[TestClient]],
                   gateway_settings: Settings, admin: Admin) -> TestClient:  # noqa: F811
     app = create_app(gateway_settings)
-    client = await aiohttp_client(app)
+    # The production access logger, so log tests see what operators would.
+    server = TestServer(app)
+    await server.start_server(access_log_class=AccessLogger,
+                              access_log=logging.getLogger("keystile.access"))
+    client = await aiohttp_client(server)
     await asyncio.wait_for(app[LISTENING].wait(), 10)
     return client
 
