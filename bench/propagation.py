@@ -67,9 +67,11 @@ async def _get(session: aiohttp.ClientSession, url: str, raw_key: str) -> int:
 async def _until_refused(session: aiohttp.ClientSession, url: str, raw_key: str,
                          changed: float) -> float:
     """Seconds from ``changed`` until this connection's worker refuses the key."""
-    while await _get(session, url, raw_key) == 200:
+    while (status := await _get(session, url, raw_key)) == 200:
         if time.perf_counter() - changed > 5:
             raise RuntimeError("a key change was not honoured within 5 s")
+    if status not in (401, 403):  # a refusal for the key, not a failure of the gateway
+        raise RuntimeError(f"expected 401 or 403 after the change, got {status}")
     return time.perf_counter() - changed
 
 
