@@ -30,6 +30,7 @@ LIMIT_FIELDS = frozenset({"expires_at", "usage_limit", "quota", "rate_limits"})
 class Principal:
     kind: str
     key: KeyRecord | None = None
+    on_behalf_of: Actor | None = None  # a dialect's own user, acting through the core
 
     @property
     def is_operator(self) -> bool:
@@ -37,6 +38,8 @@ class Principal:
 
     @property
     def actor(self) -> Actor:
+        if self.on_behalf_of is not None:
+            return self.on_behalf_of
         return Actor(OPERATOR, None) if self.key is None else Actor(KEY, self.key.id)
 
     def own_key(self) -> KeyRecord:

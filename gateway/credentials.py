@@ -39,6 +39,7 @@ EXTRACTORS: dict[str, Extractor] = {
     "scrubs": Extractor(("X-Scrubs-Clinic-Api-Key",),
                         provider_header="X-Scrubs-Clinic-Provider", provider_required=True),
     "scrubbe": Extractor(("X-API-Key",), refuse_query_keys=True),
+    "nuxera": Extractor(("x-api-key",)),
     "regen": Extractor(("X-API-Key",)),
 }
 CREDENTIAL_KINDS = tuple(EXTRACTORS)

@@ -35,9 +35,10 @@ class GatewayError(Exception):
     """A request stopped by the gateway, with its public code."""
 
     def __init__(self, code: str | Code, message: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, status: int | None = None) -> None:
         self.code = str(code)
-        self.status, default = GATEWAY_ERRORS[self.code]
+        known_status, default = GATEWAY_ERRORS.get(self.code, (500, "error"))
+        self.status = status or known_status
         self.message = message or default
         self.headers = headers or {}
         super().__init__(self.message)
@@ -63,7 +64,10 @@ def _hl7(error: GatewayError, request_id: str) -> bytes:
     )).encode() + b"\r"
 
 
-def render(request: web.Request, error: GatewayError, request_id: str) -> web.Response:
+def render(request: web.Request, error: GatewayError, request_id: str,
+           json_body: dict[str, object] | None = None) -> web.Response:
+    """The error in the format the client asked for; ``json_body`` replaces the default JSON
+    shape (dialects have their own)."""
     kind = _format(request)
     if kind == "fhir":
         body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
@@ -75,6 +79,9 @@ def render(request: web.Request, error: GatewayError, request_id: str) -> web.Re
     elif kind == "hl7":
         body = _hl7(error, request_id)
         content_type = "x-application/hl7-v2+er7"
+    elif json_body is not None:
+        body = orjson.dumps(json_body)
+        content_type = "application/json"
     else:
         body = orjson.dumps({"error": {"code": error.code, "message": error.message,
                                        "request_id": request_id}})

@@ -343,6 +343,26 @@ class Limiter:
             refund=(keys, cost, member, record.usage_limit is not None, bool(record.quota))
             if spent and cost > 0 else None)
 
+    async def hit(self, tag: str, subject: str, windows: list[Window], now: datetime
+                  ) -> Decision:
+        """One request against sliding windows of any subject (e.g. a dialect's user)."""
+        keys = [f"ks:{{{tag}}}:u:-", f"ks:{{{tag}}}:q:-"]
+        for window in windows:
+            log = f"ks:{{{tag}}}:r:{subject}:{window.window_s}"
+            keys += [log, log + ":s"]
+        args: list[int | str] = [1, "1", -1, -1, 0, next(self._members), "", ""]
+        for window in windows:
+            args += [window.limit, window.window_s * 1000]
+        result = await self._spend(keys=keys, args=args)
+        verdict, retry_ms = int(result[0]), int(result[1])
+        states = [WindowState(w, max(int(result[6 + 2 * i]), 0),
+                              max(int(result[7 + 2 * i]), 0) / 1000)
+                  for i, w in enumerate(windows)]
+        return Decision(verdict=verdict, windows=states, usage_limit=None, usage_used=None,
+                        quota_limit=None, quota_used=None, quota_period=None,
+                        quota_reset_s=None, spent=verdict == ALLOWED, at=now,
+                        retry_after_s=max(-(-retry_ms // 1000), 1) if verdict else None)
+
     async def refund(self, decision: Decision) -> None:
         """Gives back what ``decision`` spent (e.g. the upstream failed)."""
         if decision.refund is None:

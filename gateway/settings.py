@@ -24,6 +24,7 @@ ENV_OVERRIDES = {
     "KEYSTILE_DATABASE_URL": ("database_url",),
     "KEYSTILE_REDIS_URL": ("redis_url",),
     "KEYSTILE_ADMIN_TOKEN": ("admin", "token"),
+    "KEYSTILE_JWT_SECRET": ("dialect", "nuxera", "jwt_secret"),
 }
 
 
@@ -149,7 +150,7 @@ class RouteSettings(_Strict):
         return value
 
 
-DIALECTS = ("scrubs", "scrubbe", "regen")
+DIALECTS = ("scrubs", "scrubbe", "nuxera", "regen")
 
 REGEN_SCOPES = ["orders:read", "orders:write", "products:read", "products:write",
                 "inventory:read", "inventory:write", "commissions:read", "webhooks:read",
@@ -161,6 +162,10 @@ class DialectOptions(_Strict):
                         description="moves the dialect's documented paths under this prefix")
     available_scopes: list[str] | None = Field(
         None, description="scopes the dialect accepts (Regen: the seed's nine by default)")
+    jwt_secret: str | None = Field(None, min_length=32, description="Nuxera: the HS256 secret "
+                                   "of its management JWTs (KEYSTILE_JWT_SECRET overrides)")
+    org_claim: str = Field("org", description="Nuxera: the JWT claim holding the "
+                           "organisation's provider_id")
 
 
 class Settings(_Strict):
@@ -170,7 +175,7 @@ class Settings(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     stores: StoreSettings = StoreSettings()
     routes: list[RouteSettings] = []
-    dialects: list[Literal["scrubs", "scrubbe", "regen"]] = []
+    dialects: list[Literal["scrubs", "scrubbe", "nuxera", "regen"]] = []
     dialect: dict[str, DialectOptions] = {}
 
     @field_validator("dialect")

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from admin_api.dialects import regen, scrubbe, scrubs
-from gateway.settings import Settings
+from admin_api.dialects import nuxera, regen, scrubbe, scrubs
+from gateway.settings import ConfigError, Settings
 
-MODULES = {"scrubs": scrubs, "scrubbe": scrubbe, "regen": regen}
+MODULES = {"scrubs": scrubs, "scrubbe": scrubbe, "nuxera": nuxera, "regen": regen}
 
 
 def mount(app: web.Application, settings: Settings) -> None:
+    if "nuxera" in settings.dialects and not settings.dialect_options("nuxera").jwt_secret:
+        raise ConfigError("the nuxera dialect needs a JWT secret: set KEYSTILE_JWT_SECRET or "
+                          "[dialect.nuxera] jwt_secret (at least 32 characters)")
     for name in settings.dialects:
         module = MODULES[name]
         prefix = settings.dialect_options(name).prefix

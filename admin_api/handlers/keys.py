@@ -272,40 +272,40 @@ pause_key = _status_change("key.pause", "paused")
 resume_key = _status_change("key.resume", "active")
 
 
-def _default_change(on: bool) -> Callable[..., Awaitable[web.Response]]:
-    async def change(request: web.Request, principal: Principal) -> web.Response:
-        key_id = request.match_info["id"]
-        changes = Changes()
-        async with request.app[POOL].acquire() as conn, conn.transaction():
-            seen = auth.visible(principal, await keys.get(conn, key_id), key_id)
-            if seen.owner_id is None:
-                if not on:
-                    return respond(key_out(seen))
-                raise Conflict("the key has no owner_id; set one with PATCH first",
-                               code="key_has_no_owner")
-            await keys.lock_owner(conn, seen.org_id, seen.owner_id)
-            key = await locked(conn, principal, key_id)
-            if key.owner_id != seen.owner_id:
-                raise Conflict("the key's owner changed meanwhile; retry",
-                               code="concurrent_update")
-            if key.is_default == on:
-                return respond(key_out(key))
-            if on and key.status == "revoked":
-                raise Conflict("a revoked key cannot be a default", code="key_revoked")
-            if on:
-                await _unset_previous_default(conn, request, principal, key.org_id,
-                                              seen.owner_id, key.id, changes)
-            await changes.key(conn, key.id)
-            updated = await keys.set_default(conn, key.id, on)
-            await _record(conn, request, principal,
-                          "key.set_default" if on else "key.unset_default", key,
-                          {"is_default": on})
-        await changes.announce(request.app[POOL], request.app[REDIS])
-        return respond(key_out(updated))
-
-    change.__name__ = "set_default" if on else "unset_default"
-    return change
+async def change_default(request: web.Request, principal: Principal, key_id: str, on: bool
+                         ) -> KeyOut:
+    """Make (or unmake) the owner's default key; the previous default is unset in the same
+    transaction, under the owner's lock (taken before any row lock)."""
+    changes = Changes()
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        seen = auth.visible(principal, await keys.get(conn, key_id), key_id)
+        if seen.owner_id is None:
+            if not on:
+                return key_out(seen)
+            raise Conflict("the key has no owner_id; set one with PATCH first",
+                           code="key_has_no_owner")
+        await keys.lock_owner(conn, seen.org_id, seen.owner_id)
+        key = await locked(conn, principal, key_id)
+        if key.owner_id != seen.owner_id:
+            raise Conflict("the key's owner changed meanwhile; retry", code="concurrent_update")
+        if key.is_default == on:
+            return key_out(key)
+        if on and key.status == "revoked":
+            raise Conflict("a revoked key cannot be a default", code="key_revoked")
+        if on:
+            await _unset_previous_default(conn, request, principal, key.org_id,
+                                          seen.owner_id, key.id, changes)
+        await changes.key(conn, key.id)
+        updated = await keys.set_default(conn, key.id, on)
+        await _record(conn, request, principal,
+                      "key.set_default" if on else "key.unset_default", key, {"is_default": on})
+    await changes.announce(request.app[POOL], request.app[REDIS])
+    return key_out(updated)
 
 
-set_default = _default_change(True)
-unset_default = _default_change(False)
+async def set_default(request: web.Request, principal: Principal) -> web.Response:
+    return respond(await change_default(request, principal, request.match_info["id"], True))
+
+
+async def unset_default(request: web.Request, principal: Principal) -> web.Response:
+    return respond(await change_default(request, principal, request.match_info["id"], False))

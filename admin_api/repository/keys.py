@@ -157,3 +157,10 @@ async def used_since(conn: Queryable, key_id: str, since: date) -> int:
     return int(await conn.fetchval(
         "SELECT COALESCE(sum(count), 0) FROM key_usage_daily WHERE key_id = $1 AND day >= $2",
         key_id, since))
+
+
+async def id_by_serial(conn: Queryable, org_id: str, serial: int) -> str | None:
+    """Dialects whose documented ids are integers address keys by their serial."""
+    key_id: str | None = await conn.fetchval(
+        "SELECT id FROM keys WHERE org_id = $1 AND serial = $2", org_id, serial)
+    return key_id

@@ -12,13 +12,14 @@ from aiohttp.test_utils import TestClient
 
 from admin_api.app import create_app as create_admin
 from gateway.app import create_app as create_gateway
-from gateway.settings import AdminSettings, RouteSettings, Settings
+from gateway.settings import AdminSettings, DialectOptions, RouteSettings, Settings
 from gateway.state import LISTENING
 from tests.admin_api.conftest import OPERATOR_TOKEN, Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import Upstream, upstream  # noqa: F401
 
-DIALECTS = ["scrubs", "scrubbe", "regen"]
+DIALECTS = ["scrubs", "scrubbe", "nuxera", "regen"]
+JWT_SECRET = "test-nuxera-jwt-secret-0123456789abcdef"
 
 
 @pytest.fixture
@@ -26,6 +27,7 @@ def dialect_settings(stores: Stores, upstream: Upstream) -> Settings:  # noqa: F
     return Settings(
         database_url=stores.database_url, redis_url=stores.redis_url,
         admin=AdminSettings(token=OPERATOR_TOKEN), dialects=DIALECTS,  # type: ignore[arg-type]
+        dialect={"nuxera": DialectOptions(jwt_secret=JWT_SECRET)},
         routes=[RouteSettings(prefix=f"/{name}", upstream=upstream.url, credentials=name)
                 for name in DIALECTS])
 

@@ -1,0 +1,279 @@
+"""Nuxera (seeds/nuxera-api-keys.txt): ``/api/apiKeys`` — create, list, get, update, delete,
+pause, resume, setDefault, removeDefault, userKeys — with integer ids (the key serial),
+managed by ``Authorization: Bearer <JWT>`` (HS256; ``sub`` is the user, who owns the keys;
+the ``org`` claim names the organisation's provider_id). Management is rate limited per user
+(100 a minute, 1,000 an hour) with Keystile's own limiter, and errors honour
+``x-response-format: fhir | hl7``.
+
+The seed shows ``key`` in every object; Keystile keeps no raw key after creation, so later
+responses carry a masked form (the display prefix and "…")."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import jwt
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from admin_api.auth import OPERATOR, Principal
+from admin_api.errors import REQUEST_ID, ApiError
+from admin_api.handlers import keys as core
+from admin_api.models import KeyCreate, KeyListQuery, KeyOut, KeyUpdate
+from admin_api.repository import keys as key_rows
+from admin_api.repository.audit import Actor
+from admin_api.state import LIMITER, POOL, SETTINGS
+from gateway.errors import GatewayError, render
+from gateway.limits import Window
+from gateway.verification import org_for_provider
+
+MANAGEMENT_LIMITS = [Window("user", 100, 60), Window("user", 1000, 3600)]
+NOT_FOUND = "API Key not found"
+INVALID = "Invalid request data"
+
+
+class NuxeraError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    type: Literal["ai-medical-note", "t2yd"]
+    status: Literal["active", "paused", "expired"]
+
+
+class UpdateKey(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    type: Literal["ai-medical-note", "t2yd"] | None = None
+
+
+class DefaultChange(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: int
+    old_id: int | None = None
+
+
+class Caller:
+    """The JWT's user, acting on the keys they own within their organisation."""
+
+    def __init__(self, org_id: str, user: str) -> None:
+        self.org_id, self.user = org_id, user
+        self.principal = Principal(OPERATOR, on_behalf_of=Actor("system", f"nuxera:{user}"))
+
+
+def _user_id(user: str | None) -> int | str | None:
+    return int(user) if user is not None and user.isdigit() else user
+
+
+def _view(key: KeyOut, raw: str | None = None) -> dict[str, Any]:
+    return {"id": key.serial, "key": raw or f"{key.prefix}…", "name": key.name,
+            "type": key.metadata.get("nuxera_type", "ai-medical-note"),
+            "status": "paused" if key.status == "revoked" else key.status,
+            "is_default": key.is_default,
+            "created_at": _iso(key.created_at), "expiry_at": _iso(key.expires_at),
+            "user_id": _user_id(key.owner_id)}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def _caller(request: web.Request) -> Caller:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NuxeraError(401, "JWT token required")
+    options = request.app[SETTINGS].dialect_options("nuxera")
+    assert options.jwt_secret is not None  # checked when the dialect is mounted
+    try:
+        claims = jwt.decode(token.strip(), options.jwt_secret, algorithms=["HS256"],
+                            options={"require": ["sub"]})
+    except jwt.ExpiredSignatureError:
+        raise NuxeraError(401, "JWT token expired") from None
+    except jwt.InvalidTokenError:
+        raise NuxeraError(401, "Invalid JWT token") from None
+    provider = claims.get(options.org_claim)
+    org_id = (await org_for_provider(request.app[POOL], provider)
+              if isinstance(provider, str) else None)
+    if org_id is None:
+        raise NuxeraError(401, f"the JWT's '{options.org_claim}' claim names no organisation")
+    caller = Caller(org_id, str(claims["sub"]))
+    decision = await request.app[LIMITER].hit(f"nuxera:{org_id}", f"user:{caller.user}",
+                                              MANAGEMENT_LIMITS, datetime.now(UTC))
+    if not decision.allowed:
+        raise NuxeraError(429, "Too many requests",
+                          {"Retry-After": str(decision.retry_after_s or 1)})
+    return caller
+
+
+async def _key_id(request: web.Request, caller: Caller, raw_id: Any) -> str:
+    """The key of this user with the integer id ``raw_id``."""
+    try:
+        serial = int(str(raw_id))
+    except ValueError:
+        raise NuxeraError(400, INVALID) from None
+    key_id = await key_rows.id_by_serial(request.app[POOL], caller.org_id, serial)
+    if key_id is None:
+        raise NuxeraError(404, NOT_FOUND)
+    key = await core.read(request, caller.principal, key_id)
+    if key.owner_id != caller.user:
+        raise NuxeraError(404, NOT_FOUND)
+    return key_id
+
+
+async def _parse(request: web.Request, model: type[BaseModel]) -> Any:
+    try:
+        return model.model_validate_json(await request.read() or b"{}")
+    except ValidationError:
+        raise NuxeraError(400, INVALID) from None
+
+
+def handler(fn: Any) -> Any:
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await fn(request)  # type: ignore[no-any-return]
+        except NuxeraError as exc:
+            status, message, headers = exc.status, exc.message, exc.headers
+        except ApiError as exc:
+            status, message, headers = exc.status, exc.message, {}
+            if status == 404:
+                message = NOT_FOUND
+        error = GatewayError(f"nuxera_{status}", message, headers=headers, status=status)
+        response = render(request, error, request[REQUEST_ID], json_body={"error": message})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+def json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
+
+
+@handler
+async def create(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    spec = await _parse(request, CreateKey)
+    created = await core.create(request, caller.principal, KeyCreate(
+        org_id=caller.org_id, owner_id=caller.user, name=spec.name,
+        metadata={"nuxera_type": spec.type}, scopes=[]))
+    out: KeyOut = created
+    if spec.status == "paused":
+        out = await core.set_status(request, caller.principal, created.id, "key.pause",
+                                    "paused")
+    elif spec.status == "expired":
+        out = await core.update(request, caller.principal, created.id,
+                                KeyUpdate(expires_at=datetime.now(UTC)))
+    return json(_view(out, created.key), 201)
+
+
+async def _list(request: web.Request, caller: Caller, user: str) -> web.Response:
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await core.page(request, caller.principal, KeyListQuery(
+            org_id=caller.org_id, owner_id=user, limit=1000, cursor=cursor))
+        found += [_view(k) for k in page.data]
+        if page.next_cursor is None:
+            return json(found)
+        cursor = page.next_cursor
+
+
+@handler
+async def list_keys(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    return await _list(request, caller, caller.user)
+
+
+@handler
+async def user_keys(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    user = request.match_info["user_id"]
+    if not user.isdigit() and user != caller.user:
+        raise NuxeraError(400, INVALID)
+    return await _list(request, caller, user)
+
+
+@handler
+async def get(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    key_id = await _key_id(request, caller, request.match_info["id"])
+    return json(_view(await core.read(request, caller.principal, key_id)))
+
+
+@handler
+async def update(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    key_id = await _key_id(request, caller, request.match_info["id"])
+    spec = await _parse(request, UpdateKey)
+    current = await core.read(request, caller.principal, key_id)
+    changes: dict[str, Any] = {}
+    if spec.name is not None:
+        changes["name"] = spec.name
+    if spec.type is not None:
+        changes["metadata"] = {**current.metadata, "nuxera_type": spec.type}
+    if not changes:
+        raise NuxeraError(400, INVALID)
+    return json(_view(await core.update(request, caller.principal, key_id,
+                                        KeyUpdate(**changes))))
+
+
+@handler
+async def delete(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    key_id = await _key_id(request, caller, request.match_info["id"])
+    await core.delete(request, caller.principal, key_id)
+    return json({"message": "API Key deleted"})
+
+
+def _status(action: str, target: str) -> Any:
+    @handler
+    async def change(request: web.Request) -> web.Response:
+        caller = await _caller(request)
+        key_id = await _key_id(request, caller, request.match_info["id"])
+        return json(_view(await core.set_status(request, caller.principal, key_id, action,
+                                                target)))
+
+    return change
+
+
+@handler
+async def set_default(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    spec = await _parse(request, DefaultChange)
+    key_id = await _key_id(request, caller, spec.id)
+    if spec.old_id is not None:
+        await _key_id(request, caller, spec.old_id)  # must exist and be the user's
+    return json(_view(await core.change_default(request, caller.principal, key_id, True)))
+
+
+@handler
+async def remove_default(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    spec = await _parse(request, DefaultChange)
+    key_id = await _key_id(request, caller, spec.id)
+    return json(_view(await core.change_default(request, caller.principal, key_id, False)))
+
+
+ROUTES = [
+    ("POST", "/api/apiKeys", create),
+    ("GET", "/api/apiKeys", list_keys),
+    ("GET", "/api/apiKeys/", list_keys),
+    ("PATCH", "/api/apiKeys/setDefault", set_default),
+    ("PATCH", "/api/apiKeys/removeDefault", remove_default),
+    ("GET", "/api/apiKeys/userKeys/{user_id}", user_keys),
+    ("GET", "/api/apiKeys/{id}", get),
+    ("PUT", "/api/apiKeys/{id}", update),
+    ("DELETE", "/api/apiKeys/{id}", delete),
+    ("PATCH", "/api/apiKeys/{id}/pause", _status("key.pause", "paused")),
+    ("PATCH", "/api/apiKeys/{id}/resume", _status("key.resume", "active")),
+]

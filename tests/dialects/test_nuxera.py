@@ -1,0 +1,118 @@
+"""Nuxera conformance: JWT-authenticated endpoints with integer ids, the documented object,
+errors, management rate limits and FHIR / HL7 errors; then the key at the gateway."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+from aiohttp.test_utils import TestClient
+
+from tests.admin_api.conftest import Admin
+from tests.dialects.conftest import JWT_SECRET
+from tests.gateway.conftest import Upstream
+
+BASE = "/api/apiKeys"
+FIELDS = {"id", "key", "name", "type", "status", "is_default", "created_at", "expiry_at",
+          "user_id"}
+
+
+def token(user: str = "123", org: str = "tenant", **claims: Any) -> dict[str, str]:
+    payload = {"sub": user, "org": org, "exp": int(time.time()) + 600, **claims}
+    return {"Authorization": f"Bearer {jwt.encode(payload, JWT_SECRET, algorithm='HS256')}"}
+
+
+async def test_documented_flow(dialect_admin: Admin, tenant: dict[str, Any],
+                               dialect_gateway: TestClient, upstream: Upstream) -> None:
+    me = token()
+    created = await dialect_admin.call("POST", BASE, headers=me, json={
+        "name": "Production API Key", "type": "ai-medical-note", "status": "active"},
+        expect=201)
+    assert set(created) == FIELDS
+    assert isinstance(created["id"], int) and created["user_id"] == 123
+    assert created["status"] == "active" and created["is_default"] is False
+    raw = created["key"]
+    second = await dialect_admin.call("POST", BASE, headers=me, json={
+        "name": "Second", "type": "t2yd", "status": "paused"}, expect=201)
+    assert second["status"] == "paused" and second["type"] == "t2yd"
+
+    listed = await dialect_admin.call("GET", BASE, headers=me, expect=200)
+    assert [k["id"] for k in listed] == [created["id"], second["id"]]
+    assert all(k["key"].endswith("…") and raw not in k["key"] for k in listed)  # masked
+    assert await dialect_admin.call("GET", f"{BASE}/", headers=me, expect=200) == listed
+    got = await dialect_admin.call("GET", f"{BASE}/{created['id']}", headers=me, expect=200)
+    assert got["name"] == "Production API Key" and got["key"] == raw[:12] + "…"
+
+    updated = await dialect_admin.call("PUT", f"{BASE}/{created['id']}", headers=me,
+                                       json={"name": "Updated Production Key"}, expect=200)
+    assert updated["name"] == "Updated Production Key"
+
+    # The key works at the gateway (x-api-key) until paused.
+    assert (await dialect_gateway.get("/nuxera/transcribe",
+                                      headers={"x-api-key": raw})).status == 200
+    paused = await dialect_admin.call("PATCH", f"{BASE}/{created['id']}/pause", headers=me,
+                                      expect=200)
+    assert paused["status"] == "paused"
+    resumed = await dialect_admin.call("PATCH", f"{BASE}/{created['id']}/resume", headers=me,
+                                       expect=200)
+    assert resumed["status"] == "active"
+
+    default = await dialect_admin.call("PATCH", f"{BASE}/setDefault", headers=me,
+                                       json={"id": created["id"]}, expect=200)
+    assert default["is_default"] is True
+    switched = await dialect_admin.call("PATCH", f"{BASE}/setDefault", headers=me,
+                                        json={"id": second["id"], "old_id": created["id"]},
+                                        expect=200)
+    assert switched["is_default"] is True
+    old = await dialect_admin.call("GET", f"{BASE}/{created['id']}", headers=me, expect=200)
+    assert old["is_default"] is False
+    removed = await dialect_admin.call("PATCH", f"{BASE}/removeDefault", headers=me,
+                                       json={"id": second["id"]}, expect=200)
+    assert removed["is_default"] is False
+
+    user_keys = await dialect_admin.call("GET", f"{BASE}/userKeys/123", headers=me, expect=200)
+    assert {k["id"] for k in user_keys} == {created["id"], second["id"]}
+    await dialect_admin.call("DELETE", f"{BASE}/{created['id']}", headers=me, expect=200)
+    body = await dialect_admin.call("GET", f"{BASE}/{created['id']}", headers=me, expect=404)
+    assert body == {"error": "API Key not found"}
+
+
+async def test_errors(dialect_admin: Admin, tenant: dict[str, Any]) -> None:
+    assert await dialect_admin.call("GET", BASE, headers={}, expect=401) == {
+        "error": "JWT token required"}
+    await dialect_admin.call("GET", BASE, headers={"Authorization": "Bearer x.y.z"}, expect=401)
+    expired = token(exp=int(time.time()) - 10)
+    assert (await dialect_admin.call("GET", BASE, headers=expired, expect=401))["error"] == (
+        "JWT token expired")
+    forged = {"Authorization": "Bearer " + jwt.encode(
+        {"sub": "1", "org": "tenant"}, "another-secret-that-is-long-enough!!", algorithm="HS256")}
+    await dialect_admin.call("GET", BASE, headers=forged, expect=401)
+    await dialect_admin.call("GET", BASE, headers=token(org="nobody"), expect=401)
+    me = token()
+    assert await dialect_admin.call("POST", BASE, headers=me, json={"name": "x"},
+                                    expect=400) == {"error": "Invalid request data"}
+    await dialect_admin.call("GET", f"{BASE}/abc", headers=me, expect=400)
+    await dialect_admin.call("GET", f"{BASE}/999999", headers=me, expect=404)
+    # Another user's key does not exist for this user.
+    theirs = await dialect_admin.call("POST", BASE, headers=token(user="7"), json={
+        "name": "t", "type": "t2yd", "status": "active"}, expect=201)
+    await dialect_admin.call("GET", f"{BASE}/{theirs['id']}", headers=me, expect=404)
+    # Errors in FHIR and HL7 on request.
+    resp = await dialect_admin.client.get(f"{BASE}/999999", headers={
+        **me, "x-response-format": "fhir"})
+    outcome = await resp.json(content_type=None)
+    assert resp.status == 404 and outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["details"]["text"] == "API Key not found"
+    resp = await dialect_admin.client.get(BASE, headers={"x-response-format": "hl7"})
+    assert resp.status == 401 and (await resp.text()).startswith("MSH|")
+
+
+async def test_management_rate_limit_per_user(dialect_admin: Admin, tenant: dict[str, Any]
+                                              ) -> None:
+    me = token(user="busy")
+    statuses = [(await dialect_admin.client.get(BASE, headers=me)).status for _ in range(101)]
+    assert statuses.count(200) == 100 and statuses[-1] == 429
+    resp = await dialect_admin.client.get(BASE, headers=me)
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
+    assert (await dialect_admin.client.get(BASE, headers=token(user="calm"))).status == 200
