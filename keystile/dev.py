@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
 from redis.asyncio import Redis
 
 from admin_api.accesslog import AccessLogger
@@ -20,7 +22,7 @@ from gateway.app import create_app as create_gateway_app
 from gateway.database import connect
 from gateway.settings import MIN_TOKEN_LEN, AdminSettings, ConfigError, Settings, load
 from keystile import echo, serving
-from keystile.bootstrap import DemoKeys, ensure_demo
+from keystile.bootstrap import DEMO_PROVIDER, DemoKeys, ensure_demo
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, write_secret
 
 DEV_CONFIG = Path(__file__).resolve().parents[1] / "config" / "dev.toml"
@@ -55,6 +57,7 @@ def banner(opts: DevOptions, token: str, demo: DemoKeys, pg: EmbeddedPostgres,
            redis: EmbeddedRedis) -> str:
     admin = f"http://{opts.admin_host}:{opts.admin_port}"
     gateway = f"http://127.0.0.1:{opts.gateway_port}"
+    nuxera_jwt = demo_jwt(jwt_secret(opts.data_dir))
     return f"""
 Keystile dev stack is up (Ctrl-C stops everything).
 
@@ -98,6 +101,8 @@ Seed dialects (management on the admin listener, clients through the gateway):
        -H 'X-Scrubs-Clinic-Provider: demo'
   curl -s {admin}/api/v1/apikey/apikeys -H 'Authorization: Bearer {demo.root_key}'
   curl -s {gateway}/scrubbe/incidents -H 'X-API-Key: {demo.sub_key}'
+  curl -s {admin}/api/apiKeys -H 'Authorization: Bearer {nuxera_jwt}'
+  curl -s {gateway}/nuxera/transcribe -H 'x-api-key: {demo.sub_key}'
   curl -s {admin}/api/v1/api-keys -H 'X-API-Key: {demo.root_key}'
   curl -s {gateway}/regen/orders -H 'X-API-Key: {demo.sub_key}'
 
@@ -105,9 +110,26 @@ Seed dialects (management on the admin listener, clients through the gateway):
 """
 
 
+def jwt_secret(data_dir: Path) -> str:
+    """KEYSTILE_JWT_SECRET if set, else one generated once and kept in the data folder (only
+    ``keystile dev`` does this; ``keystile admin`` requires it to be configured)."""
+    if os.environ.get("KEYSTILE_JWT_SECRET"):
+        return os.environ["KEYSTILE_JWT_SECRET"]
+    path = data_dir / "jwt-secret"
+    if not path.exists():
+        write_secret(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def demo_jwt(secret: str) -> str:
+    """A Nuxera management token for demo user 1 of the demo organisation, valid 30 days."""
+    claims = {"sub": "1", "org": DEMO_PROVIDER, "exp": int(time.time()) + 30 * 86400}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
 def dev_settings(opts: DevOptions, token: str, database_url: str, redis_url: str) -> Settings:
     """``config/dev.toml`` with the stores, ports and operator token of this run."""
-    base = load(DEV_CONFIG, {})
+    base = load(DEV_CONFIG, {"KEYSTILE_JWT_SECRET": jwt_secret(opts.data_dir)})
     upstream = f"http://127.0.0.1:{opts.upstream_port}"
     routes = [r.model_copy(update={"upstream": r.upstream.replace(DEV_UPSTREAM, upstream)})
               for r in base.routes]

@@ -85,3 +85,12 @@ def test_more_misconfigurations_are_one_line(cli: Cli, stores: Stores, tmp_path:
     result = cli.run("admin", "--port", "70000")
     assert result.returncode == 2 and "not a TCP port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_admin_refuses_nuxera_without_a_jwt_secret(cli: Cli, stores: Stores,
+                                                   tmp_path: Path) -> None:
+    config = tmp_path / "nuxera.toml"
+    config.write_text('dialects = ["nuxera"]\n')
+    env = {"KEYSTILE_DATABASE_URL": stores.database_url, "KEYSTILE_REDIS_URL": stores.redis_url,
+           "KEYSTILE_ADMIN_TOKEN": TOKEN, "KEYSTILE_JWT_SECRET": ""}
+    _one_line_error(cli.run("admin", "--config", str(config), env=env), "KEYSTILE_JWT_SECRET")
