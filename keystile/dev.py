@@ -77,7 +77,7 @@ Keystile dev stack is up (Ctrl-C stops everything).
 The two demo keys get fresh secrets on every start; keys you create are kept.
 
 Shell variables for the examples in README.md:
-  GATEWAY={gateway} ADMIN={admin} TOKEN={token} ROOT={demo.root_key} SUB={demo.sub_key}
+  GATEWAY={gateway} ADMIN={admin} TOKEN={token} ROOT={demo.root_key} SUB={demo.sub_key} JWT={nuxera_jwt}
 
 Try:
   curl -s '{gateway}/echo/hello?x=1' -H 'X-API-Key: {demo.sub_key}'

@@ -89,7 +89,7 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
     # Leave the demo keys unusable: the next start must make them work again.
     _call(f"{admin}/v1/keys/{me['id']}/revoke", {"Authorization": f"Bearer {token}"}, {})
     _call(f"{admin}/v1/keys/{me['parent_id']}/pause", {"Authorization": f"Bearer {token}"}, {})
-    assert f"ADMIN={admin} TOKEN={token} ROOT={root_key} SUB={sub_key}" in banner
+    assert f"ADMIN={admin} TOKEN={token} ROOT={root_key} SUB={sub_key} JWT=" in banner
 
     pg_port = int(re.search(r"PostgreSQL\s+\S+:(\d+)/", banner).group(1))  # type: ignore[union-attr]
     redis_port = int(re.search(r"Redis\s+redis://127.0.0.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
