@@ -201,6 +201,8 @@ class KeyCreate(Input):
     metadata: Metadata = {}
     prefix: KeyPrefix | None = Field(None, description="overrides the organisation's key_prefix")
     is_default: bool = False
+    recoverable: bool = Field(False, description="also keep the secret, encrypted (needs "
+                              "KEYSTILE_ENCRYPTION_KEY), for dialects that list keys in clear")
 
 
 class KeyUpdate(Input):
@@ -240,6 +242,7 @@ class KeyOut(Output):
     created_at: datetime
     updated_at: datetime
     last_used_at: datetime | None
+    first_used_at: datetime | None
     revoked_at: datetime | None
 
 

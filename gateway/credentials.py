@@ -20,6 +20,8 @@ class Extractor:
     refuse_query_keys: bool = False  # a key in the query string is refused with a hint
     provider_header: str | None = None  # the convention's own provider header, if any
     provider_required: bool = False  # a request without it is refused
+    provider_in_credential: bool = False  # "<provider>/<key>" in the one header
+    customer_keys: bool = False  # Open Dental's 16 upper-case alphanumerics
 
     def extract(self, headers: CIMultiDictProxy[str]) -> str | None:
         value = headers.get(self.headers[0])
@@ -29,7 +31,20 @@ class Extractor:
         if self.scheme is None:
             return value
         scheme, _, key = value.partition(" ")
-        return key.strip() if scheme.lower() == self.scheme.lower() else ""
+        if scheme.lower() != self.scheme.lower():
+            return ""
+        if self.provider_in_credential:
+            return key.strip().partition("/")[2]
+        return key.strip()
+
+    def provider(self, headers: CIMultiDictProxy[str]) -> str | None:
+        """The provider the credential itself names ("<provider>/<key>"), if it does."""
+        if not self.provider_in_credential:
+            return None
+        value = headers.get(self.headers[0], "")
+        _, _, credential = value.partition(" ")
+        provider, sep, _ = credential.strip().partition("/")
+        return provider if sep else None
 
 
 EXTRACTORS: dict[str, Extractor] = {
@@ -40,6 +55,8 @@ EXTRACTORS: dict[str, Extractor] = {
                         provider_header="X-Scrubs-Clinic-Provider", provider_required=True),
     "scrubbe": Extractor(("X-API-Key",), refuse_query_keys=True),
     "nuxera": Extractor(("x-api-key",)),
+    "opendental": Extractor(("Authorization",), scheme="ODFHIR", provider_in_credential=True,
+                            provider_required=True, customer_keys=True),
     "regen": Extractor(("X-API-Key",)),
 }
 CREDENTIAL_KINDS = tuple(EXTRACTORS)

@@ -21,6 +21,7 @@ class Exchange:
     query: str = ""  # raw query string, forwarded unchanged
     route: Route | None = None
     raw_key: str | None = None  # None: no credential was sent
+    provider: str | None = None  # named by the credential itself (Open Dental)
     key: KeyRecord | None = None  # set once the key is verified to exist
     decision: Decision | None = None  # what the limits said (and spent)
     upstream_s: float | None = None  # how long the upstream took to answer (headers)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # A lookup that PostgreSQL cannot answer is a 503, never a 500 and never a pass.
 POSTGRES_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-HASH_KEY = "ks:h2:{}"  # Redis: hex digest -> record JSON (bump the version with the record)
+HASH_KEY = "ks:h3:{}"  # Redis: hex digest -> record JSON (bump the version with the record)
 GENERATION_KEY = "ks:gen"  # Redis: bumped by every admin change to keys
 
 # Store the record only if no admin change happened since the lookup began.

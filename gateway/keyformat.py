@@ -91,3 +91,18 @@ def redact(text: str) -> str:
     """``text`` with every well-formed key in it replaced, for log lines."""
     return _KEY_SHAPED.sub(
         lambda m: "[redacted-key]" if is_well_formed(m.group(0)) else m.group(0), text)
+
+
+CUSTOMER_KEY_LEN = 16
+_CUSTOMER_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_CUSTOMER_RE = re.compile(rf"[A-Z0-9]{{{CUSTOMER_KEY_LEN}}}")
+CUSTOMER_KEY_PREFIX = "od"  # the key_prefix that marks a key of this style
+
+
+def generate_customer_key() -> str:
+    """Open Dental's style: 16 upper-case alphanumerics, no prefix and no checksum."""
+    return "".join(secrets.choice(_CUSTOMER_ALPHABET) for _ in range(CUSTOMER_KEY_LEN))
+
+
+def is_customer_key(raw: str) -> bool:
+    return _CUSTOMER_RE.fullmatch(raw) is not None

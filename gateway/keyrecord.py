@@ -14,7 +14,7 @@ from gateway.database import Queryable
 KEY_COLUMNS = """k.id, k.serial, k.org_id, k.owner_id, k.name, k.environment, k.root,
     k.parent_id, k.scopes, k.status, k.expires_at, k.usage_limit, k.usage_count, k.quota,
     k.rate_limits, k.is_default, k.metadata, k.prefix, k.key_prefix, k.recoverable, k.created_at,
-    k.updated_at, k.last_used_at, k.revoked_at"""
+    k.updated_at, k.last_used_at, k.revoked_at, k.first_used_at"""
 
 # The limits shared with the key's organisation and owner travel with the key record.
 _SHARED_LIMITS = """o.rate_limits AS org_rate_limits,
@@ -37,7 +37,8 @@ SELECT {KEY_COLUMNS}, {_SHARED_LIMITS}, s.expires_at AS secret_expires_at
 FROM key_secrets s JOIN keys k ON k.id = s.key_id {_SHARED_JOINS}
 WHERE s.hash = $1 AND (s.expires_at IS NULL OR s.expires_at > now())"""
 
-_TIME_FIELDS = ("expires_at", "created_at", "updated_at", "last_used_at", "revoked_at")
+_TIME_FIELDS = ("expires_at", "created_at", "updated_at", "last_used_at", "revoked_at",
+                "first_used_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class KeyRecord:
     updated_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    first_used_at: datetime | None = None
     org_rate_limits: tuple[dict[str, Any], ...] = ()
     owner_rate_limits: tuple[dict[str, Any], ...] = ()
 

@@ -19,12 +19,14 @@ from pydantic import (
 
 from gateway.credentials import CREDENTIAL_KINDS
 from gateway.scopes import is_valid_scope
+from gateway.secretbox import parse_key
 
 ENV_OVERRIDES = {
     "KEYSTILE_DATABASE_URL": ("database_url",),
     "KEYSTILE_REDIS_URL": ("redis_url",),
     "KEYSTILE_ADMIN_TOKEN": ("admin", "token"),
     "KEYSTILE_JWT_SECRET": ("dialect", "nuxera", "jwt_secret"),
+    "KEYSTILE_ENCRYPTION_KEY": ("encryption_key",),
 }
 
 
@@ -150,7 +152,7 @@ class RouteSettings(_Strict):
         return value
 
 
-DIALECTS = ("scrubs", "scrubbe", "nuxera", "regen")
+DIALECTS = ("scrubs", "scrubbe", "nuxera", "opendental", "regen")
 
 REGEN_SCOPES = ["orders:read", "orders:write", "products:read", "products:write",
                 "inventory:read", "inventory:write", "commissions:read", "webhooks:read",
@@ -175,8 +177,17 @@ class Settings(_Strict):
     gateway: GatewaySettings = GatewaySettings()
     stores: StoreSettings = StoreSettings()
     routes: list[RouteSettings] = []
-    dialects: list[Literal["scrubs", "scrubbe", "nuxera", "regen"]] = []
+    dialects: list[Literal["scrubs", "scrubbe", "nuxera", "opendental", "regen"]] = []
     dialect: dict[str, DialectOptions] = {}
+    encryption_key: str | None = Field(None, description="base64 of 32 bytes: encrypts "
+                                       "recoverable secrets (KEYSTILE_ENCRYPTION_KEY)")
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _encryption_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_key(value)
+        return value
 
     @field_validator("dialect")
     @classmethod

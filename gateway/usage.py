@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # GREATEST: a refund's negative delta can meet a count an operator has just lowered.
 ADD_USAGE = """UPDATE keys SET usage_count = GREATEST(usage_count + $2, 0),
     last_used_at = CASE WHEN $3::timestamptz IS NULL THEN last_used_at
-                        ELSE GREATEST(COALESCE(last_used_at, $3), $3) END
+                        ELSE GREATEST(COALESCE(last_used_at, $3), $3) END,
+    first_used_at = COALESCE(first_used_at, $3)
 WHERE id = $1"""
 ADD_DAILY = """INSERT INTO key_usage_daily (key_id, day, count)
 SELECT $1, $2, GREATEST($3, 0) WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1)

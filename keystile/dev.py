@@ -58,6 +58,8 @@ def banner(opts: DevOptions, token: str, demo: DemoKeys, pg: EmbeddedPostgres,
     admin = f"http://{opts.admin_host}:{opts.admin_port}"
     gateway = f"http://127.0.0.1:{opts.gateway_port}"
     nuxera_jwt = demo_jwt(jwt_secret(opts.data_dir))
+    variables = (f"GATEWAY={gateway} ADMIN={admin} TOKEN={token} ROOT={demo.root_key} "
+                 f"SUB={demo.sub_key} JWT={nuxera_jwt}")
     return f"""
 Keystile dev stack is up (Ctrl-C stops everything).
 
@@ -77,7 +79,7 @@ Keystile dev stack is up (Ctrl-C stops everything).
 The two demo keys get fresh secrets on every start; keys you create are kept.
 
 Shell variables for the examples in README.md:
-  GATEWAY={gateway} ADMIN={admin} TOKEN={token} ROOT={demo.root_key} SUB={demo.sub_key} JWT={nuxera_jwt}
+  {variables}
 
 Try:
   curl -s '{gateway}/echo/hello?x=1' -H 'X-API-Key: {demo.sub_key}'

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from admin_api.dialects import nuxera, regen, scrubbe, scrubs
+from admin_api.dialects import nuxera, opendental, regen, scrubbe, scrubs
 from gateway.settings import ConfigError, Settings
 
-MODULES = {"scrubs": scrubs, "scrubbe": scrubbe, "nuxera": nuxera, "regen": regen}
+MODULES = {"scrubs": scrubs, "scrubbe": scrubbe, "nuxera": nuxera,
+           "opendental": opendental, "regen": regen}
 
 
 def mount(app: web.Application, settings: Settings) -> None:
     if "nuxera" in settings.dialects and not settings.dialect_options("nuxera").jwt_secret:
         raise ConfigError("the nuxera dialect needs a JWT secret: set KEYSTILE_JWT_SECRET or "
                           "[dialect.nuxera] jwt_secret (at least 32 characters)")
+    if "opendental" in settings.dialects and not settings.encryption_key:
+        raise ConfigError("the opendental dialect keeps customer keys encrypted: set "
+                          "KEYSTILE_ENCRYPTION_KEY (base64 of 32 random bytes, e.g. "
+                          "`openssl rand -base64 32`)")
     for name in settings.dialects:
         module = MODULES[name]
         prefix = settings.dialect_options(name).prefix

@@ -25,12 +25,13 @@ from admin_api.models import (
     RotateRequest,
 )
 from admin_api.repository import audit, keys, orgs
-from admin_api.state import POOL, REDIS
+from admin_api.state import POOL, REDIS, SETTINGS
 from admin_api.views import audit_view, key_out, respond
 from gateway import keyformat
 from gateway.database import Connection
 from gateway.keyrecord import KeyRecord
 from gateway.limits import stale_counters
+from gateway.secretbox import parse_key, seal
 
 NOT_NULLABLE = ("name", "scopes", "rate_limits", "metadata")
 
@@ -69,8 +70,25 @@ async def create_key(request: web.Request, principal: Principal, body: KeyCreate
     return respond(await create(request, principal, body), 201)
 
 
-async def create(request: web.Request, principal: Principal, body: KeyCreate) -> KeyCreated:
-    """Issues a key; the one place a raw key is made (dialects call this too)."""
+def _new_secret(key_prefix: str) -> str:
+    if key_prefix == keyformat.CUSTOMER_KEY_PREFIX:
+        return keyformat.generate_customer_key()
+    return keyformat.generate(key_prefix)
+
+
+def _box_key(request: web.Request) -> bytes:
+    text = request.app[SETTINGS].encryption_key
+    if text is None:
+        raise Conflict("recoverable keys need an encryption key: set KEYSTILE_ENCRYPTION_KEY",
+                       code="encryption_key_missing")
+    return parse_key(text)
+
+
+async def create(request: web.Request, principal: Principal, body: KeyCreate,
+                 customer_style: bool = False) -> KeyCreated:
+    """Issues a key; the one place a raw key is made (dialects call this too).
+    ``customer_style``: Open Dental's 16 upper-case alphanumerics instead of the canonical
+    format."""
     org_id = auth.org_scope(principal, body.org_id)
     if org_id is None:
         raise Unprocessable("org_id: required when creating a key with the operator token",
@@ -97,8 +115,9 @@ async def create(request: web.Request, principal: Principal, body: KeyCreate) ->
             expires_at = now + timedelta(seconds=defaults.expires_in_s)
         quota = body.quota or defaults.quota
         rate_limits = body.rate_limits if body.rate_limits is not None else defaults.rate_limits
-        key_prefix = body.prefix or org["key_prefix"]
-        raw = keyformat.generate(key_prefix)
+        key_prefix = (keyformat.CUSTOMER_KEY_PREFIX if customer_style
+                      else body.prefix or org["key_prefix"])
+        raw = _new_secret(key_prefix)
         key_id = keyformat.new_id("key")
         values = {
             "id": key_id,
@@ -117,6 +136,8 @@ async def create(request: web.Request, principal: Principal, body: KeyCreate) ->
             "metadata": body.metadata,
             "prefix": keyformat.display_prefix(raw),
             "key_prefix": key_prefix,
+            "secret_ciphertext": seal(_box_key(request), key_id, raw) if body.recoverable
+            else None,
         }
         if body.is_default and body.owner_id is not None:
             await keys.lock_owner(conn, org_id, body.owner_id)
@@ -226,7 +247,9 @@ async def rotate(request: web.Request, principal: Principal, key_id: str, grace_
             raise Conflict("a revoked key cannot be rotated; create a new key",
                            code="key_revoked")
         await changes.key(conn, key.id)
-        raw = keyformat.generate(key.key_prefix)
+        raw = _new_secret(key.key_prefix)
+        if key.recoverable:
+            await keys.set_sealed_secret(conn, key.id, seal(_box_key(request), key.id, raw))
         ends = await keys.rotate(conn, key.id, keyformat.hash_key(raw),
                                  keyformat.display_prefix(raw),
                                  timedelta(seconds=grace_seconds))

@@ -34,13 +34,15 @@ async def get(conn: Queryable, key_id: str, *, for_update: bool = False
 async def insert(conn: Connection, values: dict[str, Any], digest: bytes) -> KeyRecord:
     row = await conn.fetchrow(
         f"""INSERT INTO keys AS k (id, org_id, owner_id, name, environment, root, parent_id,
-            scopes, expires_at, usage_limit, quota, rate_limits, metadata, prefix, key_prefix)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            scopes, expires_at, usage_limit, quota, rate_limits, metadata, prefix, key_prefix,
+            recoverable, secret_ciphertext)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
         RETURNING {KEY_COLUMNS}""",
         values["id"], values["org_id"], values["owner_id"], values["name"],
         values["environment"], values["root"], values["parent_id"], values["scopes"],
         values["expires_at"], values["usage_limit"], values["quota"], values["rate_limits"],
-        values["metadata"], values["prefix"], values["key_prefix"])
+        values["metadata"], values["prefix"], values["key_prefix"],
+        values.get("secret_ciphertext") is not None, values.get("secret_ciphertext"))
     await conn.execute("INSERT INTO key_secrets (hash, key_id) VALUES ($1, $2)", digest,
                        values["id"])
     return _one(row)
@@ -163,4 +165,23 @@ async def id_by_serial(conn: Queryable, org_id: str, serial: int) -> str | None:
     """Dialects whose documented ids are integers address keys by their serial."""
     key_id: str | None = await conn.fetchval(
         "SELECT id FROM keys WHERE org_id = $1 AND serial = $2", org_id, serial)
+    return key_id
+
+
+async def sealed_secret(conn: Queryable, key_id: str) -> bytes | None:
+    """The encrypted secret of a recoverable key (never cached, never sent to Redis)."""
+    value: bytes | None = await conn.fetchval(
+        "SELECT secret_ciphertext FROM keys WHERE id = $1", key_id)
+    return value
+
+
+async def set_sealed_secret(conn: Connection, key_id: str, sealed: bytes) -> None:
+    await conn.execute("UPDATE keys SET secret_ciphertext = $2 WHERE id = $1", key_id, sealed)
+
+
+async def id_by_secret(conn: Queryable, org_id: str, digest: bytes) -> str | None:
+    """The key of ``org_id`` whose live secret hashes to ``digest``."""
+    key_id: str | None = await conn.fetchval(
+        """SELECT k.id FROM key_secrets s JOIN keys k ON k.id = s.key_id
+        WHERE s.hash = $1 AND k.org_id = $2""", digest, org_id)
     return key_id

@@ -13,6 +13,7 @@ async def extract(ex: Exchange, deps: Deps) -> None:
     if route.auth == "none":
         return
     ex.raw_key = route.extractor.extract(ex.request.headers)
+    ex.provider = route.extractor.provider(ex.request.headers)
     if ex.raw_key is None and route.extractor.refuse_query_keys and any(
             name in ex.request.query for name in KEY_QUERY_PARAMETERS):
         raise GatewayError("missing_key", "API keys are not accepted in the query string "

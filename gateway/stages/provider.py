@@ -12,9 +12,9 @@ from gateway.verification import Code, check_provider
 async def check(ex: Exchange, deps: Deps) -> None:
     extractor = ex.matched.extractor
     header = ex.matched.provider_header or extractor.provider_header
-    if ex.key is None or header is None:
+    if ex.key is None or (header is None and ex.provider is None):
         return
-    provider = ex.request.headers.get(header)
+    provider = ex.provider if ex.provider is not None else ex.request.headers.get(header or "")
     if provider is None:
         if extractor.provider_required:
             raise GatewayError(Code.MISSING_KEY, f"send the {header} header with your key")

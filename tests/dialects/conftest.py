@@ -18,7 +18,8 @@ from tests.admin_api.conftest import OPERATOR_TOKEN, Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import Upstream, upstream  # noqa: F401
 
-DIALECTS = ["scrubs", "scrubbe", "nuxera", "regen"]
+DIALECTS = ["scrubs", "scrubbe", "nuxera", "opendental", "regen"]
+ENCRYPTION_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # base64 of 32 bytes
 JWT_SECRET = "test-nuxera-jwt-secret-0123456789abcdef"
 
 
@@ -28,6 +29,7 @@ def dialect_settings(stores: Stores, upstream: Upstream) -> Settings:  # noqa: F
         database_url=stores.database_url, redis_url=stores.redis_url,
         admin=AdminSettings(token=OPERATOR_TOKEN), dialects=DIALECTS,  # type: ignore[arg-type]
         dialect={"nuxera": DialectOptions(jwt_secret=JWT_SECRET)},
+        encryption_key=ENCRYPTION_KEY,
         routes=[RouteSettings(prefix=f"/{name}", upstream=upstream.url, credentials=name)
                 for name in DIALECTS])
 

@@ -11,7 +11,7 @@ async def test_every_dialect_route_requires_credentials(dialect_admin: Admin) ->
     dialect_routes = {(r.method, r.resource.canonical)
                       for r in dialect_admin.client.app.router.routes()
                       if r.method != "HEAD" and r.resource is not None} - canonical
-    assert len(dialect_routes) == 26  # scrubs 4, scrubbe 5, nuxera 11, regen 6
+    assert len(dialect_routes) == 29  # scrubs 4, scrubbe 5, nuxera 11, opendental 3, regen 6
     for method, path in sorted(dialect_routes):
         resp = await dialect_admin.client.request(method, re.sub(r"\{\w+\}", "x", path),
                                                   json={})

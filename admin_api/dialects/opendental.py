@@ -1,0 +1,141 @@
+"""Open Dental's developer portal (seeds/opendental-developer-portal-apikeys.txt):
+``/apikeys`` GET / POST / PUT, authenticated by ``Authorization: ODFHIR
+{DeveloperKey}/{DeveloperPortalKey}`` — the organisation's provider_id and one of its root
+keys. A CustomerKey is 16 upper-case alphanumerics. Its contract lists customer keys in
+clear, so they are *recoverable*: the secret is kept encrypted (AES-GCM,
+KEYSTILE_ENCRYPTION_KEY) and decrypted for the listing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from admin_api.auth import KEY, Principal
+from admin_api.dialects.common import DialectError, handler, json
+from admin_api.handlers import keys as core
+from admin_api.models import KeyCreate, KeyListQuery, KeyOut, KeyUpdate
+from admin_api.repository import keys as key_rows
+from admin_api.state import POOL, SETTINGS
+from gateway.keyformat import hash_key, is_customer_key
+from gateway.secretbox import SecretBoxError, open_, parse_key
+from gateway.verification import Code, verify
+
+NO_DATE = "0001-01-01"
+NO_DATETIME = "0001-01-01 00:00:00"
+
+
+class UpdateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    CustomerKey: str = Field(min_length=1)
+    KeyStatus: Literal["Enabled", "DisabledByDeveloper"] | None = None
+    DevRefId: str | None = Field(None, max_length=200)
+
+
+async def _caller(request: web.Request) -> Principal:
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    developer, sep, portal_key = credential.strip().partition("/")
+    if scheme != "ODFHIR" or not sep or not developer or not portal_key:
+        raise DialectError(401, "Unauthorized: send 'Authorization: ODFHIR "
+                           "{DeveloperKey}/{DeveloperPortalKey}'")
+    verdict = await verify(request.app[POOL], portal_key, now=datetime.now(UTC),
+                           provider=developer)
+    if verdict.code is Code.INVALID_PROVIDER:
+        raise DialectError(401, "Unauthorized: unknown DeveloperKey")
+    if not verdict.valid or verdict.record is None or not verdict.record.root:
+        raise DialectError(401, "Unauthorized: the DeveloperPortalKey is not valid for this "
+                           "DeveloperKey")
+    return Principal(KEY, verdict.record)
+
+
+def _view(request: web.Request, key: KeyOut, sealed: bytes | None) -> dict[str, Any]:
+    customer_key = ""
+    if sealed is not None:
+        try:
+            customer_key = open_(_box(request), key.id, sealed)
+        except SecretBoxError:
+            raise DialectError(500, "the configured encryption key cannot open the stored "
+                               "customer keys; restore the key they were sealed with") from None
+    disabled = key.metadata.get("disabled_on")
+    return {
+        "CustomerKey": customer_key,
+        "KeyStatus": "Enabled" if key.status == "active" else "DisabledByDeveloper",
+        "DateCreated": key.created_at.astimezone(UTC).date().isoformat(),
+        "DateDisabled": disabled if key.status != "active" and disabled else NO_DATE,
+        "DateTimeAssigned": (key.first_used_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+                             if key.first_used_at else NO_DATETIME),
+        "DevRefId": key.metadata.get("dev_ref_id", ""),
+    }
+
+
+def _box(request: web.Request) -> bytes:
+    text = request.app[SETTINGS].encryption_key
+    assert text is not None  # checked when the dialect is mounted
+    return parse_key(text)
+
+
+@handler
+async def list_keys(request: web.Request) -> web.Response:
+    principal = await _caller(request)
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await core.page(request, principal, KeyListQuery(root=False, limit=1000,
+                                                                cursor=cursor))
+        for key in page.data:
+            if key.recoverable:
+                sealed = await key_rows.sealed_secret(request.app[POOL], key.id)
+                found.append(_view(request, key, sealed))
+        if page.next_cursor is None:
+            return json(found)
+        cursor = page.next_cursor
+
+
+@handler
+async def create(request: web.Request) -> web.Response:
+    principal = await _caller(request)
+    created = await core.create(request, principal, KeyCreate(recoverable=True),
+                                customer_style=True)
+    view = _view(request, created, None)
+    return json({**view, "CustomerKey": created.key}, 201)
+
+
+@handler
+async def update(request: web.Request) -> web.Response:
+    principal = await _caller(request)
+    try:
+        spec = UpdateKey.model_validate_json(await request.read() or b"{}")
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise DialectError(400, f"BadRequest: {field}: {first['msg']}") from None
+    if not is_customer_key(spec.CustomerKey):
+        raise DialectError(400, "BadRequest: CustomerKey must be 16 upper-case letters or "
+                           "digits")
+    assert principal.key is not None
+    key_id = await key_rows.id_by_secret(request.app[POOL], principal.key.org_id,
+                                         hash_key(spec.CustomerKey))
+    if key_id is None:
+        raise DialectError(404, "NotFound: no such CustomerKey for this developer")
+    key = await core.read(request, principal, key_id)
+    metadata = dict(key.metadata)
+    if spec.DevRefId is not None:
+        metadata["dev_ref_id"] = spec.DevRefId
+    if spec.KeyStatus == "DisabledByDeveloper" and key.status == "active":
+        metadata["disabled_on"] = datetime.now(UTC).date().isoformat()
+        key = await core.set_status(request, principal, key_id, "key.pause", "paused")
+    elif spec.KeyStatus == "Enabled" and key.status == "paused":
+        key = await core.set_status(request, principal, key_id, "key.resume", "active")
+    if metadata != key.metadata:
+        key = await core.update(request, principal, key_id, KeyUpdate(metadata=metadata))
+    return json(_view(request, key, await key_rows.sealed_secret(request.app[POOL], key_id)))
+
+
+ROUTES = [
+    ("GET", "/apikeys", list_keys),
+    ("POST", "/apikeys", create),
+    ("PUT", "/apikeys", update),
+]
