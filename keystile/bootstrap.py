@@ -15,6 +15,7 @@ from admin_api.repository.audit import Actor
 from admin_api.views import audit_view, key_out
 from gateway import keyformat
 from gateway.database import Connection
+from gateway.secretbox import SecretBoxError, open_, seal
 
 SYSTEM = Actor("system", "keystile-dev")
 DEMO_PROVIDER = "demo"
@@ -89,3 +90,29 @@ async def ensure_demo(conn: Connection, changes: Changes) -> DemoKeys:
             "owner_id": "demo-client", "name": "demo sub key", "root": False,
             "parent_id": root_id, "scopes": SUB_SCOPES}, changes)
     return DemoKeys(org_id, root_id, root, sub)
+
+
+async def ensure_customer_key(conn: Connection, org_id: str, box_key: bytes) -> str:
+    """The demo organisation's Open Dental CustomerKey: recoverable, so the same one is shown
+    on every start."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT id, secret_ciphertext FROM keys WHERE org_id = $1 "
+            "AND metadata->>'demo' = 'customer' AND status = 'active'", org_id)
+        if row is not None and row["secret_ciphertext"] is not None:
+            try:
+                return open_(box_key, row["id"], bytes(row["secret_ciphertext"]))
+            except SecretBoxError:
+                pass  # the data folder's encryption key changed: issue a new demo key
+        raw = keyformat.generate_customer_key()
+        key_id = keyformat.new_id("key")
+        record = await keys.insert(conn, {
+            "id": key_id, "org_id": org_id, "owner_id": "demo-practice",
+            "name": "demo customer key", "environment": "development", "root": False,
+            "parent_id": None, "scopes": [], "usage_limit": None, "expires_at": None,
+            "quota": None, "rate_limits": [], "metadata": {"demo": "customer"},
+            "prefix": keyformat.display_prefix(raw),
+            "key_prefix": keyformat.CUSTOMER_KEY_PREFIX,
+            "secret_ciphertext": seal(box_key, key_id, raw)}, keyformat.hash_key(raw))
+        await _record(conn, "key.create", record.id, org_id, audit_view(key_out(record)))
+    return raw

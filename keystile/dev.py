@@ -20,9 +20,10 @@ from admin_api.migrate import migrate
 from gateway.accesslog import AccessLogger as GatewayAccessLogger
 from gateway.app import create_app as create_gateway_app
 from gateway.database import connect
+from gateway.secretbox import new_key, parse_key
 from gateway.settings import MIN_TOKEN_LEN, AdminSettings, ConfigError, Settings, load
 from keystile import echo, serving
-from keystile.bootstrap import DEMO_PROVIDER, DemoKeys, ensure_demo
+from keystile.bootstrap import DEMO_PROVIDER, DemoKeys, ensure_customer_key, ensure_demo
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, write_secret
 
 DEV_CONFIG = Path(__file__).resolve().parents[1] / "config" / "dev.toml"
@@ -53,7 +54,7 @@ def operator_token(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def banner(opts: DevOptions, token: str, demo: DemoKeys, pg: EmbeddedPostgres,
+def banner(opts: DevOptions, token: str, demo: DemoKeys, customer: str, pg: EmbeddedPostgres,
            redis: EmbeddedRedis) -> str:
     admin = f"http://{opts.admin_host}:{opts.admin_port}"
     gateway = f"http://127.0.0.1:{opts.gateway_port}"
@@ -105,6 +106,8 @@ Seed dialects (management on the admin listener, clients through the gateway):
   curl -s {gateway}/scrubbe/incidents -H 'X-API-Key: {demo.sub_key}'
   curl -s {admin}/api/apiKeys -H 'Authorization: Bearer {nuxera_jwt}'
   curl -s {gateway}/nuxera/transcribe -H 'x-api-key: {demo.sub_key}'
+  curl -s {admin}/apikeys -H 'Authorization: ODFHIR demo/{demo.root_key}'
+  curl -s {gateway}/opendental/patients -H 'Authorization: ODFHIR demo/{customer}'
   curl -s {admin}/api/v1/api-keys -H 'X-API-Key: {demo.root_key}'
   curl -s {gateway}/regen/orders -H 'X-API-Key: {demo.sub_key}'
 
@@ -123,6 +126,17 @@ def jwt_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def encryption_key(data_dir: Path) -> str:
+    """KEYSTILE_ENCRYPTION_KEY if set, else one generated once and kept in the data folder
+    (only ``keystile dev`` does this; losing it makes recoverable keys unrecoverable)."""
+    if os.environ.get("KEYSTILE_ENCRYPTION_KEY"):
+        return os.environ["KEYSTILE_ENCRYPTION_KEY"]
+    path = data_dir / "encryption-key"
+    if not path.exists():
+        write_secret(path, new_key())
+    return path.read_text().strip()
+
+
 def demo_jwt(secret: str) -> str:
     """A Nuxera management token for demo user 1 of the demo organisation, valid 30 days."""
     claims = {"sub": "1", "org": DEMO_PROVIDER, "exp": int(time.time()) + 30 * 86400}
@@ -131,7 +145,8 @@ def demo_jwt(secret: str) -> str:
 
 def dev_settings(opts: DevOptions, token: str, database_url: str, redis_url: str) -> Settings:
     """``config/dev.toml`` with the stores, ports and operator token of this run."""
-    base = load(DEV_CONFIG, {"KEYSTILE_JWT_SECRET": jwt_secret(opts.data_dir)})
+    base = load(DEV_CONFIG, {"KEYSTILE_JWT_SECRET": jwt_secret(opts.data_dir),
+                             "KEYSTILE_ENCRYPTION_KEY": encryption_key(opts.data_dir)})
     upstream = f"http://127.0.0.1:{opts.upstream_port}"
     routes = [r.model_copy(update={"upstream": r.upstream.replace(DEV_UPSTREAM, upstream)})
               for r in base.routes]
@@ -151,6 +166,8 @@ async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
     try:
         await migrate(conn)
         demo = await ensure_demo(conn, Changes())
+        customer = await ensure_customer_key(conn, demo.org_id,
+                                             parse_key(encryption_key(opts.data_dir)))
         # Redis keeps its data across runs: the old demo secrets' shared records must go.
         await drain(conn, client)
     finally:
@@ -165,7 +182,7 @@ async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
                          opts.gateway_port, GatewayAccessLogger),
     ])
     try:
-        print(banner(opts, token, demo, pg, redis), flush=True)
+        print(banner(opts, token, demo, customer, pg, redis), flush=True)
         await stop.wait()
         print("stopping…", flush=True)
     finally:

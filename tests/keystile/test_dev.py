@@ -79,7 +79,7 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
     status, _ = _call(f"{gateway}/public/x", {})
     assert status == 200
 
-    assert len(_curl_lines(banner)) == 18  # every printed example is tried below
+    assert len(_curl_lines(banner)) == 20  # every printed example is tried below
     if shutil.which("curl"):
         for line in _curl_lines(banner):
             result = subprocess.run(["bash", "-c", line + " -f -o /dev/null -w '%{http_code}'"],
