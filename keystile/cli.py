@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -122,6 +123,41 @@ async def _admin(settings: Settings, host: str, port: int) -> None:
         await serving.stop(runners)
 
 
+async def _rekey(settings: Settings, old_text: str) -> None:
+    """Re-seals every recoverable secret from the old encryption key to the configured one."""
+    from gateway.secretbox import SecretBoxError, open_, parse_key, seal
+
+    if settings.encryption_key is None:
+        raise CommandError("set KEYSTILE_ENCRYPTION_KEY to the new key")
+    try:
+        old, new = parse_key(old_text), parse_key(settings.encryption_key)
+    except ValueError as exc:
+        raise CommandError(f"KEYSTILE_OLD_ENCRYPTION_KEY {exc}") from None
+    conn = await _connect(settings)
+    try:
+        async with conn.transaction():
+            rows = await conn.fetch("SELECT id, secret_ciphertext FROM keys "
+                                    "WHERE secret_ciphertext IS NOT NULL FOR UPDATE")
+            for row in rows:
+                try:
+                    secret = open_(old, row["id"], bytes(row["secret_ciphertext"]))
+                except SecretBoxError:
+                    raise CommandError(f"the old key does not open key {row['id']}; nothing "
+                                       "was changed") from None
+                await conn.execute("UPDATE keys SET secret_ciphertext = $2 WHERE id = $1",
+                                   row["id"], seal(new, row["id"], secret))
+    finally:
+        await conn.close()
+    print(f"re-sealed {len(rows)} recoverable key(s) under the new encryption key")
+
+
+def cmd_rekey(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    old = os.environ.get("KEYSTILE_OLD_ENCRYPTION_KEY")
+    if not old:
+        raise CommandError("set KEYSTILE_OLD_ENCRYPTION_KEY to the key being replaced")
+    return _rekey(_settings(args), old)
+
+
 def cmd_gateway(args: argparse.Namespace) -> None:
     from gateway.server import StartError, serve
 
@@ -205,6 +241,11 @@ def parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", help="overrides [gateway] host")
     gateway.add_argument("--port", type=_port, help="overrides [gateway] port")
     gateway.set_defaults(func=cmd_gateway)
+
+    rekey = sub.add_parser("rekey", help="re-seal recoverable keys under a new encryption key "
+                           "(KEYSTILE_OLD_ENCRYPTION_KEY -> KEYSTILE_ENCRYPTION_KEY)")
+    rekey.add_argument("--config", help="TOML configuration file")
+    rekey.set_defaults(func=cmd_rekey)
 
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("--config", help="TOML configuration file")

@@ -94,3 +94,45 @@ def test_admin_refuses_nuxera_without_a_jwt_secret(cli: Cli, stores: Stores,
     env = {"KEYSTILE_DATABASE_URL": stores.database_url, "KEYSTILE_REDIS_URL": stores.redis_url,
            "KEYSTILE_ADMIN_TOKEN": TOKEN, "KEYSTILE_JWT_SECRET": ""}
     _one_line_error(cli.run("admin", "--config", str(config), env=env), "KEYSTILE_JWT_SECRET")
+
+
+def test_rekey_reseals_recoverable_keys(cli: Cli, stores: Stores) -> None:
+    import asyncio
+
+    from gateway.database import connect
+    from gateway.secretbox import new_key, open_, parse_key, seal
+
+    old, new = new_key(), new_key()
+
+    async def seed() -> str:
+        conn = await connect(stores.database_url)
+        try:
+            org = await conn.fetchval(
+                "INSERT INTO orgs (id, name, provider_id, key_prefix) VALUES "
+                "('org_rekeyAAAAAAAAAAAAAAAAA', 'r', 'rekey', 'ks') RETURNING id")
+            await conn.execute(
+                "INSERT INTO keys (id, org_id, prefix, key_prefix, recoverable, "
+                "secret_ciphertext) VALUES ('key_rekeyAAAAAAAAAAAAAAAAA', $1, 'x', 'od', true, "
+                "$2)", org, seal(parse_key(old), "key_rekeyAAAAAAAAAAAAAAAAA", "SECRETSECRET1234"))
+            return str(org)
+        finally:
+            await conn.close()
+
+    async def sealed() -> bytes:
+        conn = await connect(stores.database_url)
+        try:
+            value = await conn.fetchval("SELECT secret_ciphertext FROM keys WHERE id = "
+                                        "'key_rekeyAAAAAAAAAAAAAAAAA'")
+            await conn.execute("DELETE FROM orgs WHERE id = 'org_rekeyAAAAAAAAAAAAAAAAA'")
+            return bytes(value)
+        finally:
+            await conn.close()
+
+    asyncio.run(seed())
+    env = {"KEYSTILE_DATABASE_URL": stores.database_url, "KEYSTILE_ENCRYPTION_KEY": new,
+           "KEYSTILE_OLD_ENCRYPTION_KEY": old}
+    result = cli.run("rekey", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "re-sealed 1 recoverable key" in result.stdout
+    box = asyncio.run(sealed())
+    assert open_(parse_key(new), "key_rekeyAAAAAAAAAAAAAAAAA", box) == "SECRETSECRET1234"
