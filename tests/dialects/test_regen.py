@@ -62,3 +62,37 @@ async def test_unknown_scope_is_400_naming_it(dialect_admin: Admin, tenant: dict
     body = await dialect_admin.call("POST", BASE, headers={}, json={"name": "x", "scopes": []},
                                     expect=401)
     await dialect_admin.call("GET", BASE, headers={"X-API-Key": "rg_nonsense"}, expect=401)
+
+
+async def test_expiry_holds_at_the_gateway(dialect_admin: Admin, tenant: dict[str, Any],
+                                           dialect_gateway: TestClient) -> None:
+    import asyncio
+
+    auth = {"X-API-Key": tenant["root"]["key"]}
+    key = await dialect_admin.call("POST", BASE, headers=auth, json={
+        "name": "soon", "scopes": ["orders:read"]}, expect=201)
+    headers = {"X-API-Key": key["key"]}
+    assert (await dialect_gateway.get("/regen/x", headers=headers)).status == 200
+    await dialect_admin.call("PUT", f"{BASE}/{key['id']}", headers=auth,
+                             json={"expiresAt": "2001-01-01T00:00:00Z"}, expect=200)
+    for _ in range(100):
+        resp = await dialect_gateway.get("/regen/x", headers=headers)
+        if resp.status == 401:
+            break
+        await asyncio.sleep(0.01)
+    assert (await resp.json())["error"]["code"] == "key_expired"
+
+
+async def test_a_prefix_moves_the_dialect(aiohttp_client: Any, dialect_settings: Any,
+                                          tenant: dict[str, Any], db: Any) -> None:
+    from admin_api.app import create_app
+    from gateway.settings import DialectOptions
+
+    options = dict(dialect_settings.dialect)
+    options["regen"] = DialectOptions(prefix="/regen")
+    client = await aiohttp_client(create_app(dialect_settings.model_copy(
+        update={"dialect": options})))
+    resp = await client.get("/regen/api/v1/api-keys",
+                            headers={"X-API-Key": tenant["root"]["key"]})
+    assert resp.status == 200
+    assert (await client.get("/api/v1/api-keys")).status == 404

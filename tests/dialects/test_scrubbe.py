@@ -80,3 +80,21 @@ async def test_errors(dialect_admin: Admin, tenant: dict[str, Any]) -> None:
                                     expect=403)
     assert "root" in body["error"]
     await dialect_admin.call("POST", f"{BASE}/key_unknown/revoke", headers=auth, expect=404)
+
+
+async def test_status_and_expiry_hold_at_the_gateway(dialect_admin: Admin, tenant: dict[str, Any],
+                                                     dialect_gateway: TestClient) -> None:
+    import asyncio
+
+    auth = bearer(tenant["root"]["key"])
+    key = await dialect_admin.call("POST", f"{BASE}/createapikey", headers=auth, json={
+        "name": "k", "environment": "STAGING", "scopes": ["incidents:read"]}, expect=201)
+    headers = {"X-API-Key": key["key"]}
+    assert (await dialect_gateway.get("/scrubbe/x", headers=headers)).status == 200
+    await dialect_admin.call("POST", f"{BASE}/{key['id']}/revoke", headers=auth, expect=200)
+    for _ in range(100):  # delivered through the invalidation channel
+        resp = await dialect_gateway.get("/scrubbe/x", headers=headers)
+        if resp.status == 401:
+            break
+        await asyncio.sleep(0.01)
+    assert (await resp.json())["error"]["code"] == "key_revoked"
