@@ -102,15 +102,16 @@ async def ensure_customer_key(conn: Connection, org_id: str, box_key: bytes) -> 
         if row is not None and row["secret_ciphertext"] is not None:
             try:
                 return open_(box_key, row["id"], bytes(row["secret_ciphertext"]))
-            except SecretBoxError:
-                pass  # the data folder's encryption key changed: issue a new demo key
+            except SecretBoxError:  # the data folder's encryption key changed: replace it
+                await conn.execute("UPDATE keys SET status = 'revoked', revoked_at = now() "
+                                   "WHERE id = $1", row["id"])
         raw = keyformat.generate_customer_key()
         key_id = keyformat.new_id("key")
         record = await keys.insert(conn, {
             "id": key_id, "org_id": org_id, "owner_id": "demo-practice",
             "name": "demo customer key", "environment": "development", "root": False,
             "parent_id": None, "scopes": [], "usage_limit": None, "expires_at": None,
-            "quota": None, "rate_limits": [], "metadata": {"demo": "customer"},
+            "quota": None, "rate_limits": [], "metadata": {"demo": "customer", "opendental": True},
             "prefix": keyformat.display_prefix(raw),
             "key_prefix": keyformat.CUSTOMER_KEY_PREFIX,
             "secret_ciphertext": seal(box_key, key_id, raw)}, keyformat.hash_key(raw))

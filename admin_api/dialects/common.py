@@ -43,6 +43,11 @@ def handler(fn: Handler) -> Handler:
             return json({"error": exc.message, "request_id": request[REQUEST_ID]}, exc.status)
         except ApiError as exc:
             return json({"error": exc.message, "request_id": request[REQUEST_ID]}, exc.status)
+        except ValidationError as exc:  # a value the core refuses (too long, NUL, out of range)
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return json({"error": f"Request body is invalid ({where}: {first['msg']})",
+                         "request_id": request[REQUEST_ID]}, 400)
 
     wrapped.__name__ = fn.__name__
     return wrapped

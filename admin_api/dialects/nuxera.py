@@ -62,16 +62,22 @@ class DefaultChange(BaseModel):
     old_id: int | None = None
 
 
+OWNER_PREFIX = "nuxera:"  # Nuxera users own keys in a namespace of their own
+
+
 class Caller:
-    """The JWT's user, acting on the keys they own within their organisation."""
+    """The JWT's user, acting on the keys they own within their organisation — and on no
+    other: their keys' owner is ``nuxera:<sub>``, a namespace no other dialect writes to."""
 
     def __init__(self, org_id: str, user: str) -> None:
         self.org_id, self.user = org_id, user
-        self.principal = Principal(OPERATOR, on_behalf_of=Actor("system", f"nuxera:{user}"))
+        self.owner = OWNER_PREFIX + user
+        self.principal = Principal(OPERATOR, on_behalf_of=Actor("system", self.owner))
 
 
-def _user_id(user: str | None) -> int | str | None:
-    return int(user) if user is not None and user.isdigit() else user
+def _user_id(owner: str | None) -> int | str | None:
+    user = (owner or "").removeprefix(OWNER_PREFIX)
+    return int(user) if user.isascii() and user.isdigit() else user
 
 
 def _view(key: KeyOut, raw: str | None = None) -> dict[str, Any]:
@@ -95,7 +101,7 @@ async def _caller(request: web.Request) -> Caller:
     assert options.jwt_secret is not None  # checked when the dialect is mounted
     try:
         claims = jwt.decode(token.strip(), options.jwt_secret, algorithms=["HS256"],
-                            options={"require": ["sub"]})
+                            options={"require": ["sub", "exp"]})
     except jwt.ExpiredSignatureError:
         raise NuxeraError(401, "JWT token expired") from None
     except jwt.InvalidTokenError:
@@ -105,7 +111,10 @@ async def _caller(request: web.Request) -> Caller:
               if isinstance(provider, str) else None)
     if org_id is None:
         raise NuxeraError(401, f"the JWT's '{options.org_claim}' claim names no organisation")
-    caller = Caller(org_id, str(claims["sub"]))
+    user = claims["sub"]
+    if not isinstance(user, str) or not 1 <= len(user) <= 100:
+        raise NuxeraError(401, "Invalid JWT token")
+    caller = Caller(org_id, user)
     decision = await request.app[LIMITER].hit(f"nuxera:{org_id}", f"user:{caller.user}",
                                               MANAGEMENT_LIMITS, datetime.now(UTC))
     if not decision.allowed:
@@ -116,15 +125,15 @@ async def _caller(request: web.Request) -> Caller:
 
 async def _key_id(request: web.Request, caller: Caller, raw_id: Any) -> str:
     """The key of this user with the integer id ``raw_id``."""
-    try:
-        serial = int(str(raw_id))
-    except ValueError:
-        raise NuxeraError(400, INVALID) from None
+    text = str(raw_id)
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise NuxeraError(400, INVALID)
+    serial = int(text)
     key_id = await key_rows.id_by_serial(request.app[POOL], caller.org_id, serial)
     if key_id is None:
         raise NuxeraError(404, NOT_FOUND)
     key = await core.read(request, caller.principal, key_id)
-    if key.owner_id != caller.user:
+    if key.owner_id != caller.owner or key.root:
         raise NuxeraError(404, NOT_FOUND)
     return key_id
 
@@ -134,6 +143,12 @@ async def _parse(request: web.Request, model: type[BaseModel]) -> Any:
         return model.model_validate_json(await request.read() or b"{}")
     except ValidationError:
         raise NuxeraError(400, INVALID) from None
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise NuxeraError(400, INVALID)
+    return value
 
 
 def handler(fn: Any) -> Any:
@@ -146,6 +161,8 @@ def handler(fn: Any) -> Any:
             status, message, headers = exc.status, exc.message, {}
             if status == 404:
                 message = NOT_FOUND
+        except ValidationError:  # a value the core refuses (too long, NUL, out of range)
+            status, message, headers = 400, INVALID, {}
         error = GatewayError(f"nuxera_{status}", message, headers=headers, status=status)
         response = render(request, error, request[REQUEST_ID], json_body={"error": message})
         response.headers["Cache-Control"] = "no-store"
@@ -164,7 +181,7 @@ async def create(request: web.Request) -> web.Response:
     caller = await _caller(request)
     spec = await _parse(request, CreateKey)
     created = await core.create(request, caller.principal, KeyCreate(
-        org_id=caller.org_id, owner_id=caller.user, name=spec.name,
+        org_id=caller.org_id, owner_id=caller.owner, name=_no_nul(spec.name),
         metadata={"nuxera_type": spec.type}, scopes=[]))
     out: KeyOut = created
     if spec.status == "paused":
@@ -181,7 +198,8 @@ async def _list(request: web.Request, caller: Caller, user: str) -> web.Response
     cursor = None
     while True:
         page = await core.page(request, caller.principal, KeyListQuery(
-            org_id=caller.org_id, owner_id=user, limit=1000, cursor=cursor))
+            org_id=caller.org_id, owner_id=OWNER_PREFIX + user, root=False, limit=1000,
+            cursor=cursor))
         found += [_view(k) for k in page.data]
         if page.next_cursor is None:
             return json(found)
@@ -197,10 +215,9 @@ async def list_keys(request: web.Request) -> web.Response:
 @handler
 async def user_keys(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    user = request.match_info["user_id"]
-    if not user.isdigit() and user != caller.user:
-        raise NuxeraError(400, INVALID)
-    return await _list(request, caller, user)
+    if request.match_info["user_id"] != caller.user:  # a user sees their own keys only
+        raise NuxeraError(404, NOT_FOUND)
+    return await _list(request, caller, caller.user)
 
 
 @handler
@@ -218,7 +235,7 @@ async def update(request: web.Request) -> web.Response:
     current = await core.read(request, caller.principal, key_id)
     changes: dict[str, Any] = {}
     if spec.name is not None:
-        changes["name"] = spec.name
+        changes["name"] = _no_nul(spec.name)
     if spec.type is not None:
         changes["metadata"] = {**current.metadata, "nuxera_type": spec.type}
     if not changes:

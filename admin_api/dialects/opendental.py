@@ -7,6 +7,7 @@ KEYSTILE_ENCRYPTION_KEY) and decrypted for the listing."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,6 +24,9 @@ from gateway.keyformat import hash_key, is_customer_key
 from gateway.secretbox import SecretBoxError, open_, parse_key
 from gateway.verification import Code, verify
 
+log = logging.getLogger(__name__)
+
+MARKER = "opendental"  # metadata flag of the keys this dialect issued
 NO_DATE = "0001-01-01"
 NO_DATETIME = "0001-01-01 00:00:00"
 
@@ -86,9 +90,14 @@ async def list_keys(request: web.Request) -> web.Response:
         page = await core.page(request, principal, KeyListQuery(root=False, limit=1000,
                                                                 cursor=cursor))
         for key in page.data:
-            if key.recoverable:
-                sealed = await key_rows.sealed_secret(request.app[POOL], key.id)
+            if not (key.recoverable and key.metadata.get(MARKER)):
+                continue  # only this dialect's customer keys are ever revealed
+            sealed = await key_rows.sealed_secret(request.app[POOL], key.id)
+            try:
                 found.append(_view(request, key, sealed))
+            except DialectError:
+                log.error("customer key %s cannot be opened with the configured "
+                          "encryption key; left out of the listing", key.id)
         if page.next_cursor is None:
             return json(found)
         cursor = page.next_cursor
@@ -97,7 +106,8 @@ async def list_keys(request: web.Request) -> web.Response:
 @handler
 async def create(request: web.Request) -> web.Response:
     principal = await _caller(request)
-    created = await core.create(request, principal, KeyCreate(recoverable=True),
+    created = await core.create(request, principal,
+                                KeyCreate(recoverable=True, metadata={MARKER: True}),
                                 customer_style=True)
     view = _view(request, created, None)
     return json({**view, "CustomerKey": created.key}, 201)
@@ -121,6 +131,8 @@ async def update(request: web.Request) -> web.Response:
     if key_id is None:
         raise DialectError(404, "NotFound: no such CustomerKey for this developer")
     key = await core.read(request, principal, key_id)
+    if not key.metadata.get(MARKER):
+        raise DialectError(404, "NotFound: no such CustomerKey for this developer")
     metadata = dict(key.metadata)
     if spec.DevRefId is not None:
         metadata["dev_ref_id"] = spec.DevRefId

@@ -118,6 +118,9 @@ async def update(request: web.Request) -> web.Response:
     if spec.friendly_name is not None:
         changes["name"] = spec.friendly_name
     if "usage_limit" in spec.model_fields_set:
+        if spec.usage_limit is None:
+            raise DialectError(400, "Request body is invalid. usage_limit must be numeric "
+                               "when provided.")
         changes["usage_limit"] = spec.usage_limit
     try:
         target = await core.read(request, principal, spec.id)

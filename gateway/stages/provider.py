@@ -22,6 +22,7 @@ async def check(ex: Exchange, deps: Deps) -> None:
     org_id = await deps.providers.org_id(provider.strip())
     if org_id is None:
         raise GatewayError(Code.INVALID_PROVIDER,
-                           f"{header} names no organisation; check the provider id")
+                           f"{header or 'the credential'} names no organisation; check the "
+                           "provider id")
     if check_provider(ex.key, org_id) is not Code.VALID:
         raise GatewayError(Code.INVALID_KEY)

@@ -116,3 +116,35 @@ async def test_management_rate_limit_per_user(dialect_admin: Admin, tenant: dict
     resp = await dialect_admin.client.get(BASE, headers=me)
     assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
     assert (await dialect_admin.client.get(BASE, headers=token(user="calm"))).status == 200
+
+
+async def test_users_reach_only_their_own_keys(dialect_admin: Admin, tenant: dict[str, Any]
+                                               ) -> None:
+    mine = await dialect_admin.call("POST", BASE, headers=token(user="2"), json={
+        "name": "two", "type": "t2yd", "status": "active"}, expect=201)
+    other = token(user="3")
+    await dialect_admin.call("GET", f"{BASE}/userKeys/2", headers=other, expect=404)
+    await dialect_admin.call("GET", f"{BASE}/{mine['id']}", headers=other, expect=404)
+    # A JWT whose sub equals another dialect's owner reaches none of those keys, nor the
+    # organisation's root key.
+    clinic = await dialect_admin.key(tenant["org"]["id"], owner_id="c1")
+    root_serial = tenant["root"]["serial"]
+    sneaky = token(user="c1")
+    assert await dialect_admin.call("GET", BASE, headers=sneaky, expect=200) == []
+    await dialect_admin.call("GET", f"{BASE}/{clinic['serial']}", headers=sneaky, expect=404)
+    await dialect_admin.call("PATCH", f"{BASE}/{root_serial}/pause",
+                             headers=token(user=str(tenant["root"]["owner_id"])), expect=404)
+
+
+async def test_tokens_without_expiry_and_odd_values_are_refused(dialect_admin: Admin,
+                                                                tenant: dict[str, Any]) -> None:
+    no_exp = {"Authorization": "Bearer " + jwt.encode({"sub": "1", "org": "tenant"},
+                                                      JWT_SECRET, algorithm="HS256")}
+    await dialect_admin.call("GET", BASE, headers=no_exp, expect=401)
+    me = token()
+    for payload in ({"name": "a\u0000b", "type": "t2yd", "status": "active"},
+                    {"name": "x" * 300, "type": "t2yd", "status": "active"}):
+        assert await dialect_admin.call("POST", BASE, headers=me, json=payload,
+                                        expect=400) == {"error": "Invalid request data"}
+    await dialect_admin.call("GET", f"{BASE}/1_0", headers=me, expect=400)
+    await dialect_admin.call("GET", BASE, headers=token(user="x" * 300), expect=401)

@@ -94,3 +94,21 @@ async def test_errors(dialect_admin: Admin, tenant: dict[str, Any]) -> None:
     await dialect_admin.call("PUT", "/apikeys", headers=auth,
                              json={"CustomerKey": "AAAAAAAAAAAAAAAA", "KeyStatus": "Off"},
                              expect=400)
+
+
+async def test_only_customer_keys_are_revealed(dialect_admin: Admin, tenant: dict[str, Any]
+                                               ) -> None:
+    narrow = await dialect_admin.key(tenant["org"]["id"], root=True, scopes=["echo:read"])
+    wide = await dialect_admin.key(tenant["org"]["id"], scopes=["*"], recoverable=True)
+    listed = await dialect_admin.call("GET", "/apikeys",
+                                      headers=odfhir("tenant", narrow["key"]), expect=200)
+    assert wide["key"] not in str(listed)
+    customer = await dialect_admin.call("POST", "/apikeys",
+                                        headers=odfhir("tenant", narrow["key"]), expect=201)
+    # ...and the canonical key is not a CustomerKey to this dialect.
+    listed = await dialect_admin.call("GET", "/apikeys",
+                                      headers=odfhir("tenant", narrow["key"]), expect=200)
+    assert [k["CustomerKey"] for k in listed] == [customer["CustomerKey"]]
+    await dialect_admin.call("PUT", "/apikeys", headers=odfhir("tenant", narrow["key"]),
+                             json={"CustomerKey": customer["CustomerKey"], "DevRefId": "\u0000"},
+                             expect=400)

@@ -96,3 +96,12 @@ async def test_a_prefix_moves_the_dialect(aiohttp_client: Any, dialect_settings:
                             headers={"X-API-Key": tenant["root"]["key"]})
     assert resp.status == 200
     assert (await client.get("/api/v1/api-keys")).status == 404
+
+
+async def test_values_the_core_refuses_are_400(dialect_admin: Admin, tenant: dict[str, Any]
+                                               ) -> None:
+    auth = {"X-API-Key": tenant["root"]["key"]}
+    for payload in ({"name": "x" * 300, "scopes": []}, {"name": "a\u0000", "scopes": []},
+                    {"name": "x", "scopes": [], "expiresAt": "1990-01-01T00:00:00Z"}):
+        body = await dialect_admin.call("POST", BASE, headers=auth, json=payload, expect=400)
+        assert body["error"].startswith("Request body is invalid")

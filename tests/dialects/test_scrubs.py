@@ -118,3 +118,15 @@ async def test_every_documented_error(dialect_admin: Admin, tenant: dict[str, An
                                   json={"id": tenant["root"]["id"], "friendly_name": "me"},
                                   expect=200)
     assert me["friendly_name"] == "me" and me["root"] is True
+
+
+async def test_odd_values_are_400(dialect_admin: Admin, tenant: dict[str, Any]) -> None:
+    root = creds(tenant["root"]["key"])
+    await dialect_admin.call("POST", PATH, headers=root,
+                             json={"clinic_id": "a\u0000", "friendly_name": "x"}, expect=400)
+    created = await dialect_admin.call("POST", PATH, headers=root,
+                                       json={"clinic_id": "N", "friendly_name": "n"}, expect=201)
+    me = await dialect_admin.call("GET", PATH, headers=creds(created["apiKey"]), expect=200)
+    body = await dialect_admin.call("PUT", PATH, headers=root,
+                                    json={"id": me["id"], "usage_limit": None}, expect=400)
+    assert "usage_limit must be numeric" in body["error"]
