@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +22,7 @@ from gateway.keycache import KeyLookup, LocalCache
 from gateway.limits import Limiter
 from gateway.locallimits import LocalLimiter
 from gateway.providers import ProviderLookup
+from gateway.readiness import probe
 from gateway.redisclient import create_redis
 from gateway.requestid import request_id
 from gateway.routing import RouteTable
@@ -32,7 +33,6 @@ from gateway.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 2.0
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -72,18 +72,10 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _probe(check: Awaitable[object]) -> str:
-    try:
-        await asyncio.wait_for(check, READY_TIMEOUT_S)
-        return "ok"
-    except Exception as exc:  # readiness reports any failure, it never raises
-        return f"unavailable ({type(exc).__name__})"
-
-
 async def readyz(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    postgres, redis = await asyncio.gather(_probe(deps.keys.pool.fetchval("SELECT 1")),
-                                           _probe(deps.keys.redis.ping()))
+    postgres, redis = await asyncio.gather(probe(deps.keys.pool.fetchval("SELECT 1")),
+                                           probe(deps.keys.redis.ping()))
     checks = {"postgres": postgres, "redis": redis,
               "invalidations": "ok" if request.app[LISTENING].is_set() else "not subscribed"}
     ready = all(v == "ok" for v in checks.values())

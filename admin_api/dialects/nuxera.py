@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from admin_api.auth import OPERATOR, Principal
 from admin_api.errors import REQUEST_ID, ApiError
 from admin_api.handlers import keys as core
-from admin_api.models import KeyCreate, KeyListQuery, KeyOut, KeyUpdate
+from admin_api.models import KeyCreate, KeyOut, KeyUpdate
 from admin_api.repository import keys as key_rows
 from admin_api.repository.audit import Actor
 from admin_api.state import LIMITER, POOL, SETTINGS
@@ -194,16 +194,9 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def _list(request: web.Request, caller: Caller, user: str) -> web.Response:
-    found: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        page = await core.page(request, caller.principal, KeyListQuery(
-            org_id=caller.org_id, owner_id=OWNER_PREFIX + user, root=False, limit=1000,
-            cursor=cursor))
-        found += [_view(k) for k in page.data]
-        if page.next_cursor is None:
-            return json(found)
-        cursor = page.next_cursor
+    return json([_view(k) async for k in core.every(
+        request, caller.principal, org_id=caller.org_id, owner_id=OWNER_PREFIX + user,
+        root=False)])
 
 
 @handler

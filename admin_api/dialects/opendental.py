@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from admin_api.auth import KEY, Principal
 from admin_api.dialects.common import DialectError, handler, json
 from admin_api.handlers import keys as core
-from admin_api.models import KeyCreate, KeyListQuery, KeyOut, KeyUpdate
+from admin_api.models import KeyCreate, KeyOut, KeyUpdate
 from admin_api.repository import keys as key_rows
 from admin_api.state import POOL, SETTINGS
 from gateway.keyformat import hash_key, is_customer_key
@@ -85,22 +85,16 @@ def _box(request: web.Request) -> bytes:
 async def list_keys(request: web.Request) -> web.Response:
     principal = await _caller(request)
     found: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        page = await core.page(request, principal, KeyListQuery(root=False, limit=1000,
-                                                                cursor=cursor))
-        for key in page.data:
-            if not (key.recoverable and key.metadata.get(MARKER)):
-                continue  # only this dialect's customer keys are ever revealed
-            sealed = await key_rows.sealed_secret(request.app[POOL], key.id)
-            try:
-                found.append(_view(request, key, sealed))
-            except DialectError:
-                log.error("customer key %s cannot be opened with the configured "
-                          "encryption key; left out of the listing", key.id)
-        if page.next_cursor is None:
-            return json(found)
-        cursor = page.next_cursor
+    async for key in core.every(request, principal, root=False):
+        if not (key.recoverable and key.metadata.get(MARKER)):
+            continue  # only this dialect's customer keys are ever revealed
+        sealed = await key_rows.sealed_secret(request.app[POOL], key.id)
+        try:
+            found.append(_view(request, key, sealed))
+        except DialectError:
+            log.error("customer key %s cannot be opened with the configured encryption "
+                      "key; left out of the listing", key.id)
+    return json(found)
 
 
 @handler

@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from admin_api.auth import Principal
 from admin_api.dialects.common import DialectError, body, handler, iso, json, root_key
 from admin_api.handlers import keys as core
-from admin_api.models import KeyCreate, KeyListQuery, KeyOut, KeyUpdate
+from admin_api.models import KeyCreate, KeyOut, KeyUpdate
 from admin_api.state import SETTINGS
 from gateway.settings import REGEN_SCOPES
 
@@ -66,14 +66,7 @@ async def create(request: web.Request) -> web.Response:
 @handler
 async def list_keys(request: web.Request) -> web.Response:
     principal = await _caller(request)
-    found: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        page = await core.page(request, principal, KeyListQuery(limit=1000, cursor=cursor))
-        found += [_view(k) for k in page.data]
-        if page.next_cursor is None:
-            return json({"data": found})
-        cursor = page.next_cursor
+    return json({"data": [_view(k) async for k in core.every(request, principal)]})
 
 
 @handler

@@ -81,14 +81,7 @@ async def get(request: web.Request) -> web.Response:
     if request.query.get("list_all", "").lower() != "true":
         return json(_view(await core.read(request, principal, principal.own_key().id)))
     _require_root(principal, "Root API key is required for list_all=true.")
-    found: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        page = await core.page(request, principal, KeyListQuery(limit=1000, cursor=cursor))
-        found += [_view(k) for k in page.data]
-        if page.next_cursor is None:
-            return json(found)
-        cursor = page.next_cursor
+    return json([_view(k) async for k in core.every(request, principal)])
 
 
 @handler

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -168,6 +168,20 @@ async def page(request: web.Request, principal: Principal, query: KeyListQuery) 
     now = datetime.now(UTC)
     return KeyList(data=[key_out(r, now) for r in records],
                    next_cursor=encode_cursor(records[-1].serial) if more else None)
+
+
+async def every(request: web.Request, principal: Principal, **filters: Any
+                ) -> AsyncIterator[KeyOut]:
+    """Every key ``page`` would list, across all pages (dialects list without cursors)."""
+    cursor = None
+    while True:
+        found = await page(request, principal, KeyListQuery(limit=1000, cursor=cursor,
+                                                            **filters))
+        for key in found.data:
+            yield key
+        if found.next_cursor is None:
+            return
+        cursor = found.next_cursor
 
 
 async def get_self(request: web.Request, principal: Principal) -> web.Response:

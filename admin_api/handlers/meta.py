@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
@@ -13,9 +11,9 @@ from admin_api.models import Health
 from admin_api.state import POOL, REDIS
 from admin_api.views import respond
 from gateway.metrics import handler as metrics_handler
+from gateway.readiness import probe
 
 OPENAPI = web.AppKey("openapi", bytes)
-READY_TIMEOUT_S = 2.0
 
 
 def package_version() -> str:
@@ -29,18 +27,10 @@ async def healthz(request: web.Request) -> web.Response:
     return respond(Health(status="ok"))
 
 
-async def _check(probe: Awaitable[object]) -> str:
-    try:
-        await asyncio.wait_for(probe, READY_TIMEOUT_S)
-        return "ok"
-    except Exception as exc:  # readiness reports any failure, it never raises
-        return f"unavailable ({type(exc).__name__})"
-
-
 async def readyz(request: web.Request) -> web.Response:
     checks = {
-        "postgres": await _check(request.app[POOL].fetchval("SELECT 1")),
-        "redis": await _check(request.app[REDIS].ping()),
+        "postgres": await probe(request.app[POOL].fetchval("SELECT 1")),
+        "redis": await probe(request.app[REDIS].ping()),
     }
     ready = all(v == "ok" for v in checks.values())
     return respond(Health(status="ok" if ready else "unavailable", checks=checks),
