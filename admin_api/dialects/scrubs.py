@@ -16,7 +16,7 @@ from admin_api.auth import KEY, Principal
 from admin_api.dialects.common import DialectError, handler, iso, json
 from admin_api.errors import ApiError
 from admin_api.handlers import keys as core
-from admin_api.models import MAX_COUNT, KeyCreate, KeyListQuery, KeyOut, KeyUpdate
+from admin_api.models import MAX_COUNT, KeyCreate, KeyOut, KeyUpdate
 from admin_api.state import POOL
 from gateway.verification import Code, verify
 
@@ -90,13 +90,15 @@ async def create(request: web.Request) -> web.Response:
     spec = await _parse(request, CreateKey, "Request body is invalid. clinic_id and "
                         "friendly_name are required; usage_limit must be numeric.")
     _require_root(principal)
-    existing = await core.page(request, principal,
-                               KeyListQuery(owner_id=spec.clinic_id, limit=1))
-    if existing.data:
-        raise DialectError(409, "Clinic already has an API key.")
-    created = await core.create(request, principal, KeyCreate(
-        owner_id=spec.clinic_id, name=spec.friendly_name,
-        usage_limit=DEFAULT_USAGE_LIMIT if spec.usage_limit is None else spec.usage_limit))
+    try:
+        created = await core.create(request, principal, KeyCreate(
+            owner_id=spec.clinic_id, name=spec.friendly_name,
+            usage_limit=DEFAULT_USAGE_LIMIT if spec.usage_limit is None else spec.usage_limit),
+            one_per_owner=True)
+    except ApiError as exc:
+        if exc.code == "owner_has_key":
+            raise DialectError(409, "Clinic already has an API key.") from None
+        raise
     return json({"apiKey": created.key, **{k: v for k, v in _view(created).items()
                                            if k != "id"}}, 201)
 

@@ -85,8 +85,10 @@ def _box_key(request: web.Request) -> bytes:
 
 
 async def create(request: web.Request, principal: Principal, body: KeyCreate,
-                 customer_style: bool = False) -> KeyCreated:
+                 customer_style: bool = False, one_per_owner: bool = False) -> KeyCreated:
     """Issues a key; the one place a raw key is made (dialects call this too).
+    ``one_per_owner``: refuse (409 ``owner_has_key``) when the owner already has a key,
+    checked under the owner's lock so concurrent creations cannot both pass.
     ``customer_style``: Open Dental's 16 upper-case alphanumerics instead of the canonical
     format."""
     org_id = auth.org_scope(principal, body.org_id)
@@ -139,8 +141,13 @@ async def create(request: web.Request, principal: Principal, body: KeyCreate,
             "secret_ciphertext": seal(_box_key(request), key_id, raw) if body.recoverable
             else None,
         }
-        if body.is_default and body.owner_id is not None:
+        if body.owner_id is not None and (one_per_owner or body.is_default):
             await keys.lock_owner(conn, org_id, body.owner_id)
+        if one_per_owner and await conn.fetchval(
+                "SELECT 1 FROM keys WHERE org_id = $1 AND owner_id = $2 LIMIT 1",
+                org_id, body.owner_id):
+            raise Conflict("this owner already has a key", code="owner_has_key")
+        if body.is_default and body.owner_id is not None:
             await _unset_previous_default(conn, request, principal, org_id, body.owner_id,
                                           key_id, changes)
         record = await keys.insert(conn, values, keyformat.hash_key(raw))

@@ -130,3 +130,16 @@ async def test_odd_values_are_400(dialect_admin: Admin, tenant: dict[str, Any]) 
     body = await dialect_admin.call("PUT", PATH, headers=root,
                                     json={"id": me["id"], "usage_limit": None}, expect=400)
     assert "usage_limit must be numeric" in body["error"]
+
+
+async def test_concurrent_creations_for_one_clinic_leave_one_key(
+        dialect_admin: Admin, tenant: dict[str, Any]) -> None:
+    import asyncio
+
+    root = creds(tenant["root"]["key"])
+    results = await asyncio.gather(*(dialect_admin.client.post(
+        PATH, headers=root, json={"clinic_id": "RACE", "friendly_name": f"k{i}"})
+        for i in range(8)))
+    assert sorted(r.status for r in results) == [201] + [409] * 7
+    assert await dialect_admin.db.fetchval(
+        "SELECT count(*) FROM keys WHERE owner_id = 'RACE'") == 1
