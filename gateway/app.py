@@ -55,7 +55,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         code = ex.error = error.code
         response = render(request, error, ex.request_id)
         response.headers["X-Request-Id"] = ex.request_id
-        response.headers["X-Keystile-Error"] = error.code
+    except Exception:  # a bug: answer in the usual shape, without the trace
+        log.exception("unexpected gateway error, request %s", ex.request_id)
+        code = ex.error = "internal_error"
+        response = render(request, GatewayError(code), ex.request_id)
+        response.headers["X-Request-Id"] = ex.request_id
     route = ex.route.prefix if ex.route else "-"
     metrics.REQUESTS.labels(route=route, status=str(response.status), code=code).inc()
     # To the response headers: a long streamed body is the upstream's, not the gateway's time.

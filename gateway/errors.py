@@ -23,6 +23,7 @@ GATEWAY_ERRORS: dict[str, tuple[int, str]] = {
     "upstream_unavailable": (502, "the upstream service could not be reached"),
     "upstream_timeout": (504, "the upstream service did not answer in time"),
     "store_unavailable": (503, "a backing store is unavailable; retry later"),
+    "internal_error": (500, "unexpected gateway error; quote the request id"),
 }
 
 # FHIR issue-type codes (http://hl7.org/fhir/issue-type) for each status.

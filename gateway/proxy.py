@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 import aiohttp
 from aiohttp import web
@@ -62,8 +63,24 @@ def _spoofable(name: str, value: str, ex: Exchange) -> bool:
     return "_" in value and keyformat.is_well_formed(value.rpartition(" ")[2].strip())
 
 
-def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
+def _trusted(remote: str | None, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    if not remote or not networks:
+        return False
+    try:
+        address = ip_address(remote)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+def upstream_headers(ex: Exchange, trusted_proxies: Sequence[IPv4Network | IPv6Network] = ()
+                     ) -> CIMultiDict[str]:
     request = ex.request
+    # From a trusted load balancer the forwarding headers are kept and extended.
+    via_proxy = _trusted(request.remote, trusted_proxies)
+    forwarded_for = request.headers.get("X-Forwarded-For") if via_proxy else None
+    forwarded_proto = request.headers.get("X-Forwarded-Proto") if via_proxy else None
+    forwarded_host = request.headers.get("X-Forwarded-Host") if via_proxy else None
     credential = ex.matched.extractor.headers if ex.matched.auth != "none" else ()
     headers = _end_to_end(request.headers, also_drop=(*REPLACED, *credential))
     for name, value in list(headers.items()):
@@ -79,9 +96,10 @@ def upstream_headers(ex: Exchange) -> CIMultiDict[str]:
         headers["X-Keystile-Scopes"] = " ".join(key.scopes)
         headers["X-Keystile-Environment"] = key.environment
     headers["X-Request-Id"] = ex.request_id
-    headers["X-Forwarded-For"] = request.remote or ""
-    headers["X-Forwarded-Proto"] = request.scheme
-    headers["X-Forwarded-Host"] = request.host
+    remote = request.remote or ""
+    headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
+    headers["X-Forwarded-Proto"] = forwarded_proto or request.scheme
+    headers["X-Forwarded-Host"] = forwarded_host or request.host
     return headers
 
 
@@ -107,7 +125,8 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
     try:
         upstream = await deps.session.request(
             request.method, route.upstream_url(ex.path, ex.query),
-            headers=upstream_headers(ex), data=data, allow_redirects=False, timeout=timeout)
+            headers=upstream_headers(ex, deps.settings.trusted_proxies), data=data,
+            allow_redirects=False, timeout=timeout)
     except _BodyTooLarge:
         raise GatewayError("payload_too_large", f"the body is larger than "
                            f"{deps.settings.max_body_bytes} bytes") from None

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     ValidationError,
     field_validator,
     model_validator,
@@ -75,6 +76,9 @@ class GatewaySettings(_Strict):
                                           "is written to PostgreSQL (the most that can be lost)")
     metrics: bool = Field(True, description="serve Prometheus /metrics on the gateway "
                           "listener (keep it off the public internet)")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        [], description="load balancers whose X-Forwarded-For/-Proto/-Host are kept "
+        "(extended); from anyone else they are replaced")
     rate_limits_without_redis: Literal["local", "closed"] = Field(
         "local", description="local: each worker enforces the windows alone (fail open to "
         "per-worker limits); closed: 503")

@@ -261,3 +261,27 @@ async def test_a_malformed_header_line_never_logs_the_key(
     assert status_line.split()[1] == b"400"
     assert reader["key"] not in caplog.text
     assert "refused a malformed HTTP request" in caplog.text
+
+
+async def test_forwarding_headers_from_a_trusted_proxy_are_kept(
+        aiohttp_client: Any, gateway_settings: Any, upstream: Upstream, admin: Admin,
+        org: dict[str, Any]) -> None:
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+    from gateway.state import LISTENING
+
+    gateway = GatewaySettings.model_validate({**gateway_settings.gateway.model_dump(),
+                                              "trusted_proxies": ["127.0.0.0/8"]})
+    settings = gateway_settings.model_copy(update={"gateway": gateway})
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    await asyncio.wait_for(app[LISTENING].wait(), 10)
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    resp = await client.get("/svc/x", headers={
+        "X-API-Key": key["key"], "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"})
+    assert resp.status == 200
+    headers = upstream.seen[-1]["headers"]
+    assert headers["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
+    assert headers["X-Forwarded-Proto"] == "https"
+    assert headers["X-Forwarded-Host"] == "api.example.com"
