@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test lint bench bench-load venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 ## bench: programs that print numbers (results in bench/results/)
 bench: $(STAMP)
 	$(BIN)/python bench/propagation.py $(if $(QUICK),--changes 20,)
+
+## bench-load: first cut of the nginx comparison (wrk and nginx unpacked from Debian packages)
+bench-load: $(STAMP)
+	$(BIN)/python bench/load.py $(if $(QUICK),--seconds 3 --keys 2000,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway admin_api keystile tests
