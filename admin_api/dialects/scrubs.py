@@ -63,6 +63,17 @@ async def _caller(request: web.Request) -> Principal:
     return Principal(KEY, verdict.record)
 
 
+def _in_seed_words(exc: ApiError) -> Exception:
+    """The core's refusals that the seed documents, in the seed's own words."""
+    if exc.code == "owner_has_key":
+        return DialectError(409, "Clinic already has an API key.")
+    if exc.status == 404:
+        return DialectError(404, "API key was not found.")
+    if exc.code == "root_key_protected":
+        return DialectError(403, "Cannot update another root key.")
+    return exc
+
+
 def _require_root(principal: Principal, message: str = ROOT_REQUIRED) -> None:
     if principal.key is None or not principal.key.root:
         raise DialectError(403, message)
@@ -96,9 +107,7 @@ async def create(request: web.Request) -> web.Response:
             usage_limit=DEFAULT_USAGE_LIMIT if spec.usage_limit is None else spec.usage_limit),
             one_per_owner=True)
     except ApiError as exc:
-        if exc.code == "owner_has_key":
-            raise DialectError(409, "Clinic already has an API key.") from None
-        raise
+        raise _in_seed_words(exc) from None
     return json({"apiKey": created.key, **{k: v for k, v in _view(created).items()
                                            if k != "id"}}, 201)
 
@@ -123,11 +132,7 @@ async def update(request: web.Request) -> web.Response:
             return json(_view(target))
         updated = await core.update(request, principal, spec.id, KeyUpdate(**changes))
     except ApiError as exc:
-        if exc.status == 404:
-            raise DialectError(404, "API key was not found.") from None
-        if exc.code == "root_key_protected":
-            raise DialectError(403, "Cannot update another root key.") from None
-        raise
+        raise _in_seed_words(exc) from None
     return json(_view(updated))
 
 
@@ -141,9 +146,7 @@ async def delete(request: web.Request) -> web.Response:
     try:
         await core.delete(request, principal, key_id)
     except ApiError as exc:
-        if exc.status == 404:
-            raise DialectError(404, "API key was not found.") from None
-        raise
+        raise _in_seed_words(exc) from None
     return json({"message": "API key deleted successfully"})
 
 

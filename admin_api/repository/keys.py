@@ -13,7 +13,7 @@ from gateway.keyrecord import KEY_COLUMNS, SELECT_BY_ID, KeyRecord
 
 # Columns ``update`` may set; anything else never reaches SQL.
 UPDATABLE = ("name", "owner_id", "scopes", "expires_at", "usage_limit", "quota", "rate_limits",
-             "metadata", "is_default", "prefix")
+             "metadata", "is_default")
 
 
 def _one(row: asyncpg.Record | None) -> KeyRecord:

@@ -72,6 +72,7 @@ async def test_documented_flow(dialect_admin: Admin, tenant: dict[str, Any],
         if resp.status == 403:
             deadline_ok = True
             break
+        await asyncio.sleep(0.01)
     assert deadline_ok, "a disabled key must be refused"
 
     enabled = await dialect_admin.call("PUT", "/apikeys", headers=auth, json={

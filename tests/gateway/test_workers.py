@@ -4,6 +4,7 @@ through the admin API are honoured by every worker within a second."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,21 @@ from tests.gateway.test_observability import _value
 from tests.keystile.conftest import Cli, cli  # noqa: F401
 
 ROUNDS = 40  # fresh connections per check, spread over the workers by the kernel
+
+
+async def _start_gateway(cli: Cli, stores: Stores, upstream: Upstream,  # noqa: F811
+                         tmp_path: Path, scopes: str = ""
+                         ) -> tuple[subprocess.Popen[str], int, Path]:
+    """``keystile gateway --workers 2`` with one route /svc to the upstream, once listening."""
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nport = {port}\n\n[[routes]]\nprefix = "/svc"\n'
+                      f'upstream = "{upstream.url}"\n{scopes}\n')
+    proc = cli.start("gateway", "--config", str(config), "--workers", "2",
+                     env={"KEYSTILE_DATABASE_URL": stores.database_url,
+                          "KEYSTILE_REDIS_URL": stores.redis_url})
+    await asyncio.to_thread(cli.read_until, proc, f"listening on http://127.0.0.1:{port}")
+    return proc, port, config
 
 
 async def _statuses(port: int, key: str, method: str = "GET") -> Counter[int]:
@@ -43,21 +59,9 @@ async def _eventually(port: int, key: str, status: int, method: str = "GET") -> 
 async def test_workers_share_the_port_and_follow_key_changes(
         cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
         org: dict[str, Any], tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(f"""
-[gateway]
-port = {port}
-
-[[routes]]
-prefix = "/svc"
-upstream = "{upstream.url}"
-scopes = {{ GET = ["svc:read"], POST = ["svc:write"] }}
-""")
-    proc = cli.start("gateway", "--config", str(config), "--workers", "2",
-                     env={"KEYSTILE_DATABASE_URL": stores.database_url,
-                          "KEYSTILE_REDIS_URL": stores.redis_url})
-    await asyncio.to_thread(cli.read_until, proc, f"listening on http://127.0.0.1:{port}")
+    proc, port, config = await _start_gateway(
+        cli, stores, upstream, tmp_path,
+        scopes='scopes = { GET = ["svc:read"], POST = ["svc:write"] }')
     workers = [c for c in psutil.Process(proc.pid).children()
                if "resource_tracker" not in " ".join(c.cmdline())]
     assert len(workers) == 2
@@ -104,21 +108,7 @@ scopes = {{ GET = ["svc:read"], POST = ["svc:write"] }}
 
 async def _start_two_workers(cli: Cli, stores: Stores, upstream: Upstream,  # noqa: F811
                              tmp_path: Path) -> int:
-    port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(f"""
-[gateway]
-port = {port}
-
-[[routes]]
-prefix = "/svc"
-upstream = "{upstream.url}"
-""")
-    proc = cli.start("gateway", "--config", str(config), "--workers", "2",
-                     env={"KEYSTILE_DATABASE_URL": stores.database_url,
-                          "KEYSTILE_REDIS_URL": stores.redis_url})
-    await asyncio.to_thread(cli.read_until, proc, f"listening on http://127.0.0.1:{port}")
-    return port
+    return (await _start_gateway(cli, stores, upstream, tmp_path))[1]
 
 
 async def _concurrently(port: int, key: str, n: int) -> Counter[int]:
