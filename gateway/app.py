@@ -18,6 +18,7 @@ from gateway.database import create_pool
 from gateway.deps import Deps
 from gateway.errors import GatewayError, render
 from gateway.exchange import Exchange
+from gateway.fastlimits import FastLimiter
 from gateway.keycache import KeyLookup, LocalCache
 from gateway.limits import Limiter
 from gateway.locallimits import LocalLimiter
@@ -49,6 +50,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             raise GatewayError("store_unavailable", "the key could not be checked in time "
                                "(a store is slow or unreachable); retry later") from None
         response = await proxy.forward(ex, deps)
+        code = ex.error or ""
     except GatewayError as error:
         if error.code in ("upstream_unavailable", "upstream_timeout"):
             await limits.give_back(ex, deps)
@@ -61,7 +63,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         response = render(request, GatewayError(code), ex.request_id)
         response.headers["X-Request-Id"] = ex.request_id
     route = ex.route.prefix if ex.route else "-"
-    metrics.REQUESTS.labels(route=route, status=str(response.status), code=code).inc()
+    status = "499" if code == proxy.CLIENT_CLOSED else str(response.status)
+    metrics.REQUESTS.labels(route=route, status=status, code=code).inc()
     # To the response headers: a long streamed body is the upstream's, not the gateway's time.
     headers_s = ex.headers_s if ex.headers_s is not None else time.perf_counter() - started
     metrics.LATENCY.labels(route=route).observe(headers_s)
@@ -96,15 +99,21 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=(
             "User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
-    cache = LocalCache(gw.cache_size, gw.cache_ttl_s, gw.negative_ttl_s)
+    cache = LocalCache(gw.cache_size, gw.cache_ttl_s, gw.negative_ttl_s,
+                       gw.cache_ttl_unsubscribed_s, app[LISTENING])
     providers = ProviderLookup(pool, gw.cache_ttl_s)
     usage = UsageRecorder()
+    limiter = Limiter(redis, pool)
+    fast = (FastLimiter(limiter, gw.fast_sync_interval_s, gw.fast_unsynced_share,
+                        usage.pending) if gw.limits_mode == "fast" else None)
     app[DEPS] = Deps(gw, RouteTable(settings.routes), KeyLookup(cache, redis, pool,
                                                                   gw.redis_cache_ttl_s),
-                     providers, session, Limiter(redis, pool), usage, LocalLimiter(),
-                     settings.stores.timeout_s)
+                     providers, session, limiter, usage, LocalLimiter(),
+                     settings.stores.timeout_s, fast)
 
     def apply(kind: str, ident: str) -> None:
+        if fast is not None:
+            fast.forget()
         if kind == "key":
             cache.drop(key_id=ident)
         elif kind == "org":
@@ -116,11 +125,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
     listener = asyncio.create_task(invalidation.listen(redis, apply, app[LISTENING]))
     stop_flushing = asyncio.Event()
+    syncer = asyncio.create_task(fast.run(stop_flushing)) if fast is not None else None
     flusher = asyncio.create_task(usage.run(pool, gw.usage_flush_interval_s, stop_flushing))
     try:
         yield
     finally:
         stop_flushing.set()
+        if syncer is not None:
+            await syncer  # sends what fast mode admitted since its last sync
         await flusher  # writes what is still pending
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -35,6 +35,9 @@ OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-over
                        "x-original-url", "x-rewrite-url"})
 
 
+CLIENT_CLOSED = "client_closed"  # as nginx's 499: nobody was left to answer
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -155,7 +158,13 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
                                       headers=back)
         response.headers["X-Request-Id"] = ex.request_id
         response.headers.update(limits.response_headers(ex))
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:  # the client left while the upstream answered
+            ex.error = CLIENT_CLOSED
+            log.info("client went away before the response", extra={
+                "request_id": ex.request_id})
+            return response
         ex.headers_s = time.perf_counter() - ex.started
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):
@@ -168,6 +177,7 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
                 request.transport.close()
             return response
         except ConnectionError:
+            ex.error = CLIENT_CLOSED
             log.info("client went away mid-response", extra={"request_id": ex.request_id})
             return response
         await response.write_eof()

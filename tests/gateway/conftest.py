@@ -26,10 +26,13 @@ MiB = 1 << 20
 
 @dataclass
 class Upstream:
-    """Records what reached it; ``/big/{n}`` streams n bytes, ``/sink`` counts the body."""
+    """Records what reached it; ``/big/{n}`` streams n bytes, ``/sink`` counts the body,
+    ``/gate`` answers once the test opens ``gate``."""
 
     seen: list[dict[str, Any]] = field(default_factory=list)
     server: TestServer | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -56,6 +59,9 @@ class Upstream:
                 total += len(part)
             self.seen.append({"path": request.raw_path, "received": total})
             return web.json_response({"received": total})
+        if request.path.startswith("/svc/gate"):
+            self.arrived.set()
+            await self.gate.wait()
         if request.path.startswith("/svc/slow"):
             await asyncio.sleep(1.5)
         body = await request.read()
@@ -102,12 +108,21 @@ def gateway_settings(stores: Stores, upstream: Upstream) -> Settings:
                     routes=routes_for(upstream.url))
 
 
+class ProductionServer(TestServer):
+    """aiohttp's TestServer cancels a handler whose client left; production servers don't,
+    and the gateway must behave as it does in production."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
 @pytest.fixture
 async def gateway(aiohttp_client: Callable[..., Awaitable[TestClient]],
                   gateway_settings: Settings, admin: Admin) -> TestClient:  # noqa: F811
     app = create_app(gateway_settings)
     # The production access logger, so log tests see what operators would.
-    server = TestServer(app)
+    server = ProductionServer(app)
     await server.start_server(access_log_class=AccessLogger,
                               access_log=logging.getLogger("keystile.access"))
     client = await aiohttp_client(server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keyformat
 from tests.admin_api.conftest import OPERATOR, Admin
+from tests.gateway.conftest import Upstream
 
 
 def _value(text: str, name: str, **labels: str) -> float:
@@ -43,6 +45,32 @@ async def test_metrics_count_requests_codes_cache_and_latency(
     assert grew("keystile_key_cache_total", result="worker") >= 2
     assert "keystile_usage_flush_lag_seconds" in after
     assert "keystile_fail_open_total" in after or "keystile_store_errors_total" in after
+
+
+async def test_a_client_gone_before_the_answer_is_counted_499_not_an_error(
+        gateway: TestClient, admin: Admin, org: dict[str, Any], upstream: Upstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    before = await (await gateway.get("/metrics")).text()
+    assert gateway.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
+    writer.write(f"GET /svc/gate HTTP/1.1\r\nHost: t\r\nX-API-Key: {key['key']}\r\n"
+                 "\r\n".encode())
+    await asyncio.wait_for(upstream.arrived.wait(), 10)
+    writer.transport.abort()  # the client leaves while the upstream is still working
+    upstream.gate.set()
+    for _ in range(200):  # until the gateway has finished with the request
+        after = await (await gateway.get("/metrics")).text()
+        if _value(after, "keystile_requests_total", status="499") > _value(
+                before, "keystile_requests_total", status="499"):
+            break
+        await asyncio.sleep(0.01)
+    assert _value(after, "keystile_requests_total", route="/svc", status="499",
+                  code="client_closed") == 1 + _value(before, "keystile_requests_total",
+                                                      route="/svc", status="499")
+    assert _value(after, "keystile_requests_total", status="500") == _value(
+        before, "keystile_requests_total", status="500")
+    assert "unexpected gateway error" not in caplog.text
 
 
 async def test_admin_metrics_need_the_operator(admin: Admin) -> None:
