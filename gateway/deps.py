@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.fastlimits import FastLimiter
 from gateway.keycache import KeyLookup
 from gateway.limits import Limiter
 from gateway.locallimits import LocalLimiter
@@ -26,3 +27,4 @@ class Deps:
     usage: UsageRecorder
     local_limiter: LocalLimiter
     store_timeout_s: float  # the longest the checks of one request may wait on stores
+    fast: FastLimiter | None = None  # limits_mode = "fast"

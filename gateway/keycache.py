@@ -1,13 +1,16 @@
 """Key lookup by secret hash: per-worker cache → Redis → PostgreSQL, read-through.
 
-The worker cache is a bounded LRU whose entries live ``cache_ttl_s`` at most (the backstop
-for the invalidation channel), plus a short negative cache for unknown hashes. Redis shares
+The worker cache is a bounded LRU plus a short negative cache for unknown hashes. Its entries
+are trusted for ``cache_ttl_s`` while the worker hears the invalidation channel (every admin
+change arrives there), and for only ``cache_ttl_unsubscribed_s`` while it does not (a change
+may go unheard then). Redis shares
 records between workers and hosts. A record read from PostgreSQL is published to Redis only
 if no key changed meanwhile (a generation counter the admin API bumps), so a lookup racing an
 admin change cannot put a stale record back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -43,16 +46,19 @@ return 0
 class _Entry:
     record: KeyRecord
     secret_expires_at: datetime | None
-    until: float  # monotonic deadline of this cache entry
+    stored: float  # monotonic time the entry was cached
 
 
 @dataclass
 class LocalCache:
-    """One worker's cache; ``generation`` moves on every invalidation it applies."""
+    """One worker's cache; ``generation`` moves on every invalidation it applies.
+    ``subscribed`` is set while the invalidation channel is heard."""
 
     size: int
     ttl_s: float
     negative_ttl_s: float
+    unsubscribed_ttl_s: float = 1.0
+    subscribed: asyncio.Event | None = None
     entries: OrderedDict[bytes, _Entry] = field(default_factory=OrderedDict)
     unknown: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
     generation: int = 0
@@ -62,7 +68,8 @@ class LocalCache:
         now = time.monotonic()
         entry = self.entries.get(digest)
         if entry is not None:
-            if entry.until > now:
+            heard = self.subscribed is None or self.subscribed.is_set()
+            if now - entry.stored < (self.ttl_s if heard else self.unsubscribed_ttl_s):
                 self.entries.move_to_end(digest)
                 return entry
             del self.entries[digest]
@@ -84,7 +91,7 @@ class LocalCache:
                 while len(self.unknown) > self.size:
                     self.unknown.popitem(last=False)
             return
-        self.entries[digest] = _Entry(record, secret_expires_at, now + self.ttl_s)
+        self.entries[digest] = _Entry(record, secret_expires_at, now)
         self.entries.move_to_end(digest)
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)

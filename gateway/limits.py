@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from gateway import quota as periods
 from gateway.keycache import POSTGRES_FAILURES
@@ -230,6 +231,7 @@ class Decision:
     at: datetime | None = None  # when the units were spent (a refund books them back there)
     blocking: WindowState | None = None  # the window that refused, if one did
     refund: tuple[list[str], int, str, bool, bool] | None = field(default=None, repr=False)
+    local: bool = False  # decided by this worker alone (limits_mode fast), not by Redis
 
     @property
     def allowed(self) -> bool:
@@ -262,12 +264,58 @@ def quota_key(record: KeyRecord, quota: dict[str, Any] | None, now: datetime) ->
     return f"ks:{{{record.org_id}}}:q:{record.id}:{period}:{start}"
 
 
+def window_subject(record: KeyRecord, window: Window) -> str:
+    """The Redis key of a window's sliding log: who shares it shares the window."""
+    return _window_keys(record, window)[0]
+
+
 def _window_keys(record: KeyRecord, window: Window) -> list[str]:
     """The sliding log of a window and the running sum of the units in it."""
     owner = record.owner_id or ""
     subject = {"key": f"k:{record.id}", "owner": f"o:{owner}", "org": "g"}[window.scope]
     log = f"ks:{{{record.org_id}}}:r:{subject}:{window.window_s}"
     return [log, log + ":s"]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One spend, ready for the script: what it is for, and the script's keys and args."""
+
+    record: KeyRecord
+    cost: int
+    now: datetime
+    windows: list[Window]
+    keys: list[str]
+    args: list[int | str]
+    quota_end: datetime | None
+
+    @property
+    def member(self) -> str:
+        return str(self.args[5])
+
+
+def _decide(plan: _Plan, result: list[Any]) -> Decision:
+    """The script's answer as a Decision."""
+    record, cost, now, quota_end = plan.record, plan.cost, plan.now, plan.quota_end
+    verdict, retry_ms, used, qused, spent, blocking = (int(x) for x in result[:6])
+    states = [WindowState(w, max(int(result[6 + 2 * i]), 0),
+                          max(int(result[7 + 2 * i]), 0) / 1000)
+              for i, w in enumerate(plan.windows)]
+    return Decision(
+        verdict=verdict,
+        retry_after_s=max(-(-retry_ms // 1000), 1) if verdict in (RATE, QUOTA) else None,
+        windows=states,
+        usage_limit=record.usage_limit,
+        usage_used=used if record.usage_limit is not None else None,
+        quota_limit=int(record.quota["limit"]) if record.quota else None,
+        quota_used=qused if record.quota else None,
+        quota_period=str(record.quota["period"]) if record.quota else None,
+        quota_reset_s=(quota_end - now).total_seconds() if quota_end else None,
+        spent=bool(spent) and cost > 0,
+        at=now,
+        blocking=states[blocking - 1] if blocking else None,
+        refund=(plan.keys, cost, plan.member, record.usage_limit is not None,
+                bool(record.quota)) if spent and cost > 0 else None)
 
 
 class Limiter:
@@ -303,45 +351,58 @@ class Limiter:
             raise SeedUnavailable(type(exc).__name__) from None
         return int(used) + unflushed[0], int(period_used) + unflushed[1]
 
-    async def spend(self, record: KeyRecord, cost: int, enforce: bool, now: datetime,
-                    pending: Pending = _no_pending) -> Decision:
+    def _plan(self, record: KeyRecord, cost: int, enforce: bool, now: datetime) -> _Plan:
         windows = windows_of(record)
-        keys = self._keys(record, now, windows)
-        quota_limit = int(record.quota["limit"]) if record.quota else -1
         quota_end = None
         if record.quota:
             quota_end = periods.period_end(str(record.quota["period"]), now)
         member = next(self._members)
         args: list[int | str] = [
             cost, "1" if enforce else "0",
-            record.usage_limit if record.usage_limit is not None else -1, quota_limit,
+            record.usage_limit if record.usage_limit is not None else -1,
+            int(record.quota["limit"]) if record.quota else -1,
             int(quota_end.timestamp()) + QUOTA_MARGIN_S if quota_end else 0, member, "", ""]
         for window in windows:
             args += [window.limit, window.window_s * 1000]
-        result = await self._spend(keys=keys, args=args)
+        return _Plan(record, cost, now, windows, self._keys(record, now, windows), args,
+                     quota_end)
+
+    async def _seeded(self, plan: _Plan, pending: Pending) -> list[Any]:
+        """Runs the spend again with the lost counters' values from PostgreSQL."""
+        used, period_used = await self._seeds(plan.record, plan.now, pending)
+        plan.args[6], plan.args[7] = str(used), str(period_used)
+        return list(await self._spend(keys=plan.keys, args=plan.args))
+
+    async def spend(self, record: KeyRecord, cost: int, enforce: bool, now: datetime,
+                    pending: Pending = _no_pending) -> Decision:
+        plan = self._plan(record, cost, enforce, now)
+        result = await self._spend(keys=plan.keys, args=plan.args)
         if int(result[0]) == NEED_SEED:
-            used, period_used = await self._seeds(record, now, pending)
-            args[6], args[7] = str(used), str(period_used)
-            result = await self._spend(keys=keys, args=args)
-        verdict, retry_ms, used, qused, spent, blocking = (int(x) for x in result[:6])
-        states = [WindowState(w, max(int(result[6 + 2 * i]), 0),
-                              max(int(result[7 + 2 * i]), 0) / 1000)
-                  for i, w in enumerate(windows)]
-        return Decision(
-            verdict=verdict,
-            retry_after_s=max(-(-retry_ms // 1000), 1) if verdict in (RATE, QUOTA) else None,
-            windows=states,
-            usage_limit=record.usage_limit,
-            usage_used=used if record.usage_limit is not None else None,
-            quota_limit=quota_limit if record.quota else None,
-            quota_used=qused if record.quota else None,
-            quota_period=str(record.quota["period"]) if record.quota else None,
-            quota_reset_s=(quota_end - now).total_seconds() if quota_end else None,
-            spent=bool(spent) and cost > 0,
-            at=now,
-            blocking=states[blocking - 1] if blocking else None,
-            refund=(keys, cost, member, record.usage_limit is not None, bool(record.quota))
-            if spent and cost > 0 else None)
+            result = await self._seeded(plan, pending)
+        return _decide(plan, result)
+
+    async def spend_many(self, items: list[tuple[KeyRecord, int, bool]], now: datetime,
+                         pending: Pending = _no_pending) -> list[Decision]:
+        """Spends for many keys in ONE round trip (a pipeline of the same script); only keys
+        whose counters must be re-seeded from PostgreSQL take another."""
+        plans = [self._plan(record, cost, enforce, now) for record, cost, enforce in items]
+        try:
+            results = await self._pipelined(plans)
+        except NoScriptError:  # Redis restarted (or flushed its scripts): load, then retry
+            await self.redis.script_load(_SPEND)
+            results = await self._pipelined(plans)
+        decisions = []
+        for plan, result in zip(plans, results, strict=True):
+            if int(result[0]) == NEED_SEED:
+                result = await self._seeded(plan, pending)
+            decisions.append(_decide(plan, result))
+        return decisions
+
+    async def _pipelined(self, plans: list[_Plan]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for plan in plans:
+                pipe.evalsha(self._spend.sha, len(plan.keys), *plan.keys, *plan.args)
+            return list(await pipe.execute())
 
     async def hit(self, tag: str, subject: str, windows: list[Window], now: datetime
                   ) -> Decision:

@@ -34,6 +34,8 @@ CACHE = Counter("keystile_key_cache_total",
                 "Key lookups by where they were answered: worker (cache hit), negative "
                 "(known unknown), redis (shared record), postgres (miss everywhere)",
                 ["result"])
+REDIS_ROUND_TRIPS = Counter("keystile_redis_round_trips_total",
+                            "Round trips to Redis: one per command or pipeline sent")
 STORE_ERRORS = Counter("keystile_store_errors_total", "Failed calls to a store", ["store"])
 FAIL_OPEN = Counter(
     "keystile_fail_open_total",

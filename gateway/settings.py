@@ -66,12 +66,23 @@ class GatewaySettings(_Strict):
     max_body_bytes: int = Field(16 << 20, ge=0, description="larger request bodies get 413")
     max_header_bytes: int = Field(16 << 10, ge=1024, description="all request headers together")
     max_header_count: int = Field(100, ge=8)
-    cache_size: int = Field(10_000, ge=0, description="keys cached per worker")
-    cache_ttl_s: float = Field(1.0, gt=0, description="backstop for the invalidation channel")
+    cache_size: int = Field(100_000, ge=0, description="keys cached per worker")
+    cache_ttl_s: float = Field(60.0, gt=0, description="how long a worker trusts a cached "
+                               "key while it hears the invalidation channel (the backstop)")
+    cache_ttl_unsubscribed_s: float = Field(
+        1.0, gt=0, description="how long it trusts one while the channel is down (changes "
+        "may go unheard then)")
     negative_ttl_s: float = Field(0.5, ge=0, description="how long an unknown key stays unknown")
     redis_cache_ttl_s: int = Field(60, ge=1, description="key records shared through Redis")
-    limits_mode: Literal["exact"] = Field("exact", description="exact: every check-and-spend "
-                                          "is one atomic Redis round trip")
+    limits_mode: Literal["exact", "fast"] = Field(
+        "exact", description="exact: every check-and-spend is one atomic Redis round trip; "
+        "fast: workers admit within a small allowance and sync with Redis in batches")
+    fast_sync_interval_s: float = Field(0.05, gt=0, le=5, description="fast mode: how often "
+                                        "a worker sends what it admitted to Redis")
+    fast_unsynced_share: float = Field(
+        0.01, ge=0, le=0.25, description="fast mode: the share of each limit a worker may "
+        "admit per sync interval without asking Redis (the over-admission bound is "
+        "2 × workers × share × limit)")
     usage_flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often usage "
                                           "is written to PostgreSQL (the most that can be lost)")
     metrics: bool = Field(True, description="serve Prometheus /metrics on the gateway "

@@ -58,8 +58,12 @@ async def spend(ex: Exchange, deps: Deps) -> None:
     now = datetime.now(UTC)
     if has_limits(key):
         try:
-            decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
-                                                deps.usage.pending)
+            decision = deps.fast.admit(key, route.cost, route.enforce, now) if deps.fast else None
+            if decision is None:
+                decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
+                                                    deps.usage.pending)
+                if deps.fast is not None:
+                    deps.fast.learn(key, decision, now)
         except SeedUnavailable as exc:  # re-seeding lost counters needs PostgreSQL
             STORE_ERRORS.labels(store="postgres").inc()
             log.warning("limits cannot be seeded: %s", exc)
@@ -107,7 +111,10 @@ async def give_back(ex: Exchange, deps: Deps) -> None:
     if ex.key is None or not ex.matched.refund_on_upstream_error:
         return
     spent_at = datetime.now(UTC)
-    if ex.decision is not None:
+    if ex.decision is not None and ex.decision.local:
+        if deps.fast is not None:
+            deps.fast.give_back(ex.key, ex.matched.cost, spent_at)
+    elif ex.decision is not None:
         spent_at = ex.decision.at or spent_at
         try:
             await deps.limiter.refund(ex.decision)

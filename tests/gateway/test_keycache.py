@@ -3,12 +3,14 @@ the worker cache after the first request, and an unknown one is remembered brief
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 import redis.asyncio
 from aiohttp.test_utils import TestClient
 
-from gateway import keyformat
+from gateway import keycache, keyformat
 from gateway.keycache import HASH_KEY
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
@@ -71,3 +73,31 @@ async def test_a_record_is_shared_through_redis(gateway: TestClient, admin: Admi
         assert await client.get(HASH_KEY.format(keyformat.hash_key(key["key"]).hex())) is None
     finally:
         await client.aclose()
+
+
+def test_cached_keys_are_trusted_long_only_while_invalidations_are_heard(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the invalidation channel is up a worker keeps a key for ``cache_ttl_s``; while
+    it is down (a change may go unheard) only for ``cache_ttl_unsubscribed_s``."""
+    clock = [1000.0]
+    monkeypatch.setattr(keycache.time, "monotonic", lambda: clock[0])
+    heard = asyncio.Event()
+    heard.set()
+    cache = keycache.LocalCache(10, ttl_s=60.0, negative_ttl_s=0.5, unsubscribed_ttl_s=1.0,
+                                subscribed=heard)
+    record: Any = object()
+    cache.put(b"d", record, None, cache.generation)
+    clock[0] += 30  # half a minute: still trusted while the channel is heard
+    entry = cache.get(b"d")
+    assert isinstance(entry, keycache._Entry) and entry.record is record
+    heard.clear()  # the channel is lost: a 30 s old entry is now too old
+    assert cache.get(b"d") is None
+    cache.put(b"d", record, None, cache.generation)
+    clock[0] += 0.5
+    assert cache.get(b"d") is not None  # a fresh one is kept for the short TTL...
+    clock[0] += 0.6
+    assert cache.get(b"d") is None  # ...and no longer
+    heard.set()
+    cache.put(b"d", record, None, cache.generation)
+    clock[0] += 61
+    assert cache.get(b"d") is None  # the long TTL is the backstop even when all is well

@@ -170,3 +170,27 @@ async def test_usage_reaches_postgres_and_survives_a_redis_flush(
     assert statuses == Counter({200: 25, 429: 15})
     usage = await admin.call("GET", f"/v1/keys/{key['id']}/usage", expect=200)
     assert usage["quota"]["used"] == 45 and usage["usage_count"] == 45
+
+
+async def test_exact_mode_costs_one_redis_round_trip_per_request(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    """Three windows and a quota are judged and spent in one round trip (once the key is
+    cached in the worker)."""
+    key = await admin.key(org["id"], quota={"limit": 1000, "period": "day"},
+                          rate_limits=[{"limit": 100, "window_s": 1},
+                                       {"limit": 1000, "window_s": 60},
+                                       {"limit": 5000, "window_s": 3600}])
+    headers = {"X-API-Key": key["key"]}
+    assert (await gateway.get("/maybe/x", headers=headers)).status == 200  # cached, seeded
+
+    async def trips() -> float:
+        text = await (await gateway.get("/metrics")).text()
+        return next(float(line.split()[1]) for line in text.splitlines()
+                    if line.startswith("keystile_redis_round_trips_total "))
+
+    before = await trips()
+    for _ in range(5):
+        assert (await gateway.get("/maybe/x", headers=headers)).status == 200
+    spent = await trips() - before
+    # 5 spends; the invalidation listener may PING a quiet channel once meanwhile.
+    assert 5 <= spent <= 6

@@ -1,0 +1,218 @@
+"""``limits_mode = "fast"``: a worker admits most requests on its own and sends what it
+admitted to Redis in ONE pipelined round trip every ``fast_sync_interval_s``.
+
+Every limit a key meets — each rate window (the key's, its owner's, its organisation's), the
+quota of the current period and the lifetime usage — is a *subject*. Per sync interval a worker
+may admit, without asking Redis, up to the subject's allowance: ``floor(limit ×
+fast_unsynced_share)`` units (so a limit below ``1 / fast_unsynced_share`` is always checked
+exactly). A request that would pass an allowance, or meets a subject that is close to its
+limit, takes the exact path (one atomic round trip, as in ``exact`` mode). What Redis answers,
+at a sync or on the exact path, teaches the worker which subjects are exhausted: those refuse
+locally with the right ``Retry-After`` until the window has room again, then go exact.
+
+The bound (written down in the README and checked by tests/gateway/test_fastlimits.py): Redis
+lacks at most two allowances per worker and subject (the interval being collected and the one
+in flight), so over any window, period or lifetime a limit admits at most
+
+    limit + 2 × workers × floor(limit × fast_unsynced_share)
+
+units (with the default share 0.01 and 2 workers: 4% over, and nothing over for limits < 100).
+Rate-limit headers on locally admitted requests show the key's state at its last sync."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+from redis.exceptions import RedisError
+
+from gateway.keyrecord import KeyRecord
+from gateway.limits import (
+    ALLOWED,
+    QUOTA,
+    USAGE,
+    Decision,
+    Limiter,
+    Pending,
+    SeedUnavailable,
+    quota_key,
+    usage_key,
+    window_subject,
+    windows_of,
+)
+from gateway.metrics import STORE_ERRORS
+
+log = logging.getLogger(__name__)
+
+REMEMBERED = 100_000  # keys whose last decision a worker keeps (for headers); LRU beyond
+USAGE_RECHECK_S = 1.0  # a spent lifetime allowance is asked about again this often
+
+Subject = tuple[str, int]  # (Redis key of the counter, units this worker may admit unsynced)
+
+
+@dataclasses.dataclass(slots=True)
+class _Queued:
+    record: KeyRecord
+    units: int
+    enforce: bool
+
+
+class FastLimiter:
+    def __init__(self, limiter: Limiter, interval_s: float, share: float,
+                 pending: Pending) -> None:
+        self.limiter = limiter
+        self.interval_s = interval_s
+        self.share = share
+        self.pending = pending
+        self.healthy = True  # the last sync reached Redis
+        self._batch: dict[str, int] = {}  # subject -> units admitted locally this interval
+        self._queued: dict[str, _Queued] = {}  # key id -> what to send at the next sync
+        self._blocked: dict[str, tuple[float, Decision]] = {}  # subject -> (until, refusal)
+        self._tight: set[str] = set()  # subjects too close to their limit to admit locally
+        self._last: OrderedDict[str, Decision] = OrderedDict()  # key id -> last from Redis
+
+    def subjects(self, record: KeyRecord, now: datetime) -> list[Subject]:
+        found = [(window_subject(record, w), int(w.limit * self.share))
+                 for w in windows_of(record)]
+        if record.quota:
+            found.append((quota_key(record, record.quota, now),
+                          int(int(record.quota["limit"]) * self.share)))
+        if record.usage_limit is not None:
+            found.append((usage_key(record), int(record.usage_limit * self.share)))
+        return found
+
+    def admit(self, record: KeyRecord, cost: int, enforce: bool, now: datetime
+              ) -> Decision | None:
+        """A decision made here, or None: ask Redis (the exact path), then ``learn``."""
+        if not self.healthy:
+            return None  # Redis failed at the last sync: the failure policies decide
+        subjects = self.subjects(record, now)
+        if enforce:
+            refusal = self._refusal(subjects)
+            if refusal is not None:
+                return refusal
+        for subject, allowance in subjects:
+            if subject in self._tight or self._batch.get(subject, 0) + cost > allowance:
+                return None
+        for subject, _ in subjects:
+            self._batch[subject] = self._batch.get(subject, 0) + cost
+        queued = self._queued.get(record.id)
+        if queued is None:
+            self._queued[record.id] = _Queued(record, cost, enforce)
+        else:
+            queued.units += cost
+            queued.record, queued.enforce = record, queued.enforce and enforce
+        return self._admitted(record, now)
+
+    def _refusal(self, subjects: list[Subject]) -> Decision | None:
+        clock = time.monotonic()
+        for subject, _ in subjects:
+            blocked = self._blocked.get(subject)
+            if blocked is None:
+                continue
+            until, refusal = blocked
+            if clock < until:
+                retry = max(math.ceil(until - clock), 1)
+                return dataclasses.replace(refusal, retry_after_s=retry, spent=False,
+                                           refund=None, local=True)
+            del self._blocked[subject]
+            self._tight.add(subject)  # room again, maybe: the next request asks Redis
+        return None
+
+    def _admitted(self, record: KeyRecord, now: datetime) -> Decision:
+        last = self._last.get(record.id)
+        if last is not None and last.allowed:
+            return dataclasses.replace(last, spent=True, at=now, refund=None, local=True)
+        return Decision(verdict=ALLOWED, retry_after_s=None, windows=[], usage_limit=None,
+                        usage_used=None, quota_limit=None, quota_used=None,
+                        quota_period=None, quota_reset_s=None, spent=True, at=now,
+                        local=True)
+
+    def learn(self, record: KeyRecord, decision: Decision, now: datetime) -> None:
+        """What Redis said of ``record`` (at a sync or on the exact path)."""
+        self.healthy = True
+        clock = time.monotonic()
+        subjects = self.subjects(record, now)
+        room: list[int] = [s.remaining for s in decision.windows]
+        if record.quota:
+            room.append((decision.quota_limit or 0) - (decision.quota_used or 0))
+        if record.usage_limit is not None:
+            room.append((decision.usage_limit or 0) - (decision.usage_used or 0))
+        for (subject, allowance), left in zip(subjects, room, strict=True):
+            if left < max(allowance, 1):
+                self._tight.add(subject)
+            else:
+                self._tight.discard(subject)
+        if not decision.allowed:
+            blocking = self._blocking(record, decision, subjects)
+            if blocking is not None:
+                wait = (decision.retry_after_s if decision.verdict != USAGE
+                        else USAGE_RECHECK_S)
+                self._blocked[blocking] = (clock + float(wait or 1), decision)
+        self._last[record.id] = decision
+        self._last.move_to_end(record.id)
+        if len(self._last) > REMEMBERED:
+            self._last.popitem(last=False)
+
+    @staticmethod
+    def _blocking(record: KeyRecord, decision: Decision, subjects: list[Subject]
+                  ) -> str | None:
+        windows = len(decision.windows)
+        if decision.verdict == QUOTA:
+            return subjects[windows][0]
+        if decision.verdict == USAGE:
+            return subjects[-1][0]
+        if decision.blocking is not None:
+            return subjects[decision.windows.index(decision.blocking)][0]
+        return None
+
+    def give_back(self, record: KeyRecord, cost: int, now: datetime) -> None:
+        """A locally admitted request is refunded: if it is still queued, it is not sent."""
+        queued = self._queued.get(record.id)
+        if queued is None:
+            return
+        queued.units = max(queued.units - cost, 0)
+        for subject, _ in self.subjects(record, now):
+            self._batch[subject] = max(self._batch.get(subject, 0) - cost, 0)
+
+    def forget(self) -> None:
+        """An admin change was announced: what this worker learnt may be stale."""
+        self._blocked.clear()
+        self._tight.clear()
+        self._last.clear()
+
+    async def sync(self) -> None:
+        """Sends what was admitted since the last sync, in one round trip."""
+        queued, self._queued, self._batch = self._queued, {}, {}
+        items = [(q.record, q.units, q.enforce) for q in queued.values() if q.units]
+        if not items:
+            return
+        now = datetime.now(UTC)
+        try:
+            decisions = await self.limiter.spend_many(
+                [(record, units, False) for record, units, _ in items], now, self.pending)
+        except (RedisError, OSError, SeedUnavailable) as exc:
+            STORE_ERRORS.labels(store="redis").inc()
+            log.warning("fast limits could not sync: %s", type(exc).__name__)
+            self.healthy = False
+            for key_id, q in queued.items():  # sent at the next sync that reaches Redis
+                again = self._queued.setdefault(key_id, _Queued(q.record, 0, q.enforce))
+                again.units += q.units
+            return
+        self.healthy = True
+        for (record, _, _), decision in zip(items, decisions, strict=True):
+            self.learn(record, decision, now)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Syncs every ``interval_s`` until ``stop`` is set, then once more."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+            await self.sync()
+        await self.sync()
