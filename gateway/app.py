@@ -124,15 +124,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             providers.clear()
 
     listener = asyncio.create_task(invalidation.listen(redis, apply, app[LISTENING]))
-    stop_flushing = asyncio.Event()
-    syncer = asyncio.create_task(fast.run(stop_flushing)) if fast is not None else None
+    stop_syncing, stop_flushing = asyncio.Event(), asyncio.Event()
+    syncer = asyncio.create_task(fast.run(stop_syncing)) if fast is not None else None
     flusher = asyncio.create_task(usage.run(pool, gw.usage_flush_interval_s, stop_flushing))
     try:
         yield
     finally:
-        stop_flushing.set()
+        stop_syncing.set()
         if syncer is not None:
-            await syncer  # sends what fast mode admitted since its last sync
+            await syncer  # sends what fast mode admitted since its last sync (a re-seed
+            # meanwhile reads the unflushed usage, so the flush waits for it)
+        stop_flushing.set()
         await flusher  # writes what is still pending
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):

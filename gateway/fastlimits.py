@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from redis.exceptions import RedisError
 
@@ -65,17 +65,26 @@ class _Queued:
 
 class FastLimiter:
     def __init__(self, limiter: Limiter, interval_s: float, share: float,
-                 pending: Pending) -> None:
+                 recorded: Pending) -> None:
         self.limiter = limiter
         self.interval_s = interval_s
         self.share = share
-        self.pending = pending
+        self.recorded = recorded  # usage this worker has not yet written to PostgreSQL
         self.healthy = True  # the last sync reached Redis
         self._batch: dict[str, int] = {}  # subject -> units admitted locally this interval
         self._queued: dict[str, _Queued] = {}  # key id -> what to send at the next sync
+        self._sending: dict[str, int] = {}  # key id -> units of the sync in flight
         self._blocked: dict[str, tuple[float, Decision]] = {}  # subject -> (until, refusal)
         self._tight: set[str] = set()  # subjects too close to their limit to admit locally
         self._last: OrderedDict[str, Decision] = OrderedDict()  # key id -> last from Redis
+
+    def pending(self, key_id: str, since: date) -> tuple[int, int]:
+        """What a re-seed of lost counters must add to PostgreSQL's figures: the usage not yet
+        written there, less the units not yet in Redis (a sync will add those)."""
+        lifetime, period = self.recorded(key_id, since)
+        queued = self._queued.get(key_id)
+        unsynced = self._sending.get(key_id, 0) + (queued.units if queued else 0)
+        return lifetime - unsynced, period - unsynced
 
     def subjects(self, record: KeyRecord, now: datetime) -> list[Subject]:
         found = [(window_subject(record, w), int(w.limit * self.share))
@@ -194,6 +203,7 @@ class FastLimiter:
         if not items:
             return
         now = datetime.now(UTC)
+        self._sending = {record.id: units for record, units, _ in items}
         try:
             decisions = await self.limiter.spend_many(
                 [(record, units, False) for record, units, _ in items], now, self.pending)
@@ -201,10 +211,12 @@ class FastLimiter:
             STORE_ERRORS.labels(store="redis").inc()
             log.warning("fast limits could not sync: %s", type(exc).__name__)
             self.healthy = False
+            self._sending = {}
             for key_id, q in queued.items():  # sent at the next sync that reaches Redis
                 again = self._queued.setdefault(key_id, _Queued(q.record, 0, q.enforce))
                 again.units += q.units
             return
+        self._sending = {}
         self.healthy = True
         for (record, _, _), decision in zip(items, decisions, strict=True):
             self.learn(record, decision, now)

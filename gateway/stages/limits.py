@@ -60,8 +60,9 @@ async def spend(ex: Exchange, deps: Deps) -> None:
         try:
             decision = deps.fast.admit(key, route.cost, route.enforce, now) if deps.fast else None
             if decision is None:
+                pending = deps.fast.pending if deps.fast else deps.usage.pending
                 decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
-                                                    deps.usage.pending)
+                                                    pending)
                 if deps.fast is not None:
                     deps.fast.learn(key, decision, now)
         except SeedUnavailable as exc:  # re-seeding lost counters needs PostgreSQL

@@ -53,7 +53,7 @@ async def test_a_client_gone_before_the_answer_is_counted_499_not_an_error(
     key = await admin.key(org["id"], scopes=["svc:read"])
     before = await (await gateway.get("/metrics")).text()
     assert gateway.server.port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
+    _, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
     writer.write(f"GET /svc/gate HTTP/1.1\r\nHost: t\r\nX-API-Key: {key['key']}\r\n"
                  "\r\n".encode())
     await asyncio.wait_for(upstream.arrived.wait(), 10)

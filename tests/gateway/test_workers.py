@@ -24,12 +24,12 @@ ROUNDS = 40  # fresh connections per check, spread over the workers by the kerne
 
 
 async def _start_gateway(cli: Cli, stores: Stores, upstream: Upstream,  # noqa: F811
-                         tmp_path: Path, scopes: str = ""
+                         tmp_path: Path, scopes: str = "", gateway: str = ""
                          ) -> tuple[subprocess.Popen[str], int, Path]:
     """``keystile gateway --workers 2`` with one route /svc to the upstream, once listening."""
     port = free_port()
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[gateway]\nport = {port}\n\n[[routes]]\nprefix = "/svc"\n'
+    config.write_text(f'[gateway]\nport = {port}\n{gateway}\n[[routes]]\nprefix = "/svc"\n'
                       f'upstream = "{upstream.url}"\n{scopes}\n')
     proc = cli.start("gateway", "--config", str(config), "--workers", "2",
                      env={"KEYSTILE_DATABASE_URL": stores.database_url,
@@ -132,6 +132,20 @@ async def test_lifetime_limit_is_exact_across_workers(
     statuses = await _concurrently(port, key["key"], 1000)
     assert statuses == Counter({200: 100, 429: 900})
     assert len(upstream.seen) == 100
+
+
+async def test_fast_mode_keeps_its_written_bound_across_workers(
+        cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
+        org: dict[str, Any], tmp_path: Path) -> None:
+    """limits_mode fast admits at most limit + 2 × workers × floor(limit × share)."""
+    _, port, _ = await _start_gateway(cli, stores, upstream, tmp_path,
+                                      gateway='limits_mode = "fast"\n')
+    limit, share, workers = 1000, 0.01, 2
+    key = await admin.key(org["id"], usage_limit=limit)
+    statuses = await _concurrently(port, key["key"], 1500)
+    assert limit <= statuses[200] <= limit + 2 * workers * int(limit * share), statuses
+    assert statuses[200] + statuses[429] == 1500
+    assert len(upstream.seen) == statuses[200]
 
 
 async def test_rate_window_is_exact_across_workers(

@@ -1,0 +1,142 @@
+"""limits_mode = "fast": few Redis round trips, a written-down bound on over-admission, and
+nothing admitted is lost — what a client and an operator can observe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings, Settings
+from gateway.state import LISTENING
+from tests.admin_api.conftest import Admin
+from tests.conftest import Stores
+from tests.gateway.conftest import ProductionServer, Upstream, routes_for
+
+SHARE = 0.01  # the default fast_unsynced_share
+INTERVAL_S = 0.2
+
+
+def _fast(stores: Stores, upstream: Upstream, interval_s: float = INTERVAL_S) -> Settings:
+    return Settings(database_url=stores.database_url, redis_url=stores.redis_url,
+                    gateway=GatewaySettings(limits_mode="fast", fast_sync_interval_s=interval_s,
+                                            fast_unsynced_share=SHARE),
+                    routes=routes_for(upstream.url))
+
+
+@pytest.fixture
+def gateway_settings(stores: Stores, upstream: Upstream) -> Settings:
+    return _fast(stores, upstream)
+
+
+async def _trips(gateway: TestClient) -> float:
+    text = await (await gateway.get("/metrics")).text()
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("keystile_redis_round_trips_total "))
+
+
+async def _quota_used(admin: Admin, key_id: str) -> int:
+    usage = await admin.call("GET", f"/v1/keys/{key_id}/usage", expect=200)
+    return int(usage["quota"]["used"])
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_burst_is_admitted_within_the_written_bound_and_nothing_is_lost(
+        gateway: TestClient, admin: Admin, org: dict[str, Any], upstream: Upstream) -> None:
+    limit = 1000
+    key = await admin.key(org["id"], quota={"limit": limit, "period": "day"})
+    headers = {"X-API-Key": key["key"]}
+
+    async def one() -> int:
+        return (await gateway.get("/maybe/x", headers=headers)).status
+
+    statuses = Counter(await asyncio.gather(*(one() for _ in range(1200))))
+    admitted = statuses[200]
+    bound = limit + 2 * 1 * int(limit * SHARE)  # limit + 2 × workers × allowance
+    assert limit <= admitted <= bound, statuses
+    assert statuses[429] == 1200 - admitted
+    assert len(upstream.seen) == admitted
+
+    async def synced() -> bool:  # every admitted request reaches Redis at a sync
+        return await _quota_used(admin, key["id"]) == admitted
+
+    await _eventually(synced)
+
+
+async def test_most_requests_take_no_redis_round_trip(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    keys = [await admin.key(org["id"], quota={"limit": 100_000, "period": "day"},
+                            rate_limits=[{"limit": 10_000, "window_s": 1},
+                                         {"limit": 100_000, "window_s": 60},
+                                         {"limit": 1_000_000, "window_s": 3600}])
+            for _ in range(10)]
+    for key in keys:  # first touch: cached in the worker, counters seeded at the next sync
+        assert (await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})).status == 200
+
+    async def seeded() -> bool:
+        return all([await _quota_used(admin, k["id"]) == 1 for k in keys])
+
+    await _eventually(seeded)
+    before = await _trips(gateway)
+    sent = 0
+    for _ in range(4):
+        results = await asyncio.gather(*(gateway.get("/maybe/x", headers={
+            "X-API-Key": keys[i % len(keys)]["key"]}) for i in range(100)))
+        assert [r.status for r in results] == [200] * 100
+        sent += 100
+    trips = await _trips(gateway) - before
+    assert trips <= 0.05 * sent, f"{trips} round trips for {sent} requests"
+    # ...and the headers still tell the client where it stands (as of the last sync).
+    resp = await gateway.get("/maybe/x", headers={"X-API-Key": keys[0]["key"]})
+    assert resp.headers["RateLimit-Limit"] == "10000"
+    assert int(resp.headers["RateLimit-Remaining"]) < 10_000
+
+
+async def test_an_exhausted_key_is_refused_here_until_an_admin_lifts_it(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    # A limit below 1 / fast_unsynced_share is always checked exactly: 3 pass, then 429.
+    key = await admin.key(org["id"], quota={"limit": 3, "period": "day"})
+    headers = {"X-API-Key": key["key"]}
+    assert [(await gateway.get("/maybe/x", headers=headers)).status for _ in range(4)] == [
+        200, 200, 200, 429]
+    before = await _trips(gateway)
+    refusals = [await gateway.get("/maybe/x", headers=headers) for _ in range(20)]
+    assert {r.status for r in refusals} == {429}
+    body = await refusals[0].json()
+    assert body["error"]["code"] == "usage_exceeded"
+    assert 0 < int(refusals[0].headers["Retry-After"]) <= 86400
+    assert await _trips(gateway) - before <= 1  # refused by the worker itself (maybe a PING)
+    await admin.call("PATCH", f"/v1/keys/{key['id']}",
+                     json={"quota": {"limit": 10, "period": "day"}}, expect=200)
+
+    async def lifted() -> bool:
+        return (await gateway.get("/maybe/x", headers=headers)).status == 200
+
+    await _eventually(lifted)
+
+
+async def test_what_was_admitted_is_synced_when_the_gateway_stops(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], stores: Stores,
+        upstream: Upstream, admin: Admin, org: dict[str, Any]) -> None:
+    key = await admin.key(org["id"], quota={"limit": 100_000, "period": "day"})
+    app = create_app(_fast(stores, upstream, interval_s=5.0))  # no sync before the stop
+    server = ProductionServer(app)
+    await server.start_server(access_log=logging.getLogger("keystile.access"))
+    client = await aiohttp_client(server)
+    await asyncio.wait_for(app[LISTENING].wait(), 10)
+    for _ in range(7):
+        assert (await client.get("/maybe/x", headers={"X-API-Key": key["key"]})).status == 200
+    await client.close()  # runs the app's cleanup: the last sync
+    assert await _quota_used(admin, key["id"]) == 7
