@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench bench-load venv clean
+.PHONY: run test lint bench bench-propagation venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,16 +23,17 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-## bench: programs that print numbers (results in bench/results/)
+## bench: Keystile against nginx and a bare aiohttp proxy (bench/results/latest.{json,md,png});
+## QUICK=1 for the one-minute version. wrk and nginx come unpacked from Debian's packages.
 bench: $(STAMP)
+	$(BIN)/python bench/load.py $(if $(QUICK),--quick,)
+
+## bench-propagation: how fast key changes reach every worker
+bench-propagation: $(STAMP)
 	$(BIN)/python bench/propagation.py $(if $(QUICK),--changes 20,)
 
-## bench-load: first cut of the nginx comparison (wrk and nginx unpacked from Debian packages)
-bench-load: $(STAMP)
-	$(BIN)/python bench/load.py $(if $(QUICK),--seconds 3 --keys 2000,)
-
 lint: $(STAMP)
-	$(BIN)/ruff check gateway admin_api keystile tests
+	$(BIN)/ruff check gateway admin_api keystile tests bench
 	$(BIN)/mypy
 
 clean:

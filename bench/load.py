@@ -1,202 +1,475 @@
-"""The load benchmark (first cut): one run on loopback, wrk driving each setup in turn.
+"""The load benchmark: Keystile against nginx and a bare aiohttp proxy, in one run on loopback.
 
     B0  nginx answering 200 itself (the upstream of every other setup)
     B1  nginx as a plain keep-alive reverse proxy to B0
-    B3  a bare aiohttp pass-through proxy to B0 (no checks), 2 processes
-    K1  Keystile, exact mode, 2 workers: key, scope, 3 rate-limit windows and a quota
+    B2  nginx with a static ``map`` of the same keys (401 for any other), proxying to B0
+    B3  a bare aiohttp pass-through proxy to B0, no checks (bench/bareproxy.py)
+    K1  Keystile, limits_mode = "exact": key, scope, 3 rate-limit windows and a quota
+    K2  Keystile, limits_mode = "fast": the same checks, limits spent in batches
 
-wrk rotates many valid keys (and ~1% invalid ones) through a Lua script. Prints requests/s,
-p50 / p99 / max latency and the non-2xx count per setup, and writes
-bench/results/latest.json and latest.md.
+Every proxy runs 2 processes; wrk runs one thread pinned to one core and rotates the valid
+keys, 1% invalid ones and a few keys whose quota runs out. Each setup gets the same warm-up
+and the same measured duration. Then two cases: the key-table scale case (cache-miss lookups
+with 1,000 vs 1,000,000 keys in PostgreSQL) and the soak (RSS of the workers before and after
+a million requests).
 
-    .venv/bin/python bench/load.py [--seconds 10] [--keys 10000] [--connections 16]
+Results: printed, and written to bench/results/latest.json, latest.md and latest.png.
+
+    .venv/bin/python bench/load.py            # the full run (under 10 minutes)
+    .venv/bin/python bench/load.py --quick    # about a minute
+    .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from admin_api.migrate import migrate
-from bench import tools
-from gateway import keyformat
-from gateway.database import connect
+from bench import report, scale, tools
+from bench.seed import seed_keys
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 RESULTS = Path(__file__).parent / "results"
-ORG = "org_benchAAAAAAAAAAAAAAAAA"
+SETUPS = ("B0", "B1", "B2", "B3", "K1", "K2")
+LOAD_CORE = 0  # wrk runs here; the servers may use any core
 
 WRK_SCRIPT = """
 local keys = {}
 for line in io.lines("%(keys)s") do keys[#keys + 1] = line end
 local i = 0
+init = function(args) i = tonumber(args[1]) end  -- each run starts somewhere else
+statuses = {}
 request = function()
   i = i + 1
   return wrk.format("GET", "/svc/item", {["X-API-Key"] = keys[(i %% #keys) + 1]})
 end
+response = function(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+local threads = {}
+setup = function(thread) threads[#threads + 1] = thread end
+done = function(summary, latency, requests)
+  local merged = {}
+  for _, t in ipairs(threads) do
+    for code, n in pairs(t:get("statuses")) do merged[code] = (merged[code] or 0) + n end
+  end
+  local parts = {}
+  for code, n in pairs(merged) do parts[#parts + 1] = string.format('"%%d": %%d', code, n) end
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %%d, "duration_us": %%d, "p50_us": %%d, '
+    .. '"p99_us": %%d, "max_us": %%d, "socket_errors": %%d, "statuses": {%%s}}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, e.connect + e.read + e.write + e.timeout, table.concat(parts, ", ")))
+end
 """
 
 
-def _nginx_conf(work: Path, port: int, body: str) -> Path:
-    conf = work / f"nginx-{port}.conf"
-    conf.write_text(f"""
-worker_processes 2;
-pid {work}/nginx-{port}.pid;
-error_log {work}/nginx-{port}.err warn;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
-  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-  upstream origin {{ server 127.0.0.1:{port - 1}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{port}; {body} }}
-}}""")
-    return conf
+@dataclass
+class Setup:
+    name: str
+    title: str
+    port: int
+    root: subprocess.Popen[bytes]
+    metrics_url: str | None = None  # Keystile's /metrics, for its Redis round trips
+
+    def processes(self) -> list[psutil.Process]:
+        parent = psutil.Process(self.root.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def workers(self) -> list[psutil.Process]:
+        """The processes that serve requests (not the supervising parent, if any)."""
+        procs = self.processes()
+        return procs[1:] or procs
 
 
-async def _seed(url: str, count: int) -> list[str]:
-    conn = await connect(url)
-    try:
-        await migrate(conn)
-        await conn.execute("INSERT INTO orgs (id, name, provider_id, key_prefix) "
-                           "VALUES ($1, 'bench', 'bench', 'ks') ON CONFLICT DO NOTHING", ORG)
-        raws = [keyformat.generate("ks") for _ in range(count)]
-        limits = [{"limit": 1_000_000, "window_s": 1}, {"limit": 10_000_000, "window_s": 60},
-                  {"limit": 100_000_000, "window_s": 3600}]
-        rows = [(keyformat.new_id("key"), raw) for raw in raws]
-        await conn.executemany(
-            "INSERT INTO keys (id, org_id, prefix, key_prefix, scopes, rate_limits, quota) "
-            "VALUES ($1, $2, $3, 'ks', '{svc:read}', $4, $5)",
-            [(key_id, ORG, raw[:12], limits, {"limit": 1_000_000_000, "period": "day"})
-             for key_id, raw in rows])
-        await conn.executemany("INSERT INTO key_secrets (hash, key_id) VALUES ($1, $2)",
-                               [(keyformat.hash_key(raw), key_id) for key_id, raw in rows])
-        return raws
-    finally:
-        await conn.close()
-
-
-def _wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, object]:
-    out = subprocess.run([*tools.wrk(), "-t2", f"-c{connections}", f"-d{seconds}s",
-                          "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, env=tools.wrk_env(), check=True).stdout
-
-    def ms(text: str) -> float:
-        value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE))
-    max_ms = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": ms(latency["50"]), "p99_ms": ms(latency["99"]),
-        "max_ms": ms(max_ms.group(1)) if max_ms else None,
-        "requests": int(total.group(1)) if total else None,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-    }
+@dataclass
+class Stack:
+    work: Path
+    pg: EmbeddedPostgres
+    redis_url: str
+    script: Path
+    setups: dict[str, Setup] = field(default_factory=dict)
 
 
 def _wait_port(port: int, timeout: float = 30) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def run(seconds: int, key_count: int, connections: int) -> dict[str, dict[str, object]]:
+def _nginx(work: Path, name: str, port: int, upstream: int | None, server: str,
+           http: str = "") -> subprocess.Popen[bytes]:
+    conf = work / f"nginx-{name}.conf"
+    origin = (f"upstream origin {{ server 127.0.0.1:{upstream}; keepalive 64; }}"
+              if upstream else "")
+    conf.write_text(f"""
+worker_processes 2;
+pid {work}/nginx-{name}.pid;
+error_log {work}/nginx-{name}.err warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  {origin}
+  {http}
+  server {{ listen 127.0.0.1:{port}; {server} }}
+}}""")
+    proc = subprocess.Popen([tools.nginx(), "-c", str(conf), "-p", str(work)],
+                            stderr=subprocess.DEVNULL)
+    _wait_port(port)
+    return proc
+
+
+PROXY = ("location / { proxy_pass http://origin; proxy_http_version 1.1; "
+         "proxy_set_header Connection ''; }")
+
+
+def _key_map(keys: list[str]) -> str:
+    entries = "\n".join(f'    "{key}" 1;' for key in keys)
+    return ("map_hash_max_size 65536; map_hash_bucket_size 128;\n"
+            f"  map $http_x_api_key $known_key {{\n    default 0;\n{entries}\n  }}")
+
+
+def _gateway(work: Path, name: str, upstream: int, pg_url: str, redis_url: str, mode: str
+             ) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = work / f"gateway-{name}.toml"
+    config.write_text(f'[gateway]\nport = {port}\nworkers = 2\nlimits_mode = "{mode}"\n\n'
+                      f'[[routes]]\nprefix = "/svc"\nupstream = "http://127.0.0.1:{upstream}"\n'
+                      'scopes = { GET = ["svc:read"] }\n')
+    env = {**os.environ, "KEYSTILE_DATABASE_URL": pg_url, "KEYSTILE_REDIS_URL": redis_url}
+    proc = subprocess.Popen([sys.executable, "-m", "keystile.cli", "gateway", "--config",
+                             str(config)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(work / f"gateway-{name}.log", "wb"))  # noqa: SIM115
+    _wait_port(port)
+    return proc, port
+
+
+def start(work: Path, key_count: int, pg: EmbeddedPostgres, redis_url: str,
+          names: list[str]) -> Stack:
+    """Starts B0 and every setup in ``names``."""
+    valid, exhausting = asyncio.run(seed_keys(pg.url, key_count))
+    invalid = [f"ks_{os.urandom(16).hex()}" for _ in range(max(key_count // 100, 1))]
+    rotation = valid + exhausting + invalid
+    random.shuffle(rotation)  # invalid and exhausting keys spread through the rotation
+    keys_file = work / "keys.txt"
+    keys_file.write_text("\n".join(rotation) + "\n")
+    script = work / "keys.lua"
+    script.write_text(WRK_SCRIPT % {"keys": keys_file})
+    stack = Stack(work, pg, redis_url, script)
+    upstream = free_port()
+    add = stack.setups.__setitem__
+    add("B0", Setup("B0", "nginx return 200 (the upstream)", upstream,
+                    _nginx(work, "b0", upstream, None, "location / { return 200 'ok'; }")))
+    if "B1" in names:
+        port = free_port()
+        add("B1", Setup("B1", "nginx keep-alive proxy", port,
+                        _nginx(work, "b1", port, upstream, PROXY)))
+    if "B2" in names:
+        port = free_port()
+        add("B2", Setup("B2", "nginx proxy + static key map", port, _nginx(
+            work, "b2", port, upstream,
+            "if ($known_key = 0) { return 401; }\n" + PROXY, _key_map(valid + exhausting))))
+    if "B3" in names:
+        port = free_port()
+        bare = subprocess.Popen([sys.executable, str(Path(__file__).parent / "bareproxy.py"),
+                                 str(port), f"http://127.0.0.1:{upstream}", "2"],
+                                stderr=subprocess.DEVNULL)  # clients cut off at the end
+        _wait_port(port)
+        add("B3", Setup("B3", "bare aiohttp proxy (no checks)", port, bare))
+    for name, mode in (("K1", "exact"), ("K2", "fast")):
+        if name not in names:
+            continue
+        proc, port = _gateway(work, name, upstream, pg.url, redis_url, mode)
+        add(name, Setup(name, f"Keystile, limits_mode {mode}", port, proc,
+                        f"http://127.0.0.1:{port}/metrics"))
+    return stack
+
+
+def stop(stack: Stack) -> None:
+    for setup in stack.setups.values():
+        with contextlib.suppress(ProcessLookupError):
+            setup.root.send_signal(signal.SIGTERM)
+    for setup in stack.setups.values():
+        try:
+            setup.root.wait(15)
+        except subprocess.TimeoutExpired:
+            setup.root.kill()
+            setup.root.wait()
+
+
+@dataclass
+class Run:
+    """What one wrk run reports (through the Lua script's done())."""
+
+    requests: int
+    duration_us: int
+    p50_us: int
+    p99_us: int
+    max_us: int
+    socket_errors: int
+    statuses: dict[str, int]
+
+
+def wrk(port: int, script: Path, seconds: float, connections: int) -> Run:
+    command = ["taskset", "-c", str(LOAD_CORE), *tools.wrk(), "-t1", f"-c{connections}",
+               f"-d{max(seconds, 1):g}s", "--timeout", "5s", "-s", str(script),
+               f"http://127.0.0.1:{port}/svc/item", "--",
+               str(random.randrange(1 << 30))]  # noqa: S311 - where in the rotation to start
+    out = subprocess.run(command, capture_output=True, text=True, env=tools.wrk_env(),
+                         check=True, timeout=seconds + 60).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    return Run(**json.loads(line.removeprefix("WRKJSON ")))
+
+
+def _redis_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+
+def _metric(setup: Setup, sample: str) -> float:
+    """One sample of Keystile's /metrics (summed over its workers), e.g.
+    ``keystile_redis_round_trips_total`` or ``keystile_key_cache_total{result="worker"}``."""
+    if setup.metrics_url is None:
+        return 0.0
+    with urllib.request.urlopen(setup.metrics_url, timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _round_trips(setup: Setup) -> float:
+    return _metric(setup, "keystile_redis_round_trips_total")
+
+
+def prewarm(stack: Stack, setup: Setup, connections: int, limit_s: float = 90) -> float:
+    """Fills Keystile's caches the way production traffic would: load until nearly every key
+    is answered from the worker's own cache (every key seen by every worker, its counters
+    seeded). Cold lookups are measured apart, by the scale case. Returns the seconds taken."""
+    started = time.monotonic()
+    misses = ('keystile_key_cache_total{result="redis"}',
+              'keystile_key_cache_total{result="postgres"}')
+    while time.monotonic() - started < limit_s:
+        before = sum(_metric(setup, m) for m in misses)
+        requests = wrk(setup.port, stack.script, 3, connections).requests
+        if sum(_metric(setup, m) for m in misses) - before < 0.01 * requests:
+            break
+    return round(time.monotonic() - started, 1)
+
+
+@contextlib.contextmanager
+def _peak_rss(procs: list[psutil.Process]) -> Iterator[dict[int, int]]:
+    """Samples the RSS of ``procs`` every 100 ms while the block runs; yields pid -> peak."""
+    peaks = {p.pid: 0 for p in procs}
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    peaks[proc.pid] = max(peaks[proc.pid], proc.memory_info().rss)
+            if done.wait(0.1):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        thread.join()
+
+
+def _cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def measure(stack: Stack, setup: Setup, warmup: float, seconds: float, connections: int,
+            profile_to: Path | None = None) -> dict[str, Any]:
+    wrk(setup.port, stack.script, warmup, connections)
+    client = redis.Redis.from_url(stack.redis_url)
+    procs = setup.processes()
+    calls, trips, cpu = _redis_calls(client), _round_trips(setup), _cpu_seconds(procs)
+    spies = _profile(setup, profile_to, seconds) if profile_to else []
+    with _peak_rss(setup.workers()) as peaks:
+        got = wrk(setup.port, stack.script, seconds, connections)
+    cpu = _cpu_seconds(procs) - cpu
+    calls = _redis_calls(client) - calls
+    trips = _round_trips(setup) - trips
+    client.close()
+    for spy in spies:
+        spy.wait(seconds + 30)
+    requests = got.requests
+    per = max(requests, 1)
+    statuses = dict(sorted(got.statuses.items()))
+    if got.socket_errors:
+        statuses["socket_errors"] = got.socket_errors
+    return {
+        "title": setup.title,
+        "rps": round(requests / (got.duration_us / 1e6), 1),
+        "p50_ms": got.p50_us / 1000,
+        "p99_ms": got.p99_us / 1000,
+        "max_ms": got.max_us / 1000,
+        "cpu_us_per_req": round(cpu * 1e6 / per, 1),
+        "redis_cmds_per_req": round(calls / per, 3),
+        "redis_round_trips_per_req": round(trips / per, 4) if setup.metrics_url else 0.0,
+        "rss_mb": round(max(peaks.values()) / 2**20, 1),
+        "requests": requests,
+        "statuses": statuses,
+    }
+
+
+def _profile(setup: Setup, folder: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy records each worker for the measured run (speedscope files in ``folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    return [subprocess.Popen([str(spy), "record", "--pid", str(proc.pid), "--duration",
+                              str(int(seconds)), "--rate", "250", "--format", "speedscope",
+                              "--output", str(folder / f"{setup.name}-{proc.pid}.json"),
+                              "--gil"],  # samples holding the GIL: where the CPU goes
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for proc in setup.workers()]
+
+
+def soak(stack: Stack, setup: Setup, total: int, connections: int, chunk_s: float,
+         warmup_s: float) -> dict[str, object]:
+    """``total`` requests in chunks of ``chunk_s``; worker RSS after the warm-up and at the
+    end."""
+    prewarm(stack, setup, connections)
+    wrk(setup.port, stack.script, warmup_s, connections)
+    workers = setup.workers()
+    start_rss = {p.pid: p.memory_info().rss for p in workers}
+    sent, started = 0, time.monotonic()
+    while sent < total:
+        sent += wrk(setup.port, stack.script, chunk_s, connections).requests
+    end_rss = {p.pid: p.memory_info().rss for p in workers}
+    growth = max(end_rss[pid] / start_rss[pid] - 1 for pid in start_rss)
+    return {"setup": setup.name, "requests": sent,
+            "seconds": round(time.monotonic() - started, 1),
+            "rss_start_mb": [round(v / 2**20, 1) for v in start_rss.values()],
+            "rss_end_mb": [round(v / 2**20, 1) for v in end_rss.values()],
+            "max_growth_pct": round(growth * 100, 2)}
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    """K/B1, K/B2, K/B3 requests/s; K/B3 CPU per request; K's p99 over B0's."""
+    out: dict[str, float] = {}
+    for k in ("K1", "K2"):
+        if k not in results:
+            continue
+        for b in ("B1", "B2", "B3"):
+            if b in results:
+                out[f"{k}/{b}_rps"] = round(results[k]["rps"] / results[b]["rps"], 3)
+        if "B3" in results:
+            out[f"{k}/B3_cpu"] = round(results[k]["cpu_us_per_req"]
+                                       / results["B3"]["cpu_us_per_req"], 3)
+        if "B0" in results:
+            out[f"{k}-B0_p99_ms"] = round(results[k]["p99_ms"] - results["B0"]["p99_ms"], 3)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="keystile-load-"))
     pg = EmbeddedPostgres(work / "pg", durable=False).start()
-    redis = EmbeddedRedis(work / "redis", durable=False).start()
-    procs: list[subprocess.Popen[bytes]] = []
-    results: dict[str, dict[str, object]] = {}
+    store = EmbeddedRedis(work / "redis", durable=False).start()
+    stack: Stack | None = None
+    results: dict[str, Any] = {}
+    prewarmed: dict[str, float] = {}
+    began = time.monotonic()
     try:
-        raws = asyncio.run(_seed(pg.url, key_count))
-        invalid = [keyformat.generate("ks") for _ in range(max(key_count // 100, 1))]
-        keys_file = work / "keys.txt"
-        mixed = raws + invalid
-        random.shuffle(mixed)  # invalid keys spread through the rotation
-        keys_file.write_text("\n".join(mixed) + "\n")
-        script = work / "keys.lua"
-        script.write_text(WRK_SCRIPT % {"keys": keys_file})
-
-        base = free_port()
-        b0, b1 = base + 1, base + 2
-        for port, body in ((b0, "location / { return 200 'ok'; }"),
-                           (b1, "location / { proxy_pass http://origin; "
-                                "proxy_http_version 1.1; proxy_set_header Connection ''; }")):
-            procs.append(subprocess.Popen([tools.nginx(), "-c", str(_nginx_conf(work, port,
-                                                                                 body)),
-                                           "-p", str(work)], stderr=subprocess.DEVNULL))
-            _wait_port(port)
-        # nginx's upstream block points at port-1: make B1 reach B0.
-        b3 = free_port()
-        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).parent /
-                                                           "bareproxy.py"),
-                                       str(b3), f"http://127.0.0.1:{b0}", "2"]))
-        _wait_port(b3)
-        k1 = free_port()
-        config = work / "gateway.toml"
-        config.write_text(f'[gateway]\nport = {k1}\nworkers = 2\n\n[[routes]]\n'
-                          f'prefix = "/svc"\nupstream = "http://127.0.0.1:{b0}"\n'
-                          f'scopes = {{ GET = ["svc:read"] }}\n')
-        env = {**os.environ, "KEYSTILE_DATABASE_URL": pg.url, "KEYSTILE_REDIS_URL": redis.url}
-        gateway = subprocess.Popen([sys.executable, "-m", "keystile.cli", "gateway",
-                                    "--config", str(config)], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(gateway)
-        _wait_port(k1)
-        for name, port in (("B0", b0), ("B1", b1), ("B3", b3), ("K1", k1)):
-            _wrk(f"http://127.0.0.1:{port}/svc/item", script, 2, connections)  # warm-up
-            results[name] = _wrk(f"http://127.0.0.1:{port}/svc/item", script, seconds,
-                                 connections)
-            print(f"{name}: {results[name]}", flush=True)
+        stack = start(work, args.keys, pg, store.url, [*args.setups, args.soak_setup])
+        for name in args.setups:
+            profile = RESULTS / "profiles" if name in args.profile else None
+            if name.startswith("K"):
+                prewarmed[name] = prewarm(stack, stack.setups[name], args.connections)
+            results[name] = measure(stack, stack.setups[name], args.warmup, args.seconds,
+                                    args.connections, profile)
+            print(report.line(name, results[name]), flush=True)
+        results["ratios"] = ratios(results)
+        print("ratios:", results["ratios"], flush=True)
+        if args.scale_keys:
+            results["scale"] = asyncio.run(scale.run(pg, store.url, args.scale_keys,
+                                                     args.scale_samples))
+            print("scale:", results["scale"], flush=True)
+        if args.soak_requests:
+            results["soak"] = soak(stack, stack.setups[args.soak_setup], args.soak_requests,
+                                   args.connections, args.seconds, args.warmup)
+            print("soak:", results["soak"], flush=True)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        redis.stop()
+        if stack is not None:
+            stop(stack)
+        store.stop()
         pg.stop()
+    results["run"] = {"seconds": round(time.monotonic() - began, 1), "keys": args.keys,
+                      "prewarm_s": prewarmed,
+                      "connections": args.connections, "warmup_s": args.warmup,
+                      "measured_s": args.seconds, "cpus": os.cpu_count()}
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true", help="the 1-minute version")
+    parser.add_argument("--seconds", type=float, help="measured seconds per setup")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per setup")
+    parser.add_argument("--keys", type=int, default=10_000, help="valid keys in the rotation")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--scale-keys", type=int, help="the large key table (0: skip)")
+    parser.add_argument("--scale-samples", type=int, default=1000)
+    parser.add_argument("--soak-requests", type=int, help="0: skip the soak")
+    parser.add_argument("--soak-setup", default="K1")
+    parser.add_argument("--profile", default="", help="setups to py-spy, e.g. K1,K2")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    results = run(args.seconds, args.keys, args.connections)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["| setup | req/s | p50 ms | p99 ms | max ms | non-2xx |", "|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-              f"{r['max_ms']} | {r['non_2xx']} |" for n, r in results.items()]
-    (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    quick = args.quick
+    args.seconds = args.seconds if args.seconds is not None else (5 if quick else 20)
+    args.warmup = args.warmup if args.warmup is not None else (2 if quick else 5)
+    if args.scale_keys is None:
+        args.scale_keys = 100_000 if quick else 1_000_000
+    if args.soak_requests is None:
+        args.soak_requests = 50_000 if quick else 1_000_000
+    args.setups = [s for s in args.setups.split(",") if s]
+    args.profile = [s for s in args.profile.split(",") if s]
+    results = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "latest.md").write_text(report.markdown(results))
+    report.plot(results, args.out / "latest.png")
+    print(report.markdown(results))
 
 
 if __name__ == "__main__":

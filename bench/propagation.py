@@ -126,7 +126,8 @@ async def run(changes: int, workers: int) -> dict[str, object]:
         org = await (await admin.post("/v1/orgs", json={"name": "bench",
                                                          "provider_id": "bench"})).json()
         # One keep-alive connection per session; map each to the worker serving it.
-        sessions, served_by = [], set()
+        sessions: list[aiohttp.ClientSession] = []
+        served_by: set[int] = set()
         probe = await (await admin.post("/v1/keys", json={"org_id": org["id"],
                                                           "scopes": ["svc:read"]})).json()
         while len(sessions) < CONNECTIONS or len(served_by) < workers:

@@ -67,7 +67,7 @@ class GatewaySettings(_Strict):
     max_header_bytes: int = Field(16 << 10, ge=1024, description="all request headers together")
     max_header_count: int = Field(100, ge=8)
     cache_size: int = Field(100_000, ge=0, description="keys cached per worker")
-    cache_ttl_s: float = Field(60.0, gt=0, description="how long a worker trusts a cached "
+    cache_ttl_s: float = Field(300.0, gt=0, description="how long a worker trusts a cached "
                                "key while it hears the invalidation channel (the backstop)")
     cache_ttl_unsubscribed_s: float = Field(
         1.0, gt=0, description="how long it trusts one while the channel is down (changes "

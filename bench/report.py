@@ -1,0 +1,79 @@
+"""The benchmark's results as a line per setup, a Markdown page and a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (("rps", "req/s", "{:,.0f}"), ("p50_ms", "p50 ms", "{:.2f}"),
+           ("p99_ms", "p99 ms", "{:.2f}"), ("max_ms", "max ms", "{:.1f}"),
+           ("cpu_us_per_req", "CPU µs/req", "{:.0f}"),
+           ("redis_cmds_per_req", "Redis cmds/req", "{:.2f}"),
+           ("redis_round_trips_per_req", "Redis round trips/req", "{:.3f}"),
+           ("rss_mb", "peak RSS/worker MB", "{:.0f}"))
+
+
+def _statuses(row: dict[str, Any]) -> str:
+    return " · ".join(f"{code}: {n:,}" for code, n in row["statuses"].items())
+
+
+def line(name: str, row: dict[str, Any]) -> str:
+    cells = ", ".join(f"{title} {fmt.format(row[key])}" for key, title, fmt in COLUMNS)
+    return f"{name} ({row['title']}): {cells}; statuses {_statuses(row)}"
+
+
+def setups(results: dict[str, Any]) -> list[str]:
+    return [name for name, row in results.items() if isinstance(row, dict) and "rps" in row]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    head = "| setup | " + " | ".join(title for _, title, _ in COLUMNS) + " | statuses |"
+    out = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for name in setups(results):
+        row = results[name]
+        cells = " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS)
+        out.append(f"| {name} {row['title']} | {cells} | {_statuses(row)} |")
+    if results.get("ratios"):
+        out += ["", "| ratio | value |", "|---|---|"]
+        out += [f"| {k} | {v} |" for k, v in results["ratios"].items()]
+    if results.get("scale"):
+        s = results["scale"]
+        out += ["", f"Key-table scale (cache-miss lookups, {s['samples']} each): "
+                f"{s['small_keys']:,} keys p50 {s['small']['p50_ms']} ms / p99 "
+                f"{s['small']['p99_ms']} ms; {s['large_keys']:,} keys p50 "
+                f"{s['large']['p50_ms']} ms / p99 {s['large']['p99_ms']} ms "
+                f"(p99 ratio {s['p99_ratio']})."]
+    if results.get("soak"):
+        s = results["soak"]
+        out += ["", f"Soak ({s['setup']}, {s['requests']:,} requests in {s['seconds']} s): "
+                f"worker RSS {s['rss_start_mb']} MB after warm-up, {s['rss_end_mb']} MB "
+                f"after; largest growth {s['max_growth_pct']}%."]
+    run = results.get("run")
+    if run:
+        out += ["", f"{run['keys']:,} keys, {run['connections']} connections, "
+                f"{run['warmup_s']} s warm-up + {run['measured_s']} s per setup, "
+                f"{run['cpus']} CPUs; the whole run took {run['seconds']} s."]
+    return "\n".join(out) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = setups(results)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = ["#888888" if n.startswith("B") else "#2f6db5" for n in names]
+    for axis, key, title in ((left, "rps", "requests/s (higher is better)"),
+                             (right, "cpu_us_per_req",
+                              "CPU µs per request, proxy processes (lower is better)")):
+        values = [float(results[n][key]) for n in names]
+        bars = axis.bar(names, values, color=colours)
+        axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+        axis.set_title(title, fontsize=10)
+        axis.spines[["top", "right"]].set_visible(False)
+    fig.suptitle("Keystile (blue) against nginx and a bare aiohttp proxy (grey), one run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

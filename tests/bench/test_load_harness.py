@@ -1,0 +1,54 @@
+"""`make bench` (bench/load.py) runs end to end with tiny durations: every setup, the scale
+and soak cases, and the three result files. Numbers are not judged here — the benchmark
+prints them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).parents[2]
+SETUPS = ("B0", "B1", "B2", "B3", "K1", "K2")
+FIELDS = {"rps", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_req", "redis_cmds_per_req",
+          "rss_mb", "statuses", "requests"}
+
+
+def test_the_load_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
+    before = {p.pid for p in psutil.process_iter()}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "load.py"), "--seconds", "1", "--warmup", "1",
+         "--keys", "300", "--scale-keys", "3000", "--scale-samples", "50",
+         "--soak-requests", "300", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    results = json.loads((tmp_path / "latest.json").read_text())
+    for name in SETUPS:
+        row = results[name]
+        assert FIELDS <= set(row), (name, row)
+        assert row["requests"] > 0 and row["rps"] > 0
+        assert sum(n for code, n in row["statuses"].items()
+                   if code != "socket_errors") == row["requests"]
+    # Every setup refuses what it should: the keyless baselines pass all, the key checks don't.
+    assert set(results["B1"]["statuses"]) == {"200"}
+    assert {"200", "401"} <= set(results["B2"]["statuses"])
+    for name in ("K1", "K2"):
+        assert {"200", "401", "429"} <= set(results[name]["statuses"]), results[name]
+        assert results[name]["redis_cmds_per_req"] > 0
+    assert {"K1/B1_rps", "K1/B2_rps", "K1/B3_rps", "K1/B3_cpu", "K2/B3_cpu"} <= set(
+        results["ratios"])
+    assert results["scale"]["large_keys"] == 3000 and results["scale"]["small"]["p99_ms"] > 0
+    assert results["soak"]["requests"] >= 300 and results["soak"]["rss_end_mb"]
+    table = (tmp_path / "latest.md").read_text()
+    assert all(f"| {name} " in table for name in SETUPS)
+    assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Nothing it started is left running.
+    leftovers = [p for p in psutil.process_iter(["pid", "name", "cmdline"])
+                 if p.pid not in before and p.info["cmdline"]
+                 and any(w in " ".join(p.info["cmdline"])
+                         for w in ("nginx", "bareproxy", "keystile.cli gateway", "wrk"))]
+    assert not leftovers, leftovers
