@@ -15,10 +15,11 @@ from gateway.state import EXCHANGE
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        ex = request.get(EXCHANGE)
+        ex = response.get(EXCHANGE)
         key = ex.key if ex is not None else None
         self.logger.info(orjson.dumps({
-            "request_id": response.headers.get("X-Request-Id"),
+            "request_id": (ex.request_id if ex is not None
+                           else response.headers.get("X-Request-Id")),
             "method": request.method,
             "path": redact(ex.path if ex is not None and ex.path
                            else request.raw_path.split("?")[0]),

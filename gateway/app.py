@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import invalidation, logfilter, metrics, pipeline, proxy, selfservice
+from gateway import gcpolicy, invalidation, logfilter, metrics, pipeline, proxy, selfservice
 from gateway.database import create_pool
 from gateway.deps import Deps
 from gateway.errors import GatewayError, render
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 async def handle(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     ex = Exchange(request, request_id(request.headers))
-    request[EXCHANGE] = ex
     deps = request.app[DEPS]
     code = ""
     try:
@@ -64,10 +63,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         response.headers["X-Request-Id"] = ex.request_id
     route = ex.route.prefix if ex.route else "-"
     status = "499" if code == proxy.CLIENT_CLOSED else str(response.status)
-    metrics.REQUESTS.labels(route=route, status=status, code=code).inc()
+    metrics.requests(route, status, code).inc()
     # To the response headers: a long streamed body is the upstream's, not the gateway's time.
     headers_s = ex.headers_s if ex.headers_s is not None else time.perf_counter() - started
-    metrics.LATENCY.labels(route=route).observe(headers_s)
+    metrics.latency(route).observe(headers_s)
+    response[EXCHANGE] = ex  # for the access log
     return response
 
 
@@ -124,6 +124,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             providers.clear()
 
     listener = asyncio.create_task(invalidation.listen(redis, apply, app[LISTENING]))
+    collector = asyncio.create_task(gcpolicy.run())
     stop_syncing, stop_flushing = asyncio.Event(), asyncio.Event()
     syncer = asyncio.create_task(fast.run(stop_syncing)) if fast is not None else None
     flusher = asyncio.create_task(usage.run(pool, gw.usage_flush_interval_s, stop_flushing))
@@ -136,9 +137,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             # meanwhile reads the unflushed usage, so the flush waits for it)
         stop_flushing.set()
         await flusher  # writes what is still pending
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        for task in (listener, collector):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await session.close()
         await redis.aclose()
         await pool.close()

@@ -32,6 +32,7 @@ from datetime import UTC, date, datetime
 
 from redis.exceptions import RedisError
 
+from gateway import quota as periods
 from gateway.keyrecord import KeyRecord
 from gateway.limits import (
     ALLOWED,
@@ -41,19 +42,21 @@ from gateway.limits import (
     Limiter,
     Pending,
     SeedUnavailable,
-    quota_key,
-    usage_key,
-    window_subject,
-    windows_of,
 )
 from gateway.metrics import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
 REMEMBERED = 100_000  # keys whose last decision a worker keeps (for headers); LRU beyond
+SYNC_CHUNK = 200  # keys per pipeline: a big sync must not hold the event loop for long
 USAGE_RECHECK_S = 1.0  # a spent lifetime allowance is asked about again this often
 
 Subject = tuple[str, int]  # (Redis key of the counter, units this worker may admit unsynced)
+
+# A request admitted here before Redis has told this worker anything about its key.
+_ADMITTED = Decision(verdict=ALLOWED, retry_after_s=None, windows=[], usage_limit=None,
+                     usage_used=None, quota_limit=None, quota_used=None, quota_period=None,
+                     quota_reset_s=None, spent=True, local=True)
 
 
 @dataclasses.dataclass(slots=True)
@@ -87,13 +90,17 @@ class FastLimiter:
         return lifetime - unsynced, period - unsynced
 
     def subjects(self, record: KeyRecord, now: datetime) -> list[Subject]:
-        found = [(window_subject(record, w), int(w.limit * self.share))
-                 for w in windows_of(record)]
+        """Every limit the record meets, with what this worker may admit of it unsynced:
+        its windows, then its quota (this period's), then its lifetime usage."""
+        shape = self.limiter.shape(record)
+        share = self.share
+        found = [(shape.window_keys[2 * i], int(w.limit * share))
+                 for i, w in enumerate(shape.windows)]
         if record.quota:
-            found.append((quota_key(record, record.quota, now),
-                          int(int(record.quota["limit"]) * self.share)))
+            start = periods.bounds(str(record.quota["period"]), now)[0]
+            found.append((shape.quota_key(start), int(int(record.quota["limit"]) * share)))
         if record.usage_limit is not None:
-            found.append((usage_key(record), int(record.usage_limit * self.share)))
+            found.append((shape.usage_key, int(record.usage_limit * share)))
         return found
 
     def admit(self, record: KeyRecord, cost: int, enforce: bool, now: datetime
@@ -102,7 +109,7 @@ class FastLimiter:
         if not self.healthy:
             return None  # Redis failed at the last sync: the failure policies decide
         subjects = self.subjects(record, now)
-        if enforce:
+        if enforce and self._blocked:
             refusal = self._refusal(subjects)
             if refusal is not None:
                 return refusal
@@ -117,7 +124,7 @@ class FastLimiter:
         else:
             queued.units += cost
             queued.record, queued.enforce = record, queued.enforce and enforce
-        return self._admitted(record, now)
+        return self._admitted(record)
 
     def _refusal(self, subjects: list[Subject]) -> Decision | None:
         clock = time.monotonic()
@@ -134,14 +141,9 @@ class FastLimiter:
             self._tight.add(subject)  # room again, maybe: the next request asks Redis
         return None
 
-    def _admitted(self, record: KeyRecord, now: datetime) -> Decision:
-        last = self._last.get(record.id)
-        if last is not None and last.allowed:
-            return dataclasses.replace(last, spent=True, at=now, refund=None, local=True)
-        return Decision(verdict=ALLOWED, retry_after_s=None, windows=[], usage_limit=None,
-                        usage_used=None, quota_limit=None, quota_used=None,
-                        quota_period=None, quota_reset_s=None, spent=True, at=now,
-                        local=True)
+    def _admitted(self, record: KeyRecord) -> Decision:
+        """The key as Redis last saw it (for the headers), admitted here."""
+        return self._last.get(record.id) or _ADMITTED
 
     def learn(self, record: KeyRecord, decision: Decision, now: datetime) -> None:
         """What Redis said of ``record`` (at a sync or on the exact path)."""
@@ -164,8 +166,12 @@ class FastLimiter:
                 wait = (decision.retry_after_s if decision.verdict != USAGE
                         else USAGE_RECHECK_S)
                 self._blocked[blocking] = (clock + float(wait or 1), decision)
-        self._last[record.id] = decision
-        self._last.move_to_end(record.id)
+        if decision.allowed:
+            self._last[record.id] = dataclasses.replace(decision, spent=True, at=None,
+                                                        refund=None, local=True)
+            self._last.move_to_end(record.id)
+        else:
+            self._last.pop(record.id, None)
         if len(self._last) > REMEMBERED:
             self._last.popitem(last=False)
 
@@ -197,29 +203,32 @@ class FastLimiter:
         self._last.clear()
 
     async def sync(self) -> None:
-        """Sends what was admitted since the last sync, in one round trip."""
+        """Sends what was admitted since the last sync: one round trip per ``SYNC_CHUNK``
+        keys, learning from each answer before the next (the event loop serves between)."""
         queued, self._queued, self._batch = self._queued, {}, {}
-        items = [(q.record, q.units, q.enforce) for q in queued.values() if q.units]
-        if not items:
-            return
-        now = datetime.now(UTC)
-        self._sending = {record.id: units for record, units, _ in items}
+        items = [q for q in queued.values() if q.units]
+        self._sending = {q.record.id: q.units for q in items}
         try:
-            decisions = await self.limiter.spend_many(
-                [(record, units, False) for record, units, _ in items], now, self.pending)
-        except (RedisError, OSError, SeedUnavailable) as exc:
-            STORE_ERRORS.labels(store="redis").inc()
-            log.warning("fast limits could not sync: %s", type(exc).__name__)
-            self.healthy = False
+            for start in range(0, len(items), SYNC_CHUNK):
+                chunk, now = items[start:start + SYNC_CHUNK], datetime.now(UTC)
+                try:
+                    decisions = await self.limiter.spend_many(
+                        [(q.record, q.units, False) for q in chunk], now, self.pending)
+                except (RedisError, OSError, SeedUnavailable) as exc:
+                    STORE_ERRORS.labels(store="redis").inc()
+                    log.warning("fast limits could not sync: %s", type(exc).__name__)
+                    self.healthy = False
+                    for q in items[start:]:  # sent at the next sync that reaches Redis
+                        again = self._queued.setdefault(q.record.id,
+                                                        _Queued(q.record, 0, q.enforce))
+                        again.units += q.units
+                    return
+                self.healthy = True
+                for q, decision in zip(chunk, decisions, strict=True):
+                    del self._sending[q.record.id]
+                    self.learn(q.record, decision, now)
+        finally:
             self._sending = {}
-            for key_id, q in queued.items():  # sent at the next sync that reaches Redis
-                again = self._queued.setdefault(key_id, _Queued(q.record, 0, q.enforce))
-                again.units += q.units
-            return
-        self._sending = {}
-        self.healthy = True
-        for (record, _, _), decision in zip(items, decisions, strict=True):
-            self.learn(record, decision, now)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Syncs every ``interval_s`` until ``stop`` is set, then once more."""

@@ -23,7 +23,8 @@ from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError
 from gateway.keyrecord import SELECT_WITH_SECRET_BY_HASH, KeyRecord
-from gateway.metrics import CACHE, STORE_ERRORS
+from gateway.metrics import STORE_ERRORS
+from gateway.metrics import cache as cache_result
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +121,18 @@ class KeyLookup:
     async def find(self, digest: bytes) -> KeyRecord | None:
         cached = self.cache.get(digest)
         if cached is False:
-            CACHE.labels(result="negative").inc()
+            cache_result("negative").inc()
             return None
         now = datetime.now(UTC)
         if isinstance(cached, _Entry):
-            CACHE.labels(result="worker").inc()
+            cache_result("worker").inc()
             return None if _secret_expired(cached.secret_expires_at, now) else cached.record
         local_generation = self.cache.generation
         record, secret_expires_at, shared_generation = await self._from_redis(digest)
         if record is not None:
-            CACHE.labels(result="redis").inc()
+            cache_result("redis").inc()
         else:
-            CACHE.labels(result="postgres").inc()
+            cache_result("postgres").inc()
             record, secret_expires_at = await self._from_postgres(digest)
             if record is not None and shared_generation is not None:
                 await self._share(digest, record, secret_expires_at, shared_generation, now)

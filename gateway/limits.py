@@ -14,6 +14,7 @@ seeds. What can be lost is usage not yet flushed to PostgreSQL (see ``gateway/us
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 from collections.abc import Callable
@@ -189,11 +190,15 @@ class SeedUnavailable(Exception):
     """Counters Redis lost cannot be re-seeded: PostgreSQL does not answer."""
 
 
-SEED_USAGE = "SELECT usage_count FROM keys WHERE id = $1"
-SEED_QUOTA = """SELECT COALESCE(sum(count), 0) FROM key_usage_daily
-WHERE key_id = $1 AND day >= $2"""
+# Lifetime and period usage of many keys at once: (key id, first day of its period) pairs.
+SEEDS = """
+SELECT s.id, k.usage_count,
+       (SELECT COALESCE(sum(d.count), 0) FROM key_usage_daily d
+        WHERE d.key_id = s.id AND d.day >= s.since) AS period_used
+FROM unnest($1::text[], $2::date[]) AS s(id, since) JOIN keys k ON k.id = s.id"""
 
 QUOTA_MARGIN_S = 86400  # a period's counter outlives the period by a day, then goes
+SHAPES_REMEMBERED = 100_000
 
 Pending = Callable[[str, date], tuple[int, int]]
 
@@ -264,17 +269,38 @@ def quota_key(record: KeyRecord, quota: dict[str, Any] | None, now: datetime) ->
     return f"ks:{{{record.org_id}}}:q:{record.id}:{period}:{start}"
 
 
-def window_subject(record: KeyRecord, window: Window) -> str:
-    """The Redis key of a window's sliding log: who shares it shares the window."""
-    return _window_keys(record, window)[0]
-
-
 def _window_keys(record: KeyRecord, window: Window) -> list[str]:
     """The sliding log of a window and the running sum of the units in it."""
     owner = record.owner_id or ""
     subject = {"key": f"k:{record.id}", "owner": f"o:{owner}", "org": "g"}[window.scope]
     log = f"ks:{{{record.org_id}}}:r:{subject}:{window.window_s}"
     return [log, log + ":s"]
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What one key record's limits look like to Redis, worked out once per record."""
+
+    record: KeyRecord
+    windows: list[Window]
+    window_keys: list[str]  # each window's sliding log (its subject), then its running sum
+    window_args: list[int]  # each window's limit, then its length in ms
+    usage_key: str
+    quota_prefix: str  # the quota counter's key, but for the period's start
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> Shape:
+        windows = windows_of(record)
+        quota = record.quota
+        return cls(record, windows,
+                   [k for w in windows for k in _window_keys(record, w)],
+                   [a for w in windows for a in (w.limit, w.window_s * 1000)],
+                   usage_key(record),
+                   (f"ks:{{{record.org_id}}}:q:{record.id}:{quota['period']}:" if quota
+                    else f"ks:{{{record.org_id}}}:q:-"))
+
+    def quota_key(self, start: datetime | None) -> str:
+        return self.quota_prefix + (str(int(start.timestamp())) if start else "")
 
 
 @dataclass(slots=True)
@@ -329,6 +355,18 @@ class Limiter:
         # Log entries must be unique across every limiter on every host, forever.
         prefix = secrets.token_hex(8)
         self._members = (f"{prefix}{n:x}" for n in itertools.count())
+        self._shapes: dict[str, Shape] = {}
+        self._waiting: list[tuple[_Plan, asyncio.Future[list[Any]]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def shape(self, record: KeyRecord) -> Shape:
+        """The record's shape, remembered while the (cached) record object is the same."""
+        known = self._shapes.get(record.id)
+        if known is None or known.record is not record:
+            if len(self._shapes) >= SHAPES_REMEMBERED:
+                self._shapes.clear()
+            known = self._shapes[record.id] = Shape.of(record)
+        return known
 
     def _keys(self, record: KeyRecord, now: datetime, windows: list[Window]) -> list[str]:
         keys = [usage_key(record), quota_key(record, record.quota, now)]
@@ -338,34 +376,37 @@ class Limiter:
 
     async def _seeds(self, record: KeyRecord, now: datetime, pending: Pending
                      ) -> tuple[int, int]:
-        """Lifetime and period usage from PostgreSQL plus what this process has not flushed.
-        Pending is read first: a flush landing in between is counted twice (stricter), never
-        missed."""
-        since = (periods.period_start(str(record.quota["period"]), now).date()
-                 if record.quota else now.date())
-        unflushed = pending(record.id, since)
+        return (await self._seeds_of([record], now, pending))[0]
+
+    async def _seeds_of(self, records: list[KeyRecord], now: datetime, pending: Pending
+                        ) -> list[tuple[int, int]]:
+        """Lifetime and period usage from PostgreSQL (one query for all) plus what this
+        process has not flushed. Pending is read first: a flush landing in between is counted
+        twice (stricter), never missed."""
+        since = [periods.bounds(str(r.quota["period"]), now)[0].date() if r.quota
+                 else now.date() for r in records]
+        unflushed = [pending(r.id, day) for r, day in zip(records, since, strict=True)]
         try:
-            used = await self.pool.fetchval(SEED_USAGE, record.id) or 0
-            period_used = await self.pool.fetchval(SEED_QUOTA, record.id, since) or 0
+            rows = await self.pool.fetch(SEEDS, [r.id for r in records], since)
         except POSTGRES_FAILURES as exc:
             raise SeedUnavailable(type(exc).__name__) from None
-        return int(used) + unflushed[0], int(period_used) + unflushed[1]
+        stored = {row["id"]: (int(row["usage_count"]), int(row["period_used"])) for row in rows}
+        return [(stored.get(r.id, (0, 0))[0] + extra[0], stored.get(r.id, (0, 0))[1] + extra[1])
+                for r, extra in zip(records, unflushed, strict=True)]
 
     def _plan(self, record: KeyRecord, cost: int, enforce: bool, now: datetime) -> _Plan:
-        windows = windows_of(record)
-        quota_end = None
+        shape = self.shape(record)
+        quota_start = quota_end = None
         if record.quota:
-            quota_end = periods.period_end(str(record.quota["period"]), now)
-        member = next(self._members)
+            quota_start, quota_end = periods.bounds(str(record.quota["period"]), now)
         args: list[int | str] = [
             cost, "1" if enforce else "0",
             record.usage_limit if record.usage_limit is not None else -1,
             int(record.quota["limit"]) if record.quota else -1,
-            int(quota_end.timestamp()) + QUOTA_MARGIN_S if quota_end else 0, member, "", ""]
-        for window in windows:
-            args += [window.limit, window.window_s * 1000]
-        return _Plan(record, cost, now, windows, self._keys(record, now, windows), args,
-                     quota_end)
+            int(quota_end.timestamp()) + QUOTA_MARGIN_S if quota_end else 0,
+            next(self._members), "", "", *shape.window_args]
+        keys = [shape.usage_key, shape.quota_key(quota_start), *shape.window_keys]
+        return _Plan(record, cost, now, shape.windows, keys, args, quota_end)
 
     async def _seeded(self, plan: _Plan, pending: Pending) -> list[Any]:
         """Runs the spend again with the lost counters' values from PostgreSQL."""
@@ -375,34 +416,80 @@ class Limiter:
 
     async def spend(self, record: KeyRecord, cost: int, enforce: bool, now: datetime,
                     pending: Pending = _no_pending) -> Decision:
+        """Checks and spends atomically. Spends a worker starts in the same turn of its event
+        loop share one round trip (a pipeline); each is still its own atomic script."""
         plan = self._plan(record, cost, enforce, now)
-        result = await self._spend(keys=plan.keys, args=plan.args)
+        result = await self._together(plan)
         if int(result[0]) == NEED_SEED:
             result = await self._seeded(plan, pending)
         return _decide(plan, result)
+
+    def _together(self, plan: _Plan) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append((plan, future))
+        if len(self._waiting) == 1:  # the first of this turn sends them all, next turn
+            loop.call_soon(self._send_waiting)
+        return future
+
+    def _send_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._answer(batch))
+        self._sending.add(task)  # keeps the task alive until it is done
+        task.add_done_callback(self._sending.discard)
+
+    async def _answer(self, batch: list[tuple[_Plan, asyncio.Future[list[Any]]]]) -> None:
+        try:
+            results = await self._run([plan for plan, _ in batch])
+        except Exception as exc:  # the connection failed: every waiting spend learns it
+            for _, future in batch:
+                if not future.done():  # a request that gave up waiting is done already
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def spend_many(self, items: list[tuple[KeyRecord, int, bool]], now: datetime,
                          pending: Pending = _no_pending) -> list[Decision]:
         """Spends for many keys in ONE round trip (a pipeline of the same script); only keys
         whose counters must be re-seeded from PostgreSQL take another."""
         plans = [self._plan(record, cost, enforce, now) for record, cost, enforce in items]
-        try:
-            results = await self._pipelined(plans)
-        except NoScriptError:  # Redis restarted (or flushed its scripts): load, then retry
+        results = await self._run(plans)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        lost = [i for i, result in enumerate(results) if int(result[0]) == NEED_SEED]
+        if lost:  # counters Redis lost: seeded from PostgreSQL, all in one more round trip
+            seeds = await self._seeds_of([plans[i].record for i in lost], now, pending)
+            for i, (used, period_used) in zip(lost, seeds, strict=True):
+                plans[i].args[6], plans[i].args[7] = str(used), str(period_used)
+            for i, result in zip(lost, await self._run([plans[i] for i in lost]), strict=True):
+                if isinstance(result, Exception):
+                    raise result
+                results[i] = result
+        return [_decide(plan, result) for plan, result in zip(plans, results, strict=True)]
+
+    async def _run(self, plans: list[_Plan]) -> list[Any]:
+        """The spend script for every plan, in one pipeline: a result (or the error) each."""
+        results = await self._pipelined(plans)
+        unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if unknown:  # Redis restarted or flushed its scripts: none of these ran; load, retry
             await self.redis.script_load(_SPEND)
-            results = await self._pipelined(plans)
-        decisions = []
-        for plan, result in zip(plans, results, strict=True):
-            if int(result[0]) == NEED_SEED:
-                result = await self._seeded(plan, pending)
-            decisions.append(_decide(plan, result))
-        return decisions
+            again = await self._pipelined([plans[i] for i in unknown])
+            for i, result in zip(unknown, again, strict=True):
+                results[i] = result
+        return results
 
     async def _pipelined(self, plans: list[_Plan]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for plan in plans:
                 pipe.evalsha(self._spend.sha, len(plan.keys), *plan.keys, *plan.args)
-            return list(await pipe.execute())
+            return list(await pipe.execute(raise_on_error=False))
 
     async def hit(self, tag: str, subject: str, windows: list[Window], now: datetime
                   ) -> Decision:

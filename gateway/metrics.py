@@ -6,6 +6,7 @@ all of them."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 from aiohttp import web
@@ -50,6 +51,27 @@ FLUSH_LAG = Gauge("keystile_usage_flush_lag_seconds",
                   "(the oldest across live workers)", multiprocess_mode="livemax")
 ADMIN_REQUESTS = Counter("keystile_admin_requests_total", "Admin API requests",
                          ["method", "route", "status"])
+
+
+# The hot path's children, looked up once per label set (``labels()`` is slow per call).
+@functools.lru_cache(maxsize=4096)
+def requests(route: str, status: str, code: str) -> Counter:
+    return REQUESTS.labels(route, status, code)
+
+
+@functools.lru_cache(maxsize=1024)
+def latency(route: str) -> Histogram:
+    return LATENCY.labels(route)
+
+
+@functools.lru_cache(maxsize=1024)
+def upstream_latency(route: str) -> Histogram:
+    return UPSTREAM_LATENCY.labels(route)
+
+
+@functools.lru_cache(maxsize=8)
+def cache(result: str) -> Counter:
+    return CACHE.labels(result)
 
 
 def exposition() -> bytes:

@@ -4,9 +4,10 @@ anything the client claimed."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
 import aiohttp
@@ -17,7 +18,7 @@ from gateway import keyformat
 from gateway.deps import Deps
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
-from gateway.metrics import UPSTREAM_LATENCY
+from gateway.metrics import upstream_latency
 from gateway.stages import limits
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,25 @@ def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
             for token in value.split(",") if token.strip()}
 
 
+@functools.lru_cache(maxsize=256)
+def _dropped(also: tuple[str, ...]) -> frozenset[str]:
+    return HOP_BY_HOP | {h.lower() for h in also}
+
+
 def _end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
-                also_drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | _connection_named(headers) | {h.lower() for h in also_drop}
-    return CIMultiDict((name, value) for name, value in headers.items()
-                       if name.lower() not in drop)
+                also_drop: tuple[str, ...] = (), own_prefix: str | None = None
+                ) -> CIMultiDict[str]:
+    """``headers`` without hop-by-hop ones (and those Connection names), ``also_drop``, and
+    any starting with ``own_prefix``."""
+    drop = _dropped(also_drop)
+    if "Connection" in headers:
+        drop = drop | _connection_named(headers)
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        low = name.lower()
+        if low not in drop and not (own_prefix and low.startswith(own_prefix)):
+            kept.add(name, value)
+    return kept
 
 
 def _spoofable(name: str, value: str, ex: Exchange) -> bool:
@@ -66,8 +81,11 @@ def _spoofable(name: str, value: str, ex: Exchange) -> bool:
     return "_" in value and keyformat.is_well_formed(value.rpartition(" ")[2].strip())
 
 
-def _trusted(remote: str | None, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
-    if not remote or not networks:
+def _trusted(request: web.Request, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    if not networks:
+        return False
+    remote = request.remote
+    if not remote:
         return False
     try:
         address = ip_address(remote)
@@ -80,7 +98,7 @@ def upstream_headers(ex: Exchange, trusted_proxies: Sequence[IPv4Network | IPv6N
                      ) -> CIMultiDict[str]:
     request = ex.request
     # From a trusted load balancer the forwarding headers are kept and extended.
-    via_proxy = _trusted(request.remote, trusted_proxies)
+    via_proxy = _trusted(request, trusted_proxies)
     forwarded_for = request.headers.get("X-Forwarded-For") if via_proxy else None
     forwarded_proto = request.headers.get("X-Forwarded-Proto") if via_proxy else None
     forwarded_host = request.headers.get("X-Forwarded-Host") if via_proxy else None
@@ -106,6 +124,11 @@ def upstream_headers(ex: Exchange, trusted_proxies: Sequence[IPv4Network | IPv6N
     return headers
 
 
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+
+
 async def _body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
     """The request body as it arrives, never more than ``limit`` bytes."""
     seen = 0
@@ -118,8 +141,7 @@ async def _body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
 
 async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
     request, route = ex.request, ex.matched
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.timeout_s,
-                                    sock_read=route.timeout_s)
+    timeout = _timeout(route.timeout_s)
     data = _body(request, deps.settings.max_body_bytes) if request.body_exists else None
     if data is not None and request.headers.get("Expect", "").lower() == "100-continue":
         # The request passed every check: now the client may send its body.
@@ -144,16 +166,15 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
                                                 "error": type(exc).__name__})
         raise GatewayError("upstream_unavailable") from None
     ex.upstream_s = time.perf_counter() - started
-    UPSTREAM_LATENCY.labels(route=route.prefix).observe(ex.upstream_s)
+    upstream_latency(route.prefix).observe(ex.upstream_s)
     async with upstream:
         if upstream.status == 101:
             raise GatewayError("upstream_unavailable",
                                "the upstream switched protocols, which is not proxied")
         if upstream.status >= 500:
             await limits.give_back(ex, deps)
-        back = _end_to_end(upstream.headers)
-        for name in [n for n in back if n.lower().startswith("x-keystile-")]:
-            back.popall(name)  # the gateway's own headers cannot be forged by an upstream
+        # The gateway's own headers cannot be forged by an upstream.
+        back = _end_to_end(upstream.headers, own_prefix="x-keystile-")
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=back)
         response.headers["X-Request-Id"] = ex.request_id

@@ -16,6 +16,19 @@ def period_start(period: str, now: datetime) -> datetime:
     raise ValueError(f"unknown quota period {period!r}")
 
 
+_CURRENT: dict[str, tuple[datetime, datetime]] = {}
+
+
+def bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
+    """Start and end of the period holding ``now`` (the current one is remembered)."""
+    known = _CURRENT.get(period)
+    if known is not None and known[0] <= now < known[1]:
+        return known
+    found = period_start(period, now), period_end(period, now)
+    _CURRENT[period] = found
+    return found
+
+
 def period_end(period: str, now: datetime) -> datetime:
     start = period_start(period, now)
     if period == "day":

@@ -58,6 +58,8 @@ async def _worker_main(settings: Settings, ready: Event) -> None:
 def _worker(settings: Settings, ready: Event) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Fields the format does not show, not worth looking up for every access log line.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     die_with_parent(signal.SIGTERM)  # a killed supervisor leaves no orphan serving the port
     try:
         import uvloop

@@ -13,4 +13,6 @@ from gateway.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 DEPS = web.AppKey("deps", Deps)
 LISTENING = web.AppKey("listening", asyncio.Event)  # set while invalidations are received
-EXCHANGE = web.RequestKey("exchange", Exchange)
+# On the response, not the request: the exchange holds the request, and a request holding
+# it back would make every request a reference cycle for the garbage collector to find.
+EXCHANGE = web.ResponseKey("exchange", Exchange)

@@ -194,3 +194,20 @@ async def test_exact_mode_costs_one_redis_round_trip_per_request(
     spent = await trips() - before
     # 5 spends; the invalidation listener may PING a quiet channel once meanwhile.
     assert 5 <= spent <= 6
+
+
+async def test_concurrent_spends_share_round_trips_and_stay_exact(
+        gateway: TestClient, upstream: Upstream, admin: Admin, org: dict[str, Any]) -> None:
+    key = await admin.key(org["id"], rate_limits=[{"limit": 50, "window_s": 60}])
+    headers = {"X-API-Key": key["key"]}
+    assert (await gateway.get("/maybe/x", headers=headers)).status == 200
+
+    async def trips() -> float:
+        text = await (await gateway.get("/metrics")).text()
+        return next(float(line.split()[1]) for line in text.splitlines()
+                    if line.startswith("keystile_redis_round_trips_total "))
+
+    before = await trips()
+    results = await _burst(gateway, "/maybe/x", key["key"], 200)
+    assert Counter(status for status, _ in results) == Counter({200: 49, 429: 151})
+    assert await trips() - before < 200  # spends started together went in one pipeline

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 from typing import Any
@@ -103,3 +104,24 @@ async def test_a_canary_key_never_reaches_a_log_line(
     assert any(r.name == "keystile.access" for r in ours)  # the real access log was looked at
     assert canary["key"] not in logged and unknown not in logged
     assert canary["key"][:20] not in logged  # not even most of it
+
+
+async def test_a_request_leaves_no_reference_cycle_behind(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    """Cycles are found only by the garbage collector, whose full passes over a worker's big
+    caches pause it; a proxied request must free itself by reference counting."""
+    from gateway.exchange import Exchange
+
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    # The first request loads Redis scripts (a NOSCRIPT error and its traceback, once).
+    assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
+        gc.collect()
+        assert not [o for o in gc.garbage if isinstance(o, Exchange)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
