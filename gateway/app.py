@@ -113,7 +113,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
     def apply(kind: str, ident: str) -> None:
         if fast is not None:
-            fast.forget()
+            fast.forget(kind, ident)
         if kind == "key":
             cache.drop(key_id=ident)
         elif kind == "org":

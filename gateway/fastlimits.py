@@ -41,7 +41,6 @@ from gateway.limits import (
     Decision,
     Limiter,
     Pending,
-    SeedUnavailable,
 )
 from gateway.metrics import STORE_ERRORS
 
@@ -77,7 +76,8 @@ class FastLimiter:
         self._batch: dict[str, int] = {}  # subject -> units admitted locally this interval
         self._queued: dict[str, _Queued] = {}  # key id -> what to send at the next sync
         self._sending: dict[str, int] = {}  # key id -> units of the sync in flight
-        self._blocked: dict[str, tuple[float, Decision]] = {}  # subject -> (until, refusal)
+        # subject -> (until, units that were left, the refusal)
+        self._blocked: dict[str, tuple[float, int, Decision]] = {}
         self._tight: set[str] = set()  # subjects too close to their limit to admit locally
         self._last: OrderedDict[str, Decision] = OrderedDict()  # key id -> last from Redis
 
@@ -109,12 +109,13 @@ class FastLimiter:
         if not self.healthy:
             return None  # Redis failed at the last sync: the failure policies decide
         subjects = self.subjects(record, now)
+        need = max(cost, 1)  # a cost-0 request is still refused by an exhausted limit
         if enforce and self._blocked:
-            refusal = self._refusal(subjects)
+            refusal = self._refusal(subjects, need)
             if refusal is not None:
                 return refusal
         for subject, allowance in subjects:
-            if subject in self._tight or self._batch.get(subject, 0) + cost > allowance:
+            if subject in self._tight or self._batch.get(subject, 0) + need > allowance:
                 return None
         for subject, _ in subjects:
             self._batch[subject] = self._batch.get(subject, 0) + cost
@@ -126,18 +127,21 @@ class FastLimiter:
             queued.record, queued.enforce = record, queued.enforce and enforce
         return self._admitted(record)
 
-    def _refusal(self, subjects: list[Subject]) -> Decision | None:
+    def _refusal(self, subjects: list[Subject], need: int) -> Decision | None:
+        """Redis refused a request on one of these limits, and this one needs more than was
+        left then: refused here. One that needs less asks Redis."""
         clock = time.monotonic()
         for subject, _ in subjects:
             blocked = self._blocked.get(subject)
             if blocked is None:
                 continue
-            until, refusal = blocked
-            if clock < until:
+            until, room, refusal = blocked
+            if clock < until and need > room:
                 retry = max(math.ceil(until - clock), 1)
                 return dataclasses.replace(refusal, retry_after_s=retry, spent=False,
                                            refund=None, local=True)
-            del self._blocked[subject]
+            if clock >= until:
+                del self._blocked[subject]
             self._tight.add(subject)  # room again, maybe: the next request asks Redis
         return None
 
@@ -145,9 +149,11 @@ class FastLimiter:
         """The key as Redis last saw it (for the headers), admitted here."""
         return self._last.get(record.id) or _ADMITTED
 
-    def learn(self, record: KeyRecord, decision: Decision, now: datetime) -> None:
-        """What Redis said of ``record`` (at a sync or on the exact path)."""
-        self.healthy = True
+    def learn(self, record: KeyRecord, decision: Decision, now: datetime,
+              synced: bool = False) -> None:
+        """What Redis said of ``record``. Only a refusal on the exact path (judged with the
+        current record and the request's own cost) refuses later requests here; a sync only
+        marks limits that are close as ones to ask Redis about."""
         clock = time.monotonic()
         subjects = self.subjects(record, now)
         room: list[int] = [s.remaining for s in decision.windows]
@@ -160,12 +166,13 @@ class FastLimiter:
                 self._tight.add(subject)
             else:
                 self._tight.discard(subject)
-        if not decision.allowed:
+        if not decision.allowed and not synced:
             blocking = self._blocking(record, decision, subjects)
             if blocking is not None:
                 wait = (decision.retry_after_s if decision.verdict != USAGE
                         else USAGE_RECHECK_S)
-                self._blocked[blocking] = (clock + float(wait or 1), decision)
+                left = room[[s for s, _ in subjects].index(blocking)]
+                self._blocked[blocking] = (clock + float(wait or 1), max(left, 0), decision)
         if decision.allowed:
             self._last[record.id] = dataclasses.replace(decision, spent=True, at=None,
                                                         refund=None, local=True)
@@ -196,11 +203,23 @@ class FastLimiter:
         for subject, _ in self.subjects(record, now):
             self._batch[subject] = max(self._batch.get(subject, 0) - cost, 0)
 
-    def forget(self) -> None:
-        """An admin change was announced: what this worker learnt may be stale."""
-        self._blocked.clear()
-        self._tight.clear()
-        self._last.clear()
+    def forget(self, kind: str = "all", ident: str = "") -> None:
+        """An admin change was announced: what this worker learnt of that key (or that
+        organisation, or anything) may be stale."""
+        if kind == "key":
+            stale = [s for s in (*self._blocked, *self._tight) if f":{ident}" in s]
+            self._last.pop(ident, None)
+        elif kind == "org":
+            stale = [s for s in (*self._blocked, *self._tight) if f"{{{ident}}}" in s]
+            self._last.clear()  # headers only: they come back at the next sync
+        else:
+            self._blocked.clear()
+            self._tight.clear()
+            self._last.clear()
+            return
+        for subject in stale:
+            self._blocked.pop(subject, None)
+            self._tight.discard(subject)
 
     async def sync(self) -> None:
         """Sends what was admitted since the last sync: one round trip per ``SYNC_CHUNK``
@@ -208,32 +227,46 @@ class FastLimiter:
         queued, self._queued, self._batch = self._queued, {}, {}
         items = [q for q in queued.values() if q.units]
         self._sending = {q.record.id: q.units for q in items}
+        failed: list[_Queued] = []
+        error: Exception | None = None
         try:
             for start in range(0, len(items), SYNC_CHUNK):
                 chunk, now = items[start:start + SYNC_CHUNK], datetime.now(UTC)
                 try:
-                    decisions = await self.limiter.spend_many(
+                    answers = await self.limiter.spend_many(
                         [(q.record, q.units, False) for q in chunk], now, self.pending)
-                except (RedisError, OSError, SeedUnavailable) as exc:
-                    STORE_ERRORS.labels(store="redis").inc()
-                    log.warning("fast limits could not sync: %s", type(exc).__name__)
-                    self.healthy = False
-                    for q in items[start:]:  # sent at the next sync that reaches Redis
-                        again = self._queued.setdefault(q.record.id,
-                                                        _Queued(q.record, 0, q.enforce))
-                        again.units += q.units
-                    return
-                self.healthy = True
-                for q, decision in zip(chunk, decisions, strict=True):
+                except (RedisError, OSError) as exc:  # nothing known of this chunk or later
+                    failed += items[start:]
+                    error = exc
+                    break
+                for q, answer in zip(chunk, answers, strict=True):
                     del self._sending[q.record.id]
-                    self.learn(q.record, decision, now)
+                    if isinstance(answer, Exception):
+                        failed.append(q)  # its script did not spend: send it again
+                        error = answer
+                    else:
+                        self.learn(q.record, answer, now, synced=True)
         finally:
             self._sending = {}
+        self.healthy = error is None
+        if error is not None:
+            STORE_ERRORS.labels(store="redis").inc()
+            log.warning("fast limits could not sync %d keys: %s", len(failed),
+                        type(error).__name__)
+            for q in failed:  # sent at the next sync; until then requests go the exact way
+                again = self._queued.setdefault(q.record.id, _Queued(q.record, 0, q.enforce))
+                again.units += q.units
 
     async def run(self, stop: asyncio.Event) -> None:
         """Syncs every ``interval_s`` until ``stop`` is set, then once more."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:  # never let syncing stop: log, keep the units, go on
+                log.exception("fast limits sync failed")
         await self.sync()
+        if self._queued:
+            log.error("fast limits: %d keys' units could not reach Redis before stopping",
+                      len(self._queued))

@@ -56,14 +56,13 @@ async def listen(redis: Redis, apply: Callable[[str, str], None],
     PING every ``HEALTH_INTERVAL_S``; one that fails or does not answer within
     ``HEALTH_TIMEOUT_S`` is dropped and re-made, and everything cached is dropped too, since
     messages may have been missed meanwhile."""
-    first = True
     while True:
         pubsub = redis.pubsub()
         try:
             await asyncio.wait_for(pubsub.subscribe(CHANNEL), HEALTH_TIMEOUT_S)
-            if not first:
-                apply("all", "")
-            first = False
+            # Whatever was cached before this subscription may have missed a change (also
+            # at start-up, if Redis was down then: entries cached meanwhile were unheard).
+            apply("all", "")
             if subscribed is not None:
                 subscribed.set()
             loop = asyncio.get_running_loop()

@@ -439,12 +439,21 @@ class Limiter:
         task.add_done_callback(self._sending.discard)
 
     async def _answer(self, batch: list[tuple[_Plan, asyncio.Future[list[Any]]]]) -> None:
+        # A request that gave up waiting (its deadline passed: it got a 503) spends nothing.
+        batch = [(plan, future) for plan, future in batch if not future.done()]
+        if not batch:
+            return
         try:
             results = await self._run([plan for plan, _ in batch])
-        except Exception as exc:  # the connection failed: every waiting spend learns it
+        except BaseException as exc:  # the connection failed: every waiting spend learns it
             for _, future in batch:
-                if not future.done():  # a request that gave up waiting is done already
-                    future.set_exception(exc)
+                if not future.done():
+                    if isinstance(exc, Exception):
+                        future.set_exception(exc)
+                    else:
+                        future.cancel()
+            if not isinstance(exc, Exception):
+                raise
             return
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
@@ -455,24 +464,29 @@ class Limiter:
                 future.set_result(result)
 
     async def spend_many(self, items: list[tuple[KeyRecord, int, bool]], now: datetime,
-                         pending: Pending = _no_pending) -> list[Decision]:
+                         pending: Pending = _no_pending) -> list[Decision | Exception]:
         """Spends for many keys in ONE round trip (a pipeline of the same script); only keys
-        whose counters must be re-seeded from PostgreSQL take another."""
+        whose counters must be re-seeded from PostgreSQL take another. A Decision for each
+        item that was spent, or the error that kept it from being spent. Raises only when
+        the connection failed (then what ran is unknown)."""
         plans = [self._plan(record, cost, enforce, now) for record, cost, enforce in items]
-        results = await self._run(plans)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        lost = [i for i, result in enumerate(results) if int(result[0]) == NEED_SEED]
+        results: list[Any] = await self._run(plans)
+        lost = [i for i, result in enumerate(results)
+                if not isinstance(result, Exception) and int(result[0]) == NEED_SEED]
         if lost:  # counters Redis lost: seeded from PostgreSQL, all in one more round trip
-            seeds = await self._seeds_of([plans[i].record for i in lost], now, pending)
-            for i, (used, period_used) in zip(lost, seeds, strict=True):
-                plans[i].args[6], plans[i].args[7] = str(used), str(period_used)
-            for i, result in zip(lost, await self._run([plans[i] for i in lost]), strict=True):
-                if isinstance(result, Exception):
-                    raise result
-                results[i] = result
-        return [_decide(plan, result) for plan, result in zip(plans, results, strict=True)]
+            try:
+                seeds = await self._seeds_of([plans[i].record for i in lost], now, pending)
+            except SeedUnavailable as exc:
+                for i in lost:
+                    results[i] = exc
+            else:
+                for i, (used, period_used) in zip(lost, seeds, strict=True):
+                    plans[i].args[6], plans[i].args[7] = str(used), str(period_used)
+                again = await self._run([plans[i] for i in lost])
+                for i, result in zip(lost, again, strict=True):
+                    results[i] = result
+        return [result if isinstance(result, Exception) else _decide(plan, result)
+                for plan, result in zip(plans, results, strict=True)]
 
     async def _run(self, plans: list[_Plan]) -> list[Any]:
         """The spend script for every plan, in one pipeline: a result (or the error) each."""

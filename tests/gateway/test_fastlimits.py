@@ -140,3 +140,18 @@ async def test_what_was_admitted_is_synced_when_the_gateway_stops(
         assert (await client.get("/maybe/x", headers={"X-API-Key": key["key"]})).status == 200
     await client.close()  # runs the app's cleanup: the last sync
     assert await _quota_used(admin, key["id"]) == 7
+
+
+async def test_a_refused_costly_request_does_not_refuse_a_cheaper_one(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    """Refusals learnt from Redis remember how much was left: a request that fits asks
+    Redis again instead of being refused here (as exact mode would admit it)."""
+    key = await admin.key(org["id"], quota={"limit": 5, "period": "day"})
+    headers = {"X-API-Key": key["key"]}
+    assert [(await gateway.get("/maybe/x", headers=headers)).status for _ in range(4)] == [
+        200] * 4
+    assert (await gateway.get("/cost2/x", headers=headers)).status == 429  # 2 > 1 left
+    assert (await gateway.get("/cost2/x", headers=headers)).status == 429  # refused here
+    assert (await gateway.get("/maybe/x", headers=headers)).status == 200  # 1 fits
+    assert (await gateway.get("/maybe/x", headers=headers)).status == 429  # now none left
+    assert await _quota_used(admin, key["id"]) == 5
