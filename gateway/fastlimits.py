@@ -6,9 +6,10 @@ quota of the current period and the lifetime usage — is a *subject*. Per sync 
 may admit, without asking Redis, up to the subject's allowance: ``floor(limit ×
 fast_unsynced_share)`` units (so a limit below ``1 / fast_unsynced_share`` is always checked
 exactly). A request that would pass an allowance, or meets a subject that is close to its
-limit, takes the exact path (one atomic round trip, as in ``exact`` mode). What Redis answers,
-at a sync or on the exact path, teaches the worker which subjects are exhausted: those refuse
-locally with the right ``Retry-After`` until the window has room again, then go exact.
+limit, takes the exact path (one atomic round trip, as in ``exact`` mode). What Redis answers
+teaches the worker: a sync marks the subjects close to their limit (their requests go exact),
+and a refusal on the exact path refuses locally, with the right ``Retry-After``, the requests
+that need more than was left, until the window has room again.
 
 The bound (written down in the README and checked by tests/gateway/test_fastlimits.py): Redis
 lacks at most two allowances per worker and subject (the interval being collected and the one
