@@ -101,7 +101,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             "User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
     cache = LocalCache(gw.cache_size, gw.cache_ttl_s, gw.negative_ttl_s,
                        gw.cache_ttl_unsubscribed_s, app[LISTENING])
-    providers = ProviderLookup(pool, gw.cache_ttl_s)
+    # Providers are few and cheap to read: re-read often whether or not the channel is heard.
+    providers = ProviderLookup(pool, gw.cache_ttl_unsubscribed_s)
     usage = UsageRecorder()
     limiter = Limiter(redis, pool)
     fast = (FastLimiter(limiter, gw.fast_sync_interval_s, gw.fast_unsynced_share,

@@ -3,10 +3,9 @@
 The worker cache is a bounded LRU plus a short negative cache for unknown hashes. Its entries
 are trusted for ``cache_ttl_s`` while the worker hears the invalidation channel (every admin
 change arrives there), and for only ``cache_ttl_unsubscribed_s`` while it does not (a change
-may go unheard then). Redis shares
-records between workers and hosts. A record read from PostgreSQL is published to Redis only
-if no key changed meanwhile (a generation counter the admin API bumps), so a lookup racing an
-admin change cannot put a stale record back."""
+may go unheard then). Redis shares records between workers and hosts. A record read from
+PostgreSQL is published to Redis only if no key changed meanwhile (a generation counter the
+admin API bumps), so a lookup racing an admin change cannot put a stale record back."""
 
 from __future__ import annotations
 
