@@ -302,6 +302,10 @@ class Shape:
     def quota_key(self, start: datetime | None) -> str:
         return self.quota_prefix + (str(int(start.timestamp())) if start else "")
 
+    def keys(self, quota_start: datetime | None) -> list[str]:
+        """The scripts' keys: lifetime usage, this period's quota, then the windows'."""
+        return [self.usage_key, self.quota_key(quota_start), *self.window_keys]
+
 
 @dataclass(slots=True)
 class _Plan:
@@ -368,12 +372,6 @@ class Limiter:
             known = self._shapes[record.id] = Shape.of(record)
         return known
 
-    def _keys(self, record: KeyRecord, now: datetime, windows: list[Window]) -> list[str]:
-        keys = [usage_key(record), quota_key(record, record.quota, now)]
-        for window in windows:
-            keys += _window_keys(record, window)
-        return keys
-
     async def _seeds(self, record: KeyRecord, now: datetime, pending: Pending
                      ) -> tuple[int, int]:
         return (await self._seeds_of([record], now, pending))[0]
@@ -405,8 +403,7 @@ class Limiter:
             int(record.quota["limit"]) if record.quota else -1,
             int(quota_end.timestamp()) + QUOTA_MARGIN_S if quota_end else 0,
             next(self._members), "", "", *shape.window_args]
-        keys = [shape.usage_key, shape.quota_key(quota_start), *shape.window_keys]
-        return _Plan(record, cost, now, shape.windows, keys, args, quota_end)
+        return _Plan(record, cost, now, shape.windows, shape.keys(quota_start), args, quota_end)
 
     async def _seeded(self, plan: _Plan, pending: Pending) -> list[Any]:
         """Runs the spend again with the lost counters' values from PostgreSQL."""
@@ -537,8 +534,10 @@ class Limiter:
     async def peek(self, record: KeyRecord, now: datetime, pending: Pending = _no_pending
                    ) -> Decision:
         """Where the key stands, spending nothing (self-service and the admin API)."""
-        windows = windows_of(record)
-        result = await self._peek(keys=self._keys(record, now, windows),
+        shape = self.shape(record)
+        windows = shape.windows
+        start = periods.bounds(str(record.quota["period"]), now)[0] if record.quota else None
+        result = await self._peek(keys=shape.keys(start),
                                   args=[w.window_s * 1000 for w in windows])
         used_raw, qused_raw = result[0], result[1]
         live_usage = record.usage_limit is not None and used_raw

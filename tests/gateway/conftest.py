@@ -108,6 +108,21 @@ def gateway_settings(stores: Stores, upstream: Upstream) -> Settings:
                     routes=routes_for(upstream.url))
 
 
+async def redis_round_trips(client: TestClient) -> float:
+    """``keystile_redis_round_trips_total`` as the gateway's /metrics reports it."""
+    text = await (await client.get("/metrics")).text()
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("keystile_redis_round_trips_total "))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Waits for state a user can observe (a flush, a sync), with a deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
 class ProductionServer(TestServer):
     """aiohttp's TestServer cancels a handler whose client left; production servers don't,
     and the gateway must behave as it does in production."""

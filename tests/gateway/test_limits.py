@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from gateway.metrics import SHADOW_EXCEEDED
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
-from tests.gateway.conftest import Upstream
+from tests.gateway.conftest import Upstream, eventually, redis_round_trips
 
 
 async def _burst(gateway: TestClient, path: str, key: str, n: int) -> list[tuple[int, Any]]:
@@ -22,14 +22,6 @@ async def _burst(gateway: TestClient, path: str, key: str, n: int) -> list[tuple
         body = await resp.json() if resp.status == 429 else None
         return resp.status, (body, dict(resp.headers))
     return list(await asyncio.gather(*(one() for _ in range(n))))
-
-
-async def _eventually(check: Any, timeout: float = 5.0) -> None:
-    """Waits for state a user can observe (a flush reaching PostgreSQL), with a deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
 
 
 async def test_sliding_window_admits_exactly_the_limit(gateway: TestClient, upstream: Upstream,
@@ -158,7 +150,7 @@ async def test_usage_reaches_postgres_and_survives_a_redis_flush(
                                       key["id"])
         return bool(row["usage_count"] == 20 and row["last_used_at"] is not None)
 
-    await _eventually(flushed)
+    await eventually(flushed)
     assert await admin.db.fetchval("SELECT count FROM key_usage_daily WHERE key_id = $1",
                                    key["id"]) == 20
     client = redis.asyncio.Redis.from_url(stores.redis_url)
@@ -182,16 +174,10 @@ async def test_exact_mode_costs_one_redis_round_trip_per_request(
                                        {"limit": 5000, "window_s": 3600}])
     headers = {"X-API-Key": key["key"]}
     assert (await gateway.get("/maybe/x", headers=headers)).status == 200  # cached, seeded
-
-    async def trips() -> float:
-        text = await (await gateway.get("/metrics")).text()
-        return next(float(line.split()[1]) for line in text.splitlines()
-                    if line.startswith("keystile_redis_round_trips_total "))
-
-    before = await trips()
+    before = await redis_round_trips(gateway)
     for _ in range(5):
         assert (await gateway.get("/maybe/x", headers=headers)).status == 200
-    spent = await trips() - before
+    spent = await redis_round_trips(gateway) - before
     # 5 spends; the invalidation listener may PING a quiet channel once meanwhile.
     assert 5 <= spent <= 6
 
@@ -201,13 +187,8 @@ async def test_concurrent_spends_share_round_trips_and_stay_exact(
     key = await admin.key(org["id"], rate_limits=[{"limit": 50, "window_s": 60}])
     headers = {"X-API-Key": key["key"]}
     assert (await gateway.get("/maybe/x", headers=headers)).status == 200
-
-    async def trips() -> float:
-        text = await (await gateway.get("/metrics")).text()
-        return next(float(line.split()[1]) for line in text.splitlines()
-                    if line.startswith("keystile_redis_round_trips_total "))
-
-    before = await trips()
+    before = await redis_round_trips(gateway)
     results = await _burst(gateway, "/maybe/x", key["key"], 200)
     assert Counter(status for status, _ in results) == Counter({200: 49, 429: 151})
-    assert await trips() - before < 200  # spends started together went in one pipeline
+    # Spends started together went in one pipeline.
+    assert await redis_round_trips(gateway) - before < 200
