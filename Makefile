@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench bench-propagation venv clean
+.PHONY: run test lint mutants bench bench-propagation venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 ## bench-propagation: how fast key changes reach every worker
 bench-propagation: $(STAMP)
 	$(BIN)/python bench/propagation.py $(if $(QUICK),--changes 20,)
+
+## mutants: targeted mutation testing (tests/mutation.py); lists the mutants the suite misses
+mutants: $(STAMP)
+	$(BIN)/python tests/mutation.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway admin_api keystile tests bench
