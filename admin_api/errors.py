@@ -21,6 +21,16 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# A dialect's own error shape: (request, status, code, message) → the response it answers.
+ErrorShape = Callable[[web.Request, int, str, str], web.Response]
+# The path root of each mounted dialect (prefix included) and its error shape: every error
+# under that root — 404, 405, 413, 503 included — is answered in the dialect's shape.
+ERROR_SHAPES = web.AppKey("error_shapes", dict[str, ErrorShape])
+# On a response made by error_response: its code and message, for reshaping.
+_DETAIL = web.ResponseKey("error_detail", tuple[str, str])
+# Headers of a canonical error that a reshaped one keeps.
+_KEPT_HEADERS = ("Allow", "Retry-After")
+
 
 class ApiError(Exception):
     """Base: a client-visible failure with an HTTP status and a snake_case code."""
@@ -106,12 +116,38 @@ def error_response(request_id: str, status: int, code: str, message: str,
     detail: dict[str, object] = {"code": code, "message": message, "request_id": request_id}
     if fields:
         detail["fields"] = fields
-    return web.Response(status=status, body=orjson.dumps({"error": detail}),
-                        content_type="application/json")
+    response = web.Response(status=status, body=orjson.dumps({"error": detail}),
+                            content_type="application/json")
+    response[_DETAIL] = (code, message)
+    return response
+
+
+def dialect_shape(request: web.Request) -> ErrorShape | None:
+    """The error shape of the dialect whose path root the request is under, if any."""
+    path = request.path
+    shapes = request.app.get(ERROR_SHAPES, {})
+    for root in sorted(shapes, key=len, reverse=True):  # the most specific root wins
+        if path == root or path.startswith(root + "/"):
+            return shapes[root]
+    return None
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error in the canonical shape — or, under a dialect's paths, in the dialect's."""
+    response = await _canonical_errors(request, handler)
+    detail = response.get(_DETAIL)
+    shape = dialect_shape(request) if detail is not None else None
+    if detail is None or shape is None:
+        return response
+    reshaped = shape(request, response.status, *detail)
+    for name in _KEPT_HEADERS:
+        if name in response.headers and name not in reshaped.headers:
+            reshaped.headers[name] = response.headers[name]
+    return reshaped
+
+
+async def _canonical_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id(request.headers)
     request[REQUEST_ID] = request_id
     try:
@@ -123,8 +159,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                               f"no admin route {request.path}; see GET /openapi.json")
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
-        return error_response(request_id, 405, "method_not_allowed",
-                              f"{request.method} is not allowed on {request.path}; use {allowed}")
+        response = error_response(request_id, 405, "method_not_allowed",
+                                  f"{request.method} is not allowed on {request.path}; "
+                                  f"use {allowed}")
+        response.headers["Allow"] = allowed
+        return response
     except web.HTTPRequestEntityTooLarge:
         return error_response(request_id, 413, "payload_too_large",
                               "the request body is too large")

@@ -22,6 +22,13 @@ class Extractor:
     provider_required: bool = False  # a request without it is refused
     provider_in_credential: bool = False  # "<provider>/<key>" in the one header
     customer_keys: bool = False  # Open Dental's 16 upper-case alphanumerics
+    shape: str | None = None  # the header's whole format, when a header name does not say it
+
+    def how_to_send(self) -> str:
+        """Where the key goes, for the message that asks for it."""
+        if self.shape is not None:
+            return f"as '{self.shape}'"
+        return f"in the {self.headers[0]} header"
 
     def extract(self, headers: CIMultiDictProxy[str]) -> str | None:
         value = headers.get(self.headers[0])
@@ -31,7 +38,7 @@ class Extractor:
         if self.scheme is None:
             return value
         scheme, _, key = value.partition(" ")
-        if scheme.lower() != self.scheme.lower():
+        if scheme.lower() != self.scheme.lower():  # schemes are case-insensitive (RFC 9110)
             return ""
         if self.provider_in_credential:
             return key.strip().partition("/")[2]
@@ -56,7 +63,8 @@ EXTRACTORS: dict[str, Extractor] = {
     "scrubbe": Extractor(("X-API-Key",), refuse_query_keys=True),
     "nuxera": Extractor(("x-api-key",)),
     "opendental": Extractor(("Authorization",), scheme="ODFHIR", provider_in_credential=True,
-                            provider_required=True, customer_keys=True),
+                            provider_required=True, customer_keys=True,
+                            shape="Authorization: ODFHIR {DeveloperKey}/{CustomerKey}"),
     "regen": Extractor(("X-API-Key",)),
 }
 CREDENTIAL_KINDS = tuple(EXTRACTORS)

@@ -1,12 +1,15 @@
 """Seed dialects: each serves one real API-key system's documented management API over the
 same core operations (``admin_api/handlers/keys.py``), translating paths, field names,
-status codes and auth schemes. Enabled with ``dialects = [...]`` in the config file."""
+status codes, error shapes and auth schemes. Every error under a dialect's path root
+(``ROOT``) is answered in its shape (``error``), unknown paths, 405, 413 and 503 included.
+Enabled with ``dialects = [...]`` in the config file."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from admin_api.dialects import nuxera, opendental, regen, scrubbe, scrubs
+from admin_api.errors import ERROR_SHAPES, ErrorShape
 from gateway.settings import ConfigError, Settings
 
 MODULES = {"scrubs": scrubs, "scrubbe": scrubbe, "nuxera": nuxera,
@@ -21,8 +24,11 @@ def mount(app: web.Application, settings: Settings) -> None:
         raise ConfigError("the opendental dialect keeps customer keys encrypted: set "
                           "KEYSTILE_ENCRYPTION_KEY (base64 of 32 random bytes, e.g. "
                           "`openssl rand -base64 32`)")
+    shapes: dict[str, ErrorShape] = {}
     for name in settings.dialects:
         module = MODULES[name]
         prefix = settings.dialect_options(name).prefix
         for method, path, handler in module.ROUTES:
             app.router.add_route(method, prefix + path, handler)
+        shapes[prefix + module.ROOT] = module.ERROR
+    app[ERROR_SHAPES] = shapes

@@ -18,7 +18,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin_api.auth import OPERATOR, Principal
-from admin_api.errors import REQUEST_ID, ApiError
+from admin_api.dialects.common import problem, wording
+from admin_api.errors import REQUEST_ID, ApiError, ErrorShape
 from admin_api.handlers import keys as core
 from admin_api.models import KeyCreate, KeyOut, KeyUpdate
 from admin_api.repository import keys as key_rows
@@ -31,6 +32,8 @@ from gateway.verification import org_for_provider
 MANAGEMENT_LIMITS = [Window("user", 100, 60), Window("user", 1000, 3600)]
 NOT_FOUND = "API Key not found"
 INVALID = "Invalid request data"
+ROOT = "/api/apiKeys"  # every path of the dialect, and its errors' shape
+MAX_ID_DIGITS = 18  # ids and user ids fit a signed 64-bit integer
 
 
 class NuxeraError(Exception):
@@ -75,9 +78,18 @@ class Caller:
         self.principal = Principal(OPERATOR, on_behalf_of=Actor("system", self.owner))
 
 
-def _user_id(owner: str | None) -> int | str | None:
-    user = (owner or "").removeprefix(OWNER_PREFIX)
-    return int(user) if user.isascii() and user.isdigit() else user
+def _user_id(owner: str | None) -> int:
+    """The seed's integer ``user_id``: a caller's ``sub`` is always an integer id."""
+    return int((owner or "").removeprefix(OWNER_PREFIX))
+
+
+def _integer_id(value: object) -> str | None:
+    """An integer id (JSON number or string of digits) in canonical form, e.g. "0042" → "42"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
+        return None
+    return str(int(value)) if len(value) <= MAX_ID_DIGITS else None
 
 
 def _view(key: KeyOut, raw: str | None = None) -> dict[str, Any]:
@@ -100,8 +112,9 @@ async def _caller(request: web.Request) -> Caller:
     options = request.app[SETTINGS].dialect_options("nuxera")
     assert options.jwt_secret is not None  # checked when the dialect is mounted
     try:
+        # verify_sub off: PyJWT wants a string sub, and a numeric one is a user id too.
         claims = jwt.decode(token.strip(), options.jwt_secret, algorithms=["HS256"],
-                            options={"require": ["sub", "exp"]})
+                            options={"require": ["sub", "exp"], "verify_sub": False})
     except jwt.ExpiredSignatureError:
         raise NuxeraError(401, "JWT token expired") from None
     except jwt.InvalidTokenError:
@@ -111,9 +124,9 @@ async def _caller(request: web.Request) -> Caller:
               if isinstance(provider, str) else None)
     if org_id is None:
         raise NuxeraError(401, f"the JWT's '{options.org_claim}' claim names no organisation")
-    user = claims["sub"]
-    if not isinstance(user, str) or not 1 <= len(user) <= 100:
-        raise NuxeraError(401, "Invalid JWT token")
+    user = _integer_id(claims["sub"])  # 42 and "42" are user 42, as the seed's user_id
+    if user is None:
+        raise NuxeraError(401, "Invalid JWT token: 'sub' must be the user's integer id")
     caller = Caller(org_id, user)
     decision = await request.app[LIMITER].hit(f"nuxera:{org_id}", f"user:{caller.user}",
                                               MANAGEMENT_LIMITS, datetime.now(UTC))
@@ -125,8 +138,8 @@ async def _caller(request: web.Request) -> Caller:
 
 async def _key_id(request: web.Request, caller: Caller, raw_id: Any) -> str:
     """The key of this user with the integer id ``raw_id``."""
-    text = str(raw_id)
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+    text = _integer_id(raw_id)
+    if text is None:
         raise NuxeraError(400, INVALID)
     serial = int(text)
     key_id = await key_rows.id_by_serial(request.app[POOL], caller.org_id, serial)
@@ -141,8 +154,8 @@ async def _key_id(request: web.Request, caller: Caller, raw_id: Any) -> str:
 async def _parse(request: web.Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate_json(await request.read() or b"{}")
-    except ValidationError:
-        raise NuxeraError(400, INVALID) from None
+    except ValidationError as exc:  # the seed's words, then what to fix
+        raise NuxeraError(400, f"{INVALID}: {problem(exc)}") from None
 
 
 def _no_nul(value: str) -> str:
@@ -151,22 +164,33 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    """``{"error": message, "request_id": …}``, or FHIR / HL7 when ``x-response-format`` asks."""
+    status, message = wording(request, status, code, message)
+    request_id = request[REQUEST_ID]
+    error = GatewayError(f"nuxera_{status}", message, status=status)
+    response = render(request, error, request_id,
+                      json_body={"error": message, "request_id": request_id})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+ERROR: ErrorShape = _error
+
+
 def handler(fn: Any) -> Any:
     async def wrapped(request: web.Request) -> web.Response:
         try:
             return await fn(request)  # type: ignore[no-any-return]
         except NuxeraError as exc:
-            status, message, headers = exc.status, exc.message, exc.headers
+            response = _error(request, exc.status, "nuxera", exc.message)
+            response.headers.update(exc.headers)
+            return response
         except ApiError as exc:
-            status, message, headers = exc.status, exc.message, {}
-            if status == 404:
-                message = NOT_FOUND
+            return _error(request, exc.status, exc.code,
+                          NOT_FOUND if exc.status == 404 else exc.message)
         except ValidationError:  # a value the core refuses (too long, NUL, out of range)
-            status, message, headers = 400, INVALID, {}
-        error = GatewayError(f"nuxera_{status}", message, headers=headers, status=status)
-        response = render(request, error, request[REQUEST_ID], json_body={"error": message})
-        response.headers["Cache-Control"] = "no-store"
-        return response
+            return _error(request, 400, "validation_failed", INVALID)
 
     wrapped.__name__ = fn.__name__
     return wrapped
@@ -208,7 +232,10 @@ async def list_keys(request: web.Request) -> web.Response:
 @handler
 async def user_keys(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    if request.match_info["user_id"] != caller.user:  # a user sees their own keys only
+    user = _integer_id(request.match_info["user_id"])
+    if user is None:
+        raise NuxeraError(400, INVALID)
+    if user != caller.user:  # a user sees their own keys only
         raise NuxeraError(404, NOT_FOUND)
     return await _list(request, caller, caller.user)
 
@@ -250,6 +277,10 @@ def _status(action: str, target: str) -> Any:
     async def change(request: web.Request) -> web.Response:
         caller = await _caller(request)
         key_id = await _key_id(request, caller, request.match_info["id"])
+        if target == "active" and (await core.read(request, caller.principal, key_id)
+                                   ).status == "expired":
+            raise NuxeraError(409, "API Key has expired and cannot be resumed; create a new "
+                              "key")
         return json(_view(await core.set_status(request, caller.principal, key_id, action,
                                                 target)))
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin_api.auth import KEY, Principal
-from admin_api.dialects.common import DialectError, handler, json
+from admin_api.dialects.common import DialectError, handler_in, json, problem, wording
+from admin_api.errors import REQUEST_ID, ErrorShape
 from admin_api.handlers import keys as core
 from admin_api.models import KeyCreate, KeyOut, KeyUpdate
 from admin_api.repository import keys as key_rows
@@ -26,9 +28,24 @@ from gateway.verification import Code, verify
 
 log = logging.getLogger(__name__)
 
+ROOT = "/apikeys"  # every path of the dialect, and its errors' shape
 MARKER = "opendental"  # metadata flag of the keys this dialect issued
 NO_DATE = "0001-01-01"
 NO_DATETIME = "0001-01-01 00:00:00"
+
+
+def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    """The seed's "<Status> (with explanation)": every message starts with its status word
+    ("BadRequest: …", "NotFound: …", "MethodNotAllowed: …")."""
+    status, message = wording(request, status, code, message)
+    word = HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+    if not message.startswith(word + ":"):
+        message = f"{word}: {message}"
+    return json({"error": message, "request_id": request[REQUEST_ID]}, status)
+
+
+ERROR: ErrorShape = _error
+handler = handler_in(ERROR)
 
 
 class UpdateKey(BaseModel):
@@ -42,7 +59,7 @@ class UpdateKey(BaseModel):
 async def _caller(request: web.Request) -> Principal:
     scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
     developer, sep, portal_key = credential.strip().partition("/")
-    if scheme != "ODFHIR" or not sep or not developer or not portal_key:
+    if scheme.upper() != "ODFHIR" or not sep or not developer or not portal_key:
         raise DialectError(401, "Unauthorized: send 'Authorization: ODFHIR "
                            "{DeveloperKey}/{DeveloperPortalKey}'")
     verdict = await verify(request.app[POOL], portal_key, now=datetime.now(UTC),
@@ -113,9 +130,7 @@ async def update(request: web.Request) -> web.Response:
     try:
         spec = UpdateKey.model_validate_json(await request.read() or b"{}")
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise DialectError(400, f"BadRequest: {field}: {first['msg']}") from None
+        raise DialectError(400, f"BadRequest: {problem(exc)}") from None
     if not is_customer_key(spec.CustomerKey):
         raise DialectError(400, "BadRequest: CustomerKey must be 16 upper-case letters or "
                            "digits")

@@ -10,12 +10,27 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from admin_api.auth import Principal
-from admin_api.dialects.common import DialectError, body, handler, iso, json, root_key
+from admin_api.dialects.common import (
+    CAMEL_CASE,
+    DialectError,
+    body,
+    error,
+    handler_in,
+    iso,
+    json,
+    renamed,
+    root_key,
+)
+from admin_api.errors import ErrorShape
 from admin_api.handlers import keys as core
 from admin_api.models import KeyCreate, KeyOut, KeyUpdate
 from admin_api.state import SETTINGS
 from gateway.settings import REGEN_SCOPES
 
+ROOT = "/api/v1/api-keys"  # every path of the dialect, and its errors' shape
+# Every refused value is 400 and names the field as Regen spells it (expiresAt).
+ERROR: ErrorShape = renamed(error, CAMEL_CASE)
+handler = handler_in(ERROR)
 ROTATION_GRACE_S = 300
 
 

@@ -11,9 +11,24 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from admin_api.auth import Principal
-from admin_api.dialects.common import DialectError, body, handler, iso, json, root_key
+from admin_api.dialects.common import (
+    CAMEL_CASE,
+    DialectError,
+    body,
+    error,
+    handler_in,
+    iso,
+    json,
+    renamed,
+    root_key,
+)
+from admin_api.errors import ErrorShape
 from admin_api.handlers import keys as core
 from admin_api.models import Environment, KeyCreate, KeyOut, Scope
+
+ROOT = "/api/v1/apikey"  # every path of the dialect, and its errors' shape
+ERROR: ErrorShape = renamed(error, CAMEL_CASE)
+handler = handler_in(ERROR)
 
 ENVIRONMENTS: dict[str, Environment] = {
     "PRODUCTION": "production", "STAGING": "staging", "DEVELOPMENT": "development"}

@@ -7,19 +7,21 @@ seed's own."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from admin_api.auth import KEY, Principal
-from admin_api.dialects.common import DialectError, handler, iso, json
-from admin_api.errors import ApiError
+from admin_api.dialects.common import DialectError, error, handler, iso, json, problem
+from admin_api.errors import ApiError, ErrorShape
 from admin_api.handlers import keys as core
 from admin_api.models import MAX_COUNT, KeyCreate, KeyOut, KeyUpdate
 from admin_api.state import POOL
 from gateway.verification import Code, verify
 
+ROOT = "/api/v1/api-key"  # every path of the dialect, and its errors' shape
+ERROR: ErrorShape = error
 KEY_HEADER = "X-Scrubs-Clinic-Api-Key"
 PROVIDER_HEADER = "X-Scrubs-Clinic-Provider"
 DEFAULT_USAGE_LIMIT = 5
@@ -28,12 +30,29 @@ AUTH_FAILED = "API key authentication failed."
 ROOT_REQUIRED = "Root API key is required."
 
 
+INVALID = "Request body is invalid."
+
+
+def _whole_number(value: object) -> object:
+    """The seed's usage_limit is a "number": 100.0 is 100 calls; 10.5 calls is refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float | None):
+        raise ValueError("must be numeric")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"must be a whole number of API calls (got {value})")
+        return int(value)
+    return value
+
+
+UsageLimit = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=MAX_COUNT)]
+
+
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     clinic_id: str = Field(min_length=1, max_length=200)
     friendly_name: str = Field(min_length=1, max_length=200)
-    usage_limit: int | None = Field(None, ge=0, le=MAX_COUNT)
+    usage_limit: UsageLimit | None = None
 
 
 class UpdateKey(BaseModel):
@@ -41,7 +60,7 @@ class UpdateKey(BaseModel):
 
     id: str = Field(min_length=1)
     friendly_name: str | None = Field(None, min_length=1, max_length=200)
-    usage_limit: int | None = Field(None, ge=0, le=MAX_COUNT)
+    usage_limit: UsageLimit | None = None
 
 
 def _view(key: KeyOut) -> dict[str, Any]:
@@ -79,11 +98,18 @@ def _require_root(principal: Principal, message: str = ROOT_REQUIRED) -> None:
         raise DialectError(403, message)
 
 
-async def _parse(request: web.Request, model: type[BaseModel], invalid: str) -> Any:
+async def _parse(request: web.Request, model: type[BaseModel], required: str) -> Any:
+    """The body as ``model``, or the seed's 400 saying what is wrong with it: not JSON, a
+    required field missing (``required``, the seed's sentence), or which value and why."""
     try:
         return model.model_validate_json(await request.read() or b"{}")
-    except ValidationError:
-        raise DialectError(400, invalid) from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise DialectError(400, f"{INVALID} The body is not valid JSON.") from None
+        if first["type"] == "missing":
+            raise DialectError(400, f"{INVALID} {required}") from None
+        raise DialectError(400, f"{INVALID} {problem(exc)}.") from None
 
 
 @handler
@@ -98,8 +124,7 @@ async def get(request: web.Request) -> web.Response:
 @handler
 async def create(request: web.Request) -> web.Response:
     principal = await _caller(request)
-    spec = await _parse(request, CreateKey, "Request body is invalid. clinic_id and "
-                        "friendly_name are required; usage_limit must be numeric.")
+    spec = await _parse(request, CreateKey, "clinic_id and friendly_name are required.")
     _require_root(principal)
     try:
         created = await core.create(request, principal, KeyCreate(
@@ -115,16 +140,14 @@ async def create(request: web.Request) -> web.Response:
 @handler
 async def update(request: web.Request) -> web.Response:
     principal = await _caller(request)
-    spec = await _parse(request, UpdateKey, "Request body is invalid. id is required; "
-                        "usage_limit must be numeric when provided.")
+    spec = await _parse(request, UpdateKey, "id is required.")
     _require_root(principal)
     changes: dict[str, Any] = {}
     if spec.friendly_name is not None:
         changes["name"] = spec.friendly_name
     if "usage_limit" in spec.model_fields_set:
         if spec.usage_limit is None:
-            raise DialectError(400, "Request body is invalid. usage_limit must be numeric "
-                               "when provided.")
+            raise DialectError(400, f"{INVALID} usage_limit must be numeric when provided.")
         changes["usage_limit"] = spec.usage_limit
     try:
         target = await core.read(request, principal, spec.id)

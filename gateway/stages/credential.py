@@ -20,5 +20,4 @@ async def extract(ex: Exchange, deps: Deps) -> None:
                            f"(it ends up in logs); send it in the "
                            f"{route.extractor.headers[0]} header")
     if ex.raw_key is None and route.auth == "required":
-        raise GatewayError("missing_key",
-                           f"send your API key in the {route.extractor.headers[0]} header")
+        raise GatewayError("missing_key", f"send your API key {route.extractor.how_to_send()}")

@@ -113,3 +113,20 @@ async def test_only_customer_keys_are_revealed(dialect_admin: Admin, tenant: dic
     await dialect_admin.call("PUT", "/apikeys", headers=odfhir("tenant", narrow["key"]),
                              json={"CustomerKey": customer["CustomerKey"], "DevRefId": "\u0000"},
                              expect=400)
+
+
+async def test_odfhir_scheme_is_case_insensitive_and_asked_for_in_its_format(
+        dialect_admin: Admin, tenant: dict[str, Any], dialect_gateway: TestClient,
+        upstream: Upstream) -> None:
+    root = tenant["root"]["key"]
+    for scheme in ("odfhir", "OdFhIr"):
+        created = await dialect_admin.call("POST", "/apikeys", headers={
+            "Authorization": f"{scheme} tenant/{root}"}, expect=201)
+        resp = await dialect_gateway.get("/opendental/patients", headers={
+            "Authorization": f"{scheme} tenant/{created['CustomerKey']}"})
+        assert resp.status == 200, await resp.text()
+    # No credential at the gateway: the message shows the header's whole format.
+    resp = await dialect_gateway.get("/opendental/patients")
+    body = await resp.json()
+    assert resp.status == 401 and body["error"]["code"] == "missing_key"
+    assert "Authorization: ODFHIR {DeveloperKey}/{CustomerKey}" in body["error"]["message"]

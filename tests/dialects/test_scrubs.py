@@ -143,3 +143,35 @@ async def test_concurrent_creations_for_one_clinic_leave_one_key(
     assert sorted(r.status for r in results) == [201] + [409] * 7
     assert await dialect_admin.db.fetchval(
         "SELECT count(*) FROM keys WHERE owner_id = 'RACE'") == 1
+
+
+async def test_usage_limit_is_a_whole_number_and_bad_bodies_say_what_is_wrong(
+        dialect_admin: Admin, tenant: dict[str, Any]) -> None:
+    root = creds(tenant["root"]["key"])
+    # The seed types usage_limit as a number: 100.0 is 100 calls.
+    created = await dialect_admin.call("POST", PATH, headers=root, json={
+        "clinic_id": "W", "friendly_name": "w", "usage_limit": 100.0}, expect=201)
+    assert created["usage_limit"] == 100 and type(created["usage_limit"]) is int
+    me = await dialect_admin.call("GET", PATH, headers=creds(created["apiKey"]), expect=200)
+    for method, payload in (("POST", {"clinic_id": "F", "friendly_name": "f"}),
+                            ("PUT", {"id": me["id"]})):
+        body = await dialect_admin.call(method, PATH, headers=root,
+                                        json={**payload, "usage_limit": 10.5}, expect=400)
+        assert body["error"] == ("Request body is invalid. usage_limit: must be a whole "
+                                 "number of API calls (got 10.5).")
+    body = await dialect_admin.call("PUT", PATH, headers=root,
+                                    json={"id": me["id"], "usage_limit": 250.0}, expect=200)
+    assert body["usage_limit"] == 250
+    for payload, says in (({"clinic_id": "G", "friendly_name": "g", "usage_limit": "ten"},
+                           "usage_limit: must be numeric"),
+                          ({"clinic_id": "G", "friendly_name": "g", "usage_limit": -1},
+                           "usage_limit: Input should be greater than or equal to 0"),
+                          ({"clinic_id": "G"}, "clinic_id and friendly_name are required")):
+        body = await dialect_admin.call("POST", PATH, headers=root, json=payload, expect=400)
+        assert body["error"].startswith("Request body is invalid.") and says in body["error"]
+    for method in ("POST", "PUT"):
+        body = await dialect_admin.call(method, PATH, headers=root, data=b"{not json",
+                                        expect=400)
+        assert body["error"] == "Request body is invalid. The body is not valid JSON."
+    assert await dialect_admin.db.fetchval(
+        "SELECT count(*) FROM keys WHERE owner_id IN ('F', 'G')") == 0
