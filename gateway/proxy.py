@@ -78,7 +78,7 @@ def _spoofable(name: str, value: str, ex: Exchange) -> bool:
         return True
     if ex.raw_key and ex.raw_key in value:
         return True
-    return "_" in value and keyformat.is_well_formed(value.rpartition(" ")[2].strip())
+    return "_" in value and keyformat.contains_key(value)
 
 
 def _trusted(request: web.Request, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
