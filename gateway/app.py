@@ -172,5 +172,5 @@ def create_app(settings: Settings) -> web.Application:
     if gw.metrics:
         app.router.add_get("/metrics", metrics.handler)
     # 100-continue is sent by the proxy once the pipeline has passed, not before.
-    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_early_continue)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle, expect_handler=_no_early_continue)
     return app

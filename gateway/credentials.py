@@ -5,19 +5,48 @@ it, so the proxy can make sure the credential never reaches the upstream."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from multidict import CIMultiDictProxy
 
-# Query parameters a client might put a key in, against the dialect's documentation.
+from gateway import keyformat
+
+# Query parameters a client might put a key in: a request without a key that uses one is
+# told to use the header instead.
 KEY_QUERY_PARAMETERS = ("api_key", "apikey", "apiKey", "key", "x-api-key", "token")
+_DECODINGS = 3  # a key percent-encoded twice is still a key to a server that decodes twice
+
+
+def _spellings(query: str) -> Iterator[str]:
+    """The query as sent, then decoded once, twice, … while that changes it."""
+    yield query
+    for _ in range(_DECODINGS):
+        decoded = unquote_plus(query)
+        if decoded == query:
+            return
+        query = decoded
+        yield query
+
+
+def key_in_query(query: str, presented: str | None) -> bool:
+    """True when the raw query string carries a well-formed key (any organisation's, as a
+    name or a value), or the key presented in the header. Open Dental's 16-character keys
+    have no checksum, so only the presented one is recognised: any 16 capitals could be an
+    ordinary value."""
+    if presented is not None and len(presented) < keyformat.CUSTOMER_KEY_LEN:
+        presented = None  # no key is this short: the parse stage refuses it as malformed
+    for text in _spellings(query):
+        if (presented and presented in text) or keyformat.contains_key(text):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
 class Extractor:
     headers: tuple[str, ...]  # removed before forwarding
     scheme: str | None = None  # e.g. "Bearer": the header value is "<scheme> <key>"
-    refuse_query_keys: bool = False  # a key in the query string is refused with a hint
     provider_header: str | None = None  # the convention's own provider header, if any
     provider_required: bool = False  # a request without it is refused
     provider_in_credential: bool = False  # "<provider>/<key>" in the one header
@@ -60,7 +89,7 @@ EXTRACTORS: dict[str, Extractor] = {
     # Seed dialects' client conventions.
     "scrubs": Extractor(("X-Scrubs-Clinic-Api-Key",),
                         provider_header="X-Scrubs-Clinic-Provider", provider_required=True),
-    "scrubbe": Extractor(("X-API-Key",), refuse_query_keys=True),
+    "scrubbe": Extractor(("X-API-Key",)),
     "nuxera": Extractor(("x-api-key",)),
     "opendental": Extractor(("Authorization",), scheme="ODFHIR", provider_in_credential=True,
                             provider_required=True, customer_keys=True,

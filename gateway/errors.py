@@ -14,6 +14,8 @@ from gateway.verification import PUBLIC_ERRORS, Code
 GATEWAY_ERRORS: dict[str, tuple[int, str]] = {
     **{code.value: entry for code, entry in PUBLIC_ERRORS.items()},
     "invalid_path": (400, "the request path is not acceptable"),
+    "key_in_query": (400, "API keys are not accepted in the query string"),
+    "invalid_header": (400, "a request header cannot be forwarded unchanged"),
     "route_not_found": (404, "no route matches this path"),
     "method_not_allowed": (405, "this route does not accept this method"),
     "payload_too_large": (413, "the request body is too large"),

@@ -93,6 +93,11 @@ def redact(text: str) -> str:
         lambda m: "[redacted-key]" if is_well_formed(m.group(0)) else m.group(0), text)
 
 
+def contains_key(text: str) -> bool:
+    """True when a well-formed key appears anywhere in ``text``."""
+    return any(is_well_formed(m.group(0)) for m in _KEY_SHAPED.finditer(text))
+
+
 CUSTOMER_KEY_LEN = 16
 _CUSTOMER_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _CUSTOMER_RE = re.compile(rf"[A-Z0-9]{{{CUSTOMER_KEY_LEN}}}")

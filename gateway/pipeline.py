@@ -8,12 +8,24 @@ from collections.abc import Awaitable, Callable
 
 from gateway.deps import Deps
 from gateway.exchange import Exchange
-from gateway.stages import credential, limits, lookup, parse, provider, route, scope, size, state
+from gateway.stages import (
+    credential,
+    headers,
+    limits,
+    lookup,
+    parse,
+    provider,
+    route,
+    scope,
+    size,
+    state,
+)
 
 Stage = Callable[[Exchange, Deps], Awaitable[None]]
 
 STAGES: tuple[Stage, ...] = (
     size.check,         # 431 / 413 before anything else
+    headers.check,      # header bytes that cannot be forwarded unchanged; 400 invalid_header
     route.resolve,      # normalised path → route; 400 / 404 / 405
     credential.extract,  # the key from the route's credential convention; 401 missing_key
     parse.check,        # format and checksum, no store touched; 401 invalid_key

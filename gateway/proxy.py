@@ -20,6 +20,7 @@ from gateway.errors import GatewayError
 from gateway.exchange import Exchange
 from gateway.metrics import upstream_latency
 from gateway.stages import limits
+from gateway.stages.headers import not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _spoofable(name: str, value: str, ex: Exchange) -> bool:
         return True
     if ex.raw_key and ex.raw_key in value:
         return True
-    return "_" in value and keyformat.is_well_formed(value.rpartition(" ")[2].strip())
+    return "_" in value and keyformat.contains_key(value)
 
 
 def _trusted(request: web.Request, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
@@ -171,6 +172,14 @@ async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
         if upstream.status == 101:
             raise GatewayError("upstream_unavailable",
                                "the upstream switched protocols, which is not proxied")
+        # aiohttp would drop the bytes that are not UTF-8 when writing them to the client.
+        bad = not_utf8(upstream.raw_headers)
+        if bad is not None:
+            log.warning("upstream header not UTF-8", extra={"request_id": ex.request_id,
+                                                            "header": bad})
+            raise GatewayError("upstream_unavailable", f"the upstream answered with a {bad} "
+                               "header that is not valid UTF-8, which cannot be forwarded "
+                               "unchanged")
         if upstream.status >= 500:
             await limits.give_back(ex, deps)
         # The gateway's own headers cannot be forged by an upstream.

@@ -130,13 +130,17 @@ class RouteSettings(_Strict):
     @classmethod
     def _prefix(cls, value: str) -> str:
         # A prefix is matched against normalised paths, so it must be one itself.
-        from gateway.paths import UnsafePath, normalise
+        from gateway.paths import UNRESERVED, UnsafePath, normalise
 
         try:
             normal = normalise(value)
         except UnsafePath as exc:
             raise ValueError(str(exc)) from None
         normal = normal.rstrip("/") or "/"  # "/admin/" guards "/admin" too
+        # Escapes or sub-delims in a prefix would match one spelling of a path and not the
+        # other ('/a,b' vs '/a%2Cb') although upstreams decode both alike.
+        if not set(normal) <= UNRESERVED | {"/", "."}:
+            raise ValueError("a prefix is made of letters, digits, '-', '.', '_', '~' and '/'")
         if normal != value.rstrip("/") and normal != value:
             raise ValueError(f"write the prefix in normal form: {normal!r}")
         return normal

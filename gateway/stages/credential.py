@@ -1,8 +1,10 @@
-"""Take the key from where the route says clients send it."""
+"""Take the key from where the route says clients send it, and from nowhere else: a key in
+the query string ends up in logs (the upstream's, proxies', browser history), so a request
+carrying one is refused before anything is looked up and never forwarded."""
 
 from __future__ import annotations
 
-from gateway.credentials import KEY_QUERY_PARAMETERS
+from gateway.credentials import KEY_QUERY_PARAMETERS, key_in_query
 from gateway.deps import Deps
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
@@ -10,14 +12,14 @@ from gateway.exchange import Exchange
 
 async def extract(ex: Exchange, deps: Deps) -> None:
     route = ex.matched
-    if route.auth == "none":
-        return
-    ex.raw_key = route.extractor.extract(ex.request.headers)
-    ex.provider = route.extractor.provider(ex.request.headers)
-    if ex.raw_key is None and route.extractor.refuse_query_keys and any(
-            name in ex.request.query for name in KEY_QUERY_PARAMETERS):
-        raise GatewayError("missing_key", "API keys are not accepted in the query string "
-                           f"(it ends up in logs); send it in the "
-                           f"{route.extractor.headers[0]} header")
+    if route.auth != "none":
+        ex.raw_key = route.extractor.extract(ex.request.headers)
+        ex.provider = route.extractor.provider(ex.request.headers)
+    if ex.query and key_in_query(ex.query, ex.raw_key):
+        raise GatewayError("key_in_query", "API keys are not accepted in the query string (it "
+                           f"ends up in logs); send the key only {route.extractor.how_to_send()}")
     if ex.raw_key is None and route.auth == "required":
+        if any(name in ex.request.query for name in KEY_QUERY_PARAMETERS):
+            raise GatewayError("missing_key", "API keys are not accepted in the query string "
+                               f"(it ends up in logs); send it {route.extractor.how_to_send()}")
         raise GatewayError("missing_key", f"send your API key {route.extractor.how_to_send()}")

@@ -10,6 +10,10 @@ from gateway.paths import UnsafePath, normalise
 
 async def resolve(ex: Exchange, deps: Deps) -> None:
     target, _, ex.query = ex.request.raw_path.partition("?")
+    if "#" in ex.query:
+        # The parser lets a fragment through; the upstream request would lose it.
+        raise GatewayError("invalid_path", "the request target is not acceptable: a '#' "
+                           "fragment is never sent to a server; percent-encode it as '%23'")
     try:
         ex.path = normalise(target)
     except UnsafePath as exc:

@@ -40,7 +40,8 @@ async def test_create_list_rotate_revoke_delete(dialect_admin: Admin, tenant: di
         created["id"])
     resp = await dialect_gateway.get(f"/scrubbe/incidents?api_key={raw}")
     body = await resp.json()
-    assert resp.status == 401 and "X-API-Key header" in body["error"]["message"]
+    assert resp.status == 400 and body["error"]["code"] == "key_in_query"
+    assert "X-API-Key header" in body["error"]["message"]
 
     rotated = await dialect_admin.call("POST", f"{BASE}/{created['id']}/rotate", headers=auth,
                                        expect=200)

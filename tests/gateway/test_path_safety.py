@@ -17,6 +17,10 @@ CASES = [
     "/SVC/x", "/svc;x", "/svc%00", "\\svc\\x", "/./svc/x", "/open/..%2fsvc", "/open%2f../svc",
     "/%73vc/x", "/open/.%2e/svc/x", "/open/x/../../svc/x", "/svc/x%5c..%5c..%5copen",
     "/open/..;/svc/x", "/open/%252e%252e/svc/x", "/open/%C0%AE%C0%AE/svc/x",
+    # A stray '%' and what decoding gives must never form a new escape.
+    "/open/%%32%65%%32%65/svc/x", "/open/%2%65%2%65/svc/x", "/open/..%%32%66svc/x",
+    "/open/%25%32%65%25%32%65/svc/x", "/open/..%3B/svc/x", "/open/%EF%BC%8E%EF%BC%8E/svc/x",
+    "/open/%E2%80%A4%E2%80%A4/svc/x", "/open/..%EF%BC%8Fsvc/x", "/open/..%E2%88%95svc/x",
 ]
 
 
@@ -44,14 +48,16 @@ async def test_forwarded_path_is_the_checked_path(gateway: TestClient, upstream:
     key = await admin.key(org["id"], scopes=["svc:read"])
     for target, forwarded in (("//svc//a/./b/../c?q=%2F", "/svc/a/c?q=%2F"),
                               ("/%73vc/%7Eme", "/svc/~me"),
-                              ("/svc/a%20b", "/svc/a%20b")):
+                              ("/svc/a%20b", "/svc/a%20b"),
+                              ("/svc/caf%c3%a9/%21!", "/svc/caf%C3%A9/%21!")):
         resp = await raw_request(port, "GET", target, {"X-API-Key": key["key"]})
         assert resp.status == 200, (target, resp)
         assert upstream.seen[-1]["path"] == forwarded
 
 
 @pytest.mark.parametrize("target", ["/svc%00", "/open/%2e%2e/svc/x", "/svc%2fx",
-                                    "/open/../../x", "/svc/a\\b"])
+                                    "/open/../../x", "/svc/a\\b", "/svc/x%0d%0a",
+                                    "/open/%%32%65%%32%65/svc", "/svc?a#b"])
 async def test_refusals_are_400_invalid_path(gateway: TestClient, target: str) -> None:
     port = gateway.port
     assert port is not None

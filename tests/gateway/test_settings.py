@@ -54,6 +54,8 @@ def test_shipped_example_config_is_valid() -> None:
 @pytest.mark.parametrize(("route", "needle"), [
     ('prefix = "/a/../b"', "normal form"),
     ('prefix = "/a;b"', "path parameters"),
+    ('prefix = "/a,b"', "made of letters"),
+    ('prefix = "/a%2Cb"', "made of letters"),
     ('prefix = "/x"\nauth = "optional"\nscopes = { GET = ["a:b"] }', "optional"),
     ('prefix = "/x"\nscopes = { FETCH = ["a:b"] }', "FETCH"),
     ('prefix = "/x"\nscopes = { GET = ["nocolon"] }', "nocolon"),
