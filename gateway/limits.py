@@ -29,6 +29,7 @@ from redis.exceptions import NoScriptError
 from gateway import quota as periods
 from gateway.keycache import POSTGRES_FAILURES
 from gateway.keyrecord import KeyRecord
+from gateway.redisclient import at_most_once
 
 NEED_SEED = -1
 ALLOWED, RATE, QUOTA, USAGE = 0, 1, 2, 3
@@ -409,7 +410,8 @@ class Limiter:
         """Runs the spend again with the lost counters' values from PostgreSQL."""
         used, period_used = await self._seeds(plan.record, plan.now, pending)
         plan.args[6], plan.args[7] = str(used), str(period_used)
-        return list(await self._spend(keys=plan.keys, args=plan.args))
+        with at_most_once():
+            return list(await self._spend(keys=plan.keys, args=plan.args))
 
     async def spend(self, record: KeyRecord, cost: int, enforce: bool, now: datetime,
                     pending: Pending = _no_pending) -> Decision:
@@ -497,10 +499,11 @@ class Limiter:
         return results
 
     async def _pipelined(self, plans: list[_Plan]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for plan in plans:
-                pipe.evalsha(self._spend.sha, len(plan.keys), *plan.keys, *plan.args)
-            return list(await pipe.execute(raise_on_error=False))
+        with at_most_once():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for plan in plans:
+                    pipe.evalsha(self._spend.sha, len(plan.keys), *plan.keys, *plan.args)
+                return list(await pipe.execute(raise_on_error=False))
 
     async def hit(self, tag: str, subject: str, windows: list[Window], now: datetime
                   ) -> Decision:
@@ -512,7 +515,8 @@ class Limiter:
         args: list[int | str] = [1, "1", -1, -1, 0, next(self._members), "", ""]
         for window in windows:
             args += [window.limit, window.window_s * 1000]
-        result = await self._spend(keys=keys, args=args)
+        with at_most_once():
+            result = await self._spend(keys=keys, args=args)
         verdict, retry_ms = int(result[0]), int(result[1])
         states = [WindowState(w, max(int(result[6 + 2 * i]), 0),
                               max(int(result[7 + 2 * i]), 0) / 1000)
@@ -528,8 +532,9 @@ class Limiter:
             return
         keys, cost, member, usage, quota = decision.refund
         decision.refund = None
-        await self._refund(keys=keys, args=[cost, member, "1" if usage else "0",
-                                            "1" if quota else "0"])
+        with at_most_once():
+            await self._refund(keys=keys, args=[cost, member, "1" if usage else "0",
+                                                "1" if quota else "0"])
 
     async def peek(self, record: KeyRecord, now: datetime, pending: Pending = _no_pending
                    ) -> Decision:
@@ -564,7 +569,8 @@ class Limiter:
 
     async def adjust_usage(self, record: KeyRecord, op: str, value: int) -> None:
         """Applies ``op`` (set | increment | decrement) to the live lifetime counter."""
-        await self._adjust(keys=[usage_key(record)], args=[op, value])
+        with at_most_once():
+            await self._adjust(keys=[usage_key(record)], args=[op, value])
 
 
 
