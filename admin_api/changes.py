@@ -3,7 +3,9 @@
 
 Delivery deletes the shared Redis records of the affected secrets (and any counters named),
 bumps the generation counter and publishes one message per change. When Redis cannot take
-it, the rows stay and the admin process retries every second (``drain_forever``), so a
+it, the request that made the change tries again at once, a few times within a fraction of a
+second (``ANNOUNCE_BACKOFF_S``: a revoked key must not keep serving for long); if Redis still
+refuses, the rows stay and the admin process retries every second (``drain_forever``), so a
 committed change is always announced eventually — never silently dropped."""
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ WHERE $1::bigint[] IS NULL OR id = ANY($1)
 ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED"""
 DONE = "DELETE FROM invalidation_outbox WHERE id = ANY($1)"
 RETRY_INTERVAL_S = 1.0
+# Waits before the request's own further attempts to announce (~0.35 s in all); none is
+# started once ANNOUNCE_RETRY_FOR_S have passed (a stalled Redis would hold the answer long).
+ANNOUNCE_BACKOFF_S = (0.05, 0.1, 0.2)
+ANNOUNCE_RETRY_FOR_S = 1.0
 
 
 @dataclass
@@ -52,10 +58,19 @@ class Changes:
         self.ids.append(await conn.fetchval(ENQUEUE, "none", "", [], redis_keys))
 
     async def announce(self, pool: asyncpg.Pool, redis: Redis) -> None:
-        """After commit: deliver now if Redis takes it; otherwise the drainer retries."""
-        if self.ids:
+        """After commit: deliver now, trying again a few times at once if Redis refused;
+        what still cannot be delivered is left to the drainer."""
+        if not self.ids:
+            return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + ANNOUNCE_RETRY_FOR_S
+        for wait in (*ANNOUNCE_BACKOFF_S, None):
             async with pool.acquire() as conn:
-                await drain(conn, redis, self.ids)
+                if await drain(conn, redis, self.ids):
+                    return
+            if wait is None or loop.time() + wait > give_up:
+                return  # the drainer takes over
+            await asyncio.sleep(wait)
 
 
 async def drain(conn: Connection, redis: Redis, ids: list[int] | None = None) -> bool:

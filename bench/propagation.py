@@ -7,7 +7,12 @@ connection, the admin API revokes, pauses, rotates or rescopes it, and every con
 again and again until it is refused. The delay is from the admin response to the refusal by
 the last worker. Prints p50 / p99 / max and writes bench/results/propagation.json.
 
-    .venv/bin/python bench/propagation.py [--changes 200] [--workers 2]
+By default the workers are kept busy meanwhile: a child process keeps ``--load`` concurrent
+requests (of another, rate-limited key) going against the gateway, as a busy production
+gateway would be, and the revocations' delays are reported on their own as well
+(``--load 0`` measures an idle gateway).
+
+    .venv/bin/python bench/propagation.py [--changes 200] [--workers 2] [--load 32]
 """
 
 from __future__ import annotations
@@ -58,6 +63,25 @@ async def _upstream() -> tuple[web.AppRunner, int]:
     return runner, port
 
 
+async def _load(url: str, raw_key: str, concurrency: int) -> None:
+    """Runs in a child process until killed: ``concurrency`` requests in flight at all times."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        async def loop() -> None:
+            while True:
+                try:
+                    await _get(s, url, raw_key)
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.01)
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+
+
+def _percentiles(delays: list[float]) -> dict[str, float]:
+    ms = sorted(d * 1000 for d in delays)
+    return {"p50_ms": round(statistics.median(ms), 2),
+            "p99_ms": round(ms[max(int(len(ms) * 0.99) - 1, 0)], 2),
+            "max_ms": round(ms[-1], 2)}
+
+
 async def _get(session: aiohttp.ClientSession, url: str, raw_key: str) -> int:
     async with session.get(url, headers={"X-API-Key": raw_key}) as resp:
         await resp.read()
@@ -87,11 +111,11 @@ def _worker_of(lines: queue.Queue[str], request_id: str, timeout: float = 5.0) -
     raise RuntimeError(f"no access log line for {request_id}")
 
 
-async def run(changes: int, workers: int) -> dict[str, object]:
+async def run(changes: int, workers: int, load: int = 32) -> dict[str, object]:
     data = Path(tempfile.mkdtemp(prefix="keystile-bench-"))
     pg = EmbeddedPostgres(data / "pg", durable=False).start()
     redis = EmbeddedRedis(data / "redis", durable=False).start()
-    gateway_proc = None
+    gateway_proc = loader = None
     runners: list[web.AppRunner] = []
     try:
         conn = await connect(pg.url)
@@ -141,7 +165,17 @@ async def run(changes: int, workers: int) -> dict[str, object]:
             if len(sessions) > 64:
                 raise RuntimeError("could not reach every worker")
 
+        if load:
+            busy = await (await admin.post("/v1/keys", json={
+                "org_id": org["id"], "scopes": ["svc:read"],
+                "rate_limits": [{"limit": 100_000_000, "window_s": 60}]})).json()
+            loader = subprocess.Popen(
+                [sys.executable, __file__, "--load-only", f"http://127.0.0.1:{gw_port}/svc/x",
+                 busy["key"], str(load)], stdin=subprocess.DEVNULL)
+            await asyncio.sleep(2)  # the load is under way (and the workers warm)
+
         delays: list[float] = []
+        revocations: list[float] = []
         for i in range(changes):
             key = await (await admin.post("/v1/keys", json={
                 "org_id": org["id"], "scopes": ["svc:read"]})).json()
@@ -157,38 +191,54 @@ async def run(changes: int, workers: int) -> dict[str, object]:
             changed = time.perf_counter()
             delays.append(max(await asyncio.gather(
                 *(_until_refused(s, url, raw, changed) for s in sessions))))
+            if action == "revoke":
+                revocations.append(delays[-1])
         for s in sessions:
             await s.close()
         await admin.close()
     finally:
+        if loader is not None:
+            loader.kill()
+            loader.wait(30)
         if gateway_proc is not None:
             gateway_proc.terminate()
-            gateway_proc.wait(30)
+            try:
+                gateway_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                gateway_proc.kill()
+                gateway_proc.wait(30)
         for runner in runners:
             await runner.cleanup()
         redis.stop()
         pg.stop()
-    delays.sort()
-    ms = [d * 1000 for d in delays]
-    return {
-        "changes": changes, "workers": workers, "connections": len(sessions),
-        "p50_ms": round(statistics.median(ms), 2),
-        "p99_ms": round(ms[max(int(len(ms) * 0.99) - 1, 0)], 2),
-        "max_ms": round(ms[-1], 2),
-    }
+    return {"changes": changes, "workers": workers, "connections": len(sessions),
+            "load_concurrency": load, **_percentiles(delays),
+            "revocations": {"count": len(revocations), **_percentiles(revocations)}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--load", type=int, default=32,
+                        help="requests kept in flight against the gateway meanwhile (0: idle)")
+    parser.add_argument("--load-only", nargs=3, metavar=("URL", "KEY", "CONCURRENCY"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result = asyncio.run(run(args.changes, args.workers))
+    if args.load_only:
+        url, key, concurrency = args.load_only
+        asyncio.run(_load(url, key, int(concurrency)))
+        return
+    result = asyncio.run(run(args.changes, args.workers, args.load))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "propagation.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"key change propagation over {result['changes']} changes, {result['workers']} "
           f"workers: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-          f"max {result['max_ms']} ms")
+          f"max {result['max_ms']} ms; with {result['load_concurrency']} requests in flight")
+    revoked = result["revocations"]
+    assert isinstance(revoked, dict)
+    print(f"revocations ({revoked['count']}): p50 {revoked['p50_ms']} ms, "
+          f"p99 {revoked['p99_ms']} ms, max {revoked['max_ms']} ms")
 
 
 if __name__ == "__main__":

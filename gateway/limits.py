@@ -10,13 +10,19 @@ owner's and its organisation's counters share a slot and one Lua script can judg
 
 A request refused by one limit spends no other. Counters Redis has lost (restart, eviction,
 FLUSHALL) are re-seeded from PostgreSQL: the script says so and the caller retries with
-seeds. What can be lost is usage not yet flushed to PostgreSQL (see ``gateway/usage.py``)."""
+seeds. What can be lost is usage not yet flushed to PostgreSQL (see ``gateway/usage.py``).
+
+A request's spend carries its deadline (in Redis's clock, see ``gateway/redisclock.py``): a
+script that runs after it — Redis stalled, the request was answered 503 — spends nothing and
+says so (``LATE``). Syncs of requests already admitted and served (fast mode) carry none."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -24,18 +30,28 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway import quota as periods
 from gateway.keycache import POSTGRES_FAILURES
 from gateway.keyrecord import KeyRecord
+from gateway.redisclient import at_most_once
+from gateway.redisclock import RedisClock
+
+log = logging.getLogger(__name__)
 
 NEED_SEED = -1
+LATE = -2  # the script ran after the request's deadline: it spent nothing
+# The script must have run this long before the request's deadline: its answer has to travel
+# back (at most a tenth of the budget).
+REPLY_MARGIN_S = 0.05
 ALLOWED, RATE, QUOTA, USAGE = 0, 1, 2, 3
 
 _SPEND = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(ARGV[9])
+if deadline > 0 and now > deadline then return {-2, now} end
 local cost, enforce = tonumber(ARGV[1]), ARGV[2] == '1'
 local need = math.max(cost, 1)  -- a cost-0 request is still refused by an exhausted limit
 local usage_limit, quota_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -67,7 +83,7 @@ local windows = {}
 local count = (#KEYS - 2) / 2
 for w = 1, count do
   local log, sum = KEYS[1 + 2 * w], KEYS[2 + 2 * w]
-  local limit, window = tonumber(ARGV[7 + 2 * w]), tonumber(ARGV[8 + 2 * w])
+  local limit, window = tonumber(ARGV[8 + 2 * w]), tonumber(ARGV[9 + 2 * w])
   local expired = redis.call('ZRANGEBYSCORE', log, '-inf', now - window)
   if #expired > 0 then
     local freed = 0
@@ -121,7 +137,7 @@ if spend and cost > 0 then
   if quota_limit >= 0 then qused = redis.call('INCRBY', KEYS[2], cost) end
   for w = 1, count do
     local log, sum = KEYS[1 + 2 * w], KEYS[2 + 2 * w]
-    local window = tonumber(ARGV[8 + 2 * w])
+    local window = tonumber(ARGV[9 + 2 * w])
     redis.call('ZADD', log, now, member)
     redis.call('INCRBY', sum, cost)
     redis.call('PEXPIRE', log, window)
@@ -134,6 +150,7 @@ for _, w in ipairs(windows) do
   out[#out + 1] = w[1]
   out[#out + 1] = w[2]
 end
+out[#out + 1] = now
 return out
 """
 
@@ -188,6 +205,11 @@ return 1
 
 class SeedUnavailable(Exception):
     """Counters Redis lost cannot be re-seeded: PostgreSQL does not answer."""
+
+
+class TooLate(Exception):
+    """Redis ran the spend after the request's deadline (it was stalled): nothing was spent,
+    and the request is answered 503 (it may have been already)."""
 
 
 # Lifetime and period usage of many keys at once: (key id, first day of its period) pairs.
@@ -360,6 +382,7 @@ class Limiter:
         prefix = secrets.token_hex(8)
         self._members = (f"{prefix}{n:x}" for n in itertools.count())
         self._shapes: dict[str, Shape] = {}
+        self.clock = RedisClock()
         self._waiting: list[tuple[_Plan, asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -392,7 +415,8 @@ class Limiter:
         return [(stored.get(r.id, (0, 0))[0] + extra[0], stored.get(r.id, (0, 0))[1] + extra[1])
                 for r, extra in zip(records, unflushed, strict=True)]
 
-    def _plan(self, record: KeyRecord, cost: int, enforce: bool, now: datetime) -> _Plan:
+    def _plan(self, record: KeyRecord, cost: int, enforce: bool, now: datetime,
+              deadline: float | None = None) -> _Plan:
         shape = self.shape(record)
         quota_start = quota_end = None
         if record.quota:
@@ -402,23 +426,34 @@ class Limiter:
             record.usage_limit if record.usage_limit is not None else -1,
             int(record.quota["limit"]) if record.quota else -1,
             int(quota_end.timestamp()) + QUOTA_MARGIN_S if quota_end else 0,
-            next(self._members), "", "", *shape.window_args]
+            next(self._members), "", "",
+            0 if deadline is None else self.clock.to_redis_ms(deadline - REPLY_MARGIN_S),
+            *shape.window_args]
         return _Plan(record, cost, now, shape.windows, shape.keys(quota_start), args, quota_end)
 
     async def _seeded(self, plan: _Plan, pending: Pending) -> list[Any]:
         """Runs the spend again with the lost counters' values from PostgreSQL."""
         used, period_used = await self._seeds(plan.record, plan.now, pending)
         plan.args[6], plan.args[7] = str(used), str(period_used)
-        return list(await self._spend(keys=plan.keys, args=plan.args))
+        sent = time.time()
+        with at_most_once():
+            result = list(await self._spend(keys=plan.keys, args=plan.args))
+        self._observe(result, sent)
+        return result
 
     async def spend(self, record: KeyRecord, cost: int, enforce: bool, now: datetime,
-                    pending: Pending = _no_pending) -> Decision:
+                    pending: Pending = _no_pending, deadline: float | None = None
+                    ) -> Decision:
         """Checks and spends atomically. Spends a worker starts in the same turn of its event
-        loop share one round trip (a pipeline); each is still its own atomic script."""
-        plan = self._plan(record, cost, enforce, now)
+        loop share one round trip (a pipeline); each is still its own atomic script.
+        ``deadline`` (``time.time()`` terms): when the request stops waiting; a script that
+        runs later spends nothing (``TooLate``)."""
+        plan = self._plan(record, cost, enforce, now, deadline)
         result = await self._together(plan)
         if int(result[0]) == NEED_SEED:
             result = await self._seeded(plan, pending)
+        if int(result[0]) == LATE:
+            raise TooLate()
         return _decide(plan, result)
 
     def _together(self, plan: _Plan) -> asyncio.Future[list[Any]]:
@@ -452,8 +487,9 @@ class Limiter:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
+        for (plan, future), result in zip(batch, results, strict=True):
+            if future.done():  # the request gave up (503) while its script ran: give back
+                await self._refund_late(plan, result)
                 continue
             if isinstance(result, Exception):
                 future.set_exception(result)
@@ -497,10 +533,32 @@ class Limiter:
         return results
 
     async def _pipelined(self, plans: list[_Plan]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for plan in plans:
-                pipe.evalsha(self._spend.sha, len(plan.keys), *plan.keys, *plan.args)
-            return list(await pipe.execute(raise_on_error=False))
+        sent = time.time()
+        with at_most_once():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for plan in plans:
+                    pipe.evalsha(self._spend.sha, len(plan.keys), *plan.keys, *plan.args)
+                results = list(await pipe.execute(raise_on_error=False))
+        received = time.time()
+        for result in results:
+            self._observe(result, sent, received)
+        return results
+
+    def _observe(self, result: Any, sent: float, received: float | None = None) -> None:
+        """A script's answer ends with its ``TIME``: what it tells of Redis's clock."""
+        if isinstance(result, list) and len(result) >= 2 and int(result[0]) != NEED_SEED:
+            self.clock.observe(int(result[-1]), sent,
+                               time.time() if received is None else received)
+
+    async def _refund_late(self, plan: _Plan, result: Any) -> None:
+        if isinstance(result, Exception) or int(result[0]) in (NEED_SEED, LATE):
+            return
+        decision = _decide(plan, result)
+        if decision.refund is not None:
+            try:
+                await self.refund(decision)
+            except (RedisError, OSError) as exc:
+                log.warning("a late spend could not be given back: %s", type(exc).__name__)
 
     async def hit(self, tag: str, subject: str, windows: list[Window], now: datetime
                   ) -> Decision:
@@ -509,10 +567,11 @@ class Limiter:
         for window in windows:
             log = f"ks:{{{tag}}}:r:{subject}:{window.window_s}"
             keys += [log, log + ":s"]
-        args: list[int | str] = [1, "1", -1, -1, 0, next(self._members), "", ""]
+        args: list[int | str] = [1, "1", -1, -1, 0, next(self._members), "", "", 0]
         for window in windows:
             args += [window.limit, window.window_s * 1000]
-        result = await self._spend(keys=keys, args=args)
+        with at_most_once():
+            result = await self._spend(keys=keys, args=args)
         verdict, retry_ms = int(result[0]), int(result[1])
         states = [WindowState(w, max(int(result[6 + 2 * i]), 0),
                               max(int(result[7 + 2 * i]), 0) / 1000)
@@ -528,8 +587,9 @@ class Limiter:
             return
         keys, cost, member, usage, quota = decision.refund
         decision.refund = None
-        await self._refund(keys=keys, args=[cost, member, "1" if usage else "0",
-                                            "1" if quota else "0"])
+        with at_most_once():
+            await self._refund(keys=keys, args=[cost, member, "1" if usage else "0",
+                                                "1" if quota else "0"])
 
     async def peek(self, record: KeyRecord, now: datetime, pending: Pending = _no_pending
                    ) -> Decision:
@@ -564,7 +624,8 @@ class Limiter:
 
     async def adjust_usage(self, record: KeyRecord, op: str, value: int) -> None:
         """Applies ``op`` (set | increment | decrement) to the live lifetime counter."""
-        await self._adjust(keys=[usage_key(record)], args=[op, value])
+        with at_most_once():
+            await self._adjust(keys=[usage_key(record)], args=[op, value])
 
 
 

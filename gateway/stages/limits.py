@@ -4,6 +4,7 @@ so a request any earlier stage refused spends nothing."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
@@ -18,6 +19,7 @@ from gateway.limits import (
     USAGE,
     Decision,
     SeedUnavailable,
+    TooLate,
     has_limits,
     windows_of,
 )
@@ -61,14 +63,22 @@ async def spend(ex: Exchange, deps: Deps) -> None:
             decision = deps.fast.admit(key, route.cost, route.enforce, now) if deps.fast else None
             if decision is None:
                 pending = deps.fast.pending if deps.fast else deps.usage.pending
+                # The request's store deadline (app.handle): a script Redis runs after it
+                # spends nothing, since the request was answered 503 by then.
+                left = ex.started + deps.store_timeout_s - time.perf_counter()
                 decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
-                                                    pending)
+                                                    pending, deadline=time.time() + left)
                 if deps.fast is not None:
                     deps.fast.learn(key, decision, now)
         except SeedUnavailable as exc:  # re-seeding lost counters needs PostgreSQL
             STORE_ERRORS.labels(store="postgres").inc()
             log.warning("limits cannot be seeded: %s", exc)
             raise GatewayError("store_unavailable") from None
+        except TooLate:  # Redis was stalled past the deadline: not spent, so not served
+            STORE_ERRORS.labels(store="redis").inc()
+            log.warning("limits store answered after the request's deadline")
+            raise GatewayError("store_unavailable", "the key's limits could not be checked "
+                               "in time (their store is slow); retry later") from None
         except (RedisError, OSError) as exc:
             STORE_ERRORS.labels(store="redis").inc()
             log.warning("limits store unavailable: %s", type(exc).__name__)
