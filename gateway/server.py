@@ -25,6 +25,7 @@ from prometheus_client import multiprocess
 
 from gateway.accesslog import AccessLogger
 from gateway.app import create_app
+from gateway.connections import GuardedRunner, Limits
 from gateway.settings import Settings
 from gateway.supervision import Backoff, die_with_parent
 
@@ -44,7 +45,7 @@ async def _worker_main(settings: Settings, ready: Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gw = settings.gateway
-    runner = web.AppRunner(create_app(settings), handle_signals=False,
+    runner = GuardedRunner(create_app(settings), Limits.of(settings), handle_signals=False,
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger("keystile.access"))
     await runner.setup()
