@@ -140,19 +140,21 @@ class GuardedHandler(RequestHandler):
         if self._phase == "refused":
             return  # read and dropped until the client or the linger closes it
         limits = self._guard.limits
-        if data and self._phase == "idle":
+        was_idle = bool(data) and self._phase == "idle"
+        if was_idle:
             self._guard.idle.pop(self, None)
-            self._arm("head", limits.header_timeout_s)
         elif self._phase == "body":
             self._since = self._loop.time()
         heads = self._request_count
         super().data_received(data)
-        if self._request_count > heads and self._messages:
+        if self._request_count > heads and self._messages:  # a request head is complete
             self._body = self._messages[-1][1]
             if self._body.is_eof():
                 self._arm("busy", None)
             else:
                 self._arm("body", limits.body_timeout_s)
+        elif was_idle:  # the first bytes of a head (the usual whole head needs no timer)
+            self._arm("head", limits.header_timeout_s)
         elif self._phase == "body" and self._body.is_eof():
             self._arm("busy", None)
 
