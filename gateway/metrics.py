@@ -49,6 +49,11 @@ SHADOW_EXCEEDED = Counter(
 FLUSH_LAG = Gauge("keystile_usage_flush_lag_seconds",
                   "Seconds since this process last wrote its usage to PostgreSQL "
                   "(the oldest across live workers)", multiprocess_mode="livemax")
+CONNECTIONS_DROPPED = Counter(
+    "keystile_connections_dropped_total",
+    "Client connections a worker closed or refused, by reason: idle_timeout, header_timeout, "
+    "body_timeout, evicted_idle (to make room at max_connections), too_many_connections "
+    "(refused with 503: at max_connections and none idle)", ["reason"])
 ADMIN_REQUESTS = Counter("keystile_admin_requests_total", "Admin API requests",
                          ["method", "route", "status"])
 
@@ -72,6 +77,15 @@ def upstream_latency(route: str) -> Histogram:
 @functools.lru_cache(maxsize=8)
 def cache(result: str) -> Counter:
     return CACHE.labels(result)
+
+
+@functools.lru_cache(maxsize=8)
+def connection_dropped_counter(reason: str) -> Counter:
+    return CONNECTIONS_DROPPED.labels(reason)
+
+
+def connection_dropped(reason: str) -> None:
+    connection_dropped_counter(reason).inc()
 
 
 def exposition() -> bytes:

@@ -5,6 +5,7 @@ it restarts a worker that dies and stops them all on SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -14,6 +15,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
@@ -23,14 +25,14 @@ from prometheus_client import multiprocess
 
 from gateway.accesslog import AccessLogger
 from gateway.app import create_app
+from gateway.connections import GuardedRunner, Limits
 from gateway.settings import Settings
-from gateway.supervision import die_with_parent
+from gateway.supervision import Backoff, die_with_parent
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
-RESTART_DELAY_S = 1.0
-MAX_RESTART_DELAY_S = 30.0
+POLL_S = 0.5  # the longest SIGTERM or a worker's scheduled restart waits to be noticed
 
 
 class StartError(Exception):
@@ -43,7 +45,7 @@ async def _worker_main(settings: Settings, ready: Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gw = settings.gateway
-    runner = web.AppRunner(create_app(settings), handle_signals=False,
+    runner = GuardedRunner(create_app(settings), Limits.of(settings), handle_signals=False,
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger("keystile.access"))
     await runner.setup()
@@ -94,19 +96,32 @@ def _port_is_free(host: str, port: int) -> None:
             raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def serve(settings: Settings, workers: int) -> None:
+def serve(settings: Settings, workers: int, restarts: Backoff | None = None) -> None:
+    """Runs ``workers`` workers until SIGINT or SIGTERM; ``restarts`` is the restart delay
+    policy of each worker slot (tests shorten it)."""
     _port_is_free(settings.gateway.host, settings.gateway.port)
     # Workers write their metrics here; /metrics on any of them sums all (set before they
     # start, so prometheus_client opens in multi-process mode).
     metrics_dir = tempfile.mkdtemp(prefix="keystile-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        _supervise(settings, workers)
+        _supervise(settings, workers, restarts or Backoff())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _supervise(settings: Settings, workers: int) -> None:
+@dataclass
+class _Slot:
+    """One worker's place: its process while it runs, else when to start the next one."""
+
+    backoff: Backoff
+    proc: BaseProcess | None = None
+    ready: Event | None = None  # kept while the worker lives: the child opens it after start
+    started: float = 0.0
+    restart_at: float | None = None
+
+
+def _supervise(settings: Settings, workers: int, restarts: Backoff) -> None:
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -116,10 +131,15 @@ def _supervise(settings: Settings, workers: int) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    procs = [_spawn(ctx, settings) for _ in range(workers)]
+    slots = [_Slot(dataclasses.replace(restarts)) for _ in range(workers)]
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        for proc, ready in procs:
+        starting = []
+        for slot in slots:
+            slot.proc, slot.ready = _spawn(ctx, settings)
+            slot.started = time.monotonic()
+            starting.append((slot.proc, slot.ready))
+        for proc, ready in starting:
             while not ready.wait(0.1):
                 if not proc.is_alive():
                     raise StartError(f"a worker exited during start-up (code {proc.exitcode});"
@@ -131,24 +151,41 @@ def _supervise(settings: Settings, workers: int) -> None:
         gw = settings.gateway
         print(f"keystile gateway listening on http://{gw.host}:{gw.port} "
               f"({workers} worker{'s' if workers != 1 else ''})", flush=True)
-        delay = RESTART_DELAY_S
         while not stopping:
-            wait([p.sentinel for p, _ in procs], timeout=0.5)
-            for index, (proc, _) in enumerate(procs):
-                if not proc.is_alive() and not stopping:
-                    log.warning("gateway worker %s exited with %s; restarting in %.0f s",
-                                proc.pid, proc.exitcode, delay)
-                    if proc.pid is not None:
-                        multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
-                    time.sleep(delay)
-                    delay = min(delay * 2, MAX_RESTART_DELAY_S)  # a worker that keeps dying
-                    procs[index] = _spawn(ctx, settings)
+            _restart_due(ctx, settings, slots)
+            # Never sleep through a restart delay: wake for any death, the next restart due,
+            # or (at least every POLL_S) to notice SIGTERM.
+            now = time.monotonic()
+            timeout = min([POLL_S, *(s.restart_at - now for s in slots
+                                     if s.restart_at is not None)])
+            wait([s.proc.sentinel for s in slots if s.proc is not None],
+                 timeout=max(timeout, 0.0))
     finally:
-        for proc, _ in procs:
+        procs = [s.proc for s in slots if s.proc is not None]
+        for proc in procs:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: the worker finishes in-flight requests
-        for proc, _ in procs:
+        for proc in procs:
             proc.join(15)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+
+
+def _restart_due(ctx: multiprocessing.context.SpawnContext, settings: Settings,
+                 slots: list[_Slot]) -> None:
+    """Notes which workers died (scheduling each one's restart after its slot's own delay)
+    and starts those whose delay is over; never waits."""
+    now = time.monotonic()
+    for slot in slots:
+        proc = slot.proc
+        if proc is not None and not proc.is_alive():
+            delay = slot.backoff.after_exit(slot.started, now)
+            log.warning("gateway worker %s exited with %s; restarting in %.1f s",
+                        proc.pid, proc.exitcode, delay)
+            if proc.pid is not None:
+                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+            slot.proc, slot.ready, slot.restart_at = None, None, now + delay
+        if slot.restart_at is not None and now >= slot.restart_at:
+            slot.proc, slot.ready = _spawn(ctx, settings)
+            slot.started, slot.restart_at = now, None

@@ -66,6 +66,15 @@ class GatewaySettings(_Strict):
     max_body_bytes: int = Field(16 << 20, ge=0, description="larger request bodies get 413")
     max_header_bytes: int = Field(16 << 10, ge=1024, description="all request headers together")
     max_header_count: int = Field(100, ge=8)
+    header_timeout_s: float = Field(60.0, gt=0, le=3600, description="a request's headers "
+                                    "must arrive within this (else 408 and closed)")
+    body_timeout_s: float = Field(60.0, gt=0, le=3600, description="the longest a request "
+                                  "body may pause between two reads (else closed)")
+    keepalive_timeout_s: float = Field(75.0, gt=0, le=3600, description="an idle keep-alive "
+                                       "connection is closed after this")
+    max_connections: int | None = Field(
+        None, ge=1, description="client connections per worker; by default derived from the "
+        "descriptor limit: (RLIMIT_NOFILE - pool_max_size - redis_max_connections - 64) / 2")
     cache_size: int = Field(100_000, ge=0, description="keys cached per worker")
     cache_ttl_s: float = Field(300.0, gt=0, description="how long a worker trusts a cached "
                                "key while it hears the invalidation channel (the backstop)")
