@@ -1,11 +1,14 @@
 """Session-wide embedded PostgreSQL and Redis (or real servers named by
 KEYSTILE_TEST_DATABASE_URL / KEYSTILE_TEST_REDIS_URL), migrated once; every test that uses
-them starts from empty tables and an empty Redis database."""
+them starts from empty tables and an empty Redis database. The ports a default Keystile
+listens on are held for the whole run, so a test that binds one fails loudly."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,8 @@ from admin_api.migrate import migrate
 from gateway.database import connect
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis
 
+# What ``keystile dev`` and the default config listen on (gateway, admin API, demo upstream).
+DEFAULT_PORTS = (8080, 8081, 9000)
 TABLES = "audit_log, key_usage_daily, key_secrets, keys, orgs, invalidation_outbox"
 
 
@@ -35,6 +40,33 @@ async def _migrate(url: str) -> None:
         await migrate(conn)
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_ports_held() -> Iterator[list[int]]:
+    """Binds Keystile's default ports on 127.0.0.1 for the whole run when they are free. The
+    suite must pass while another Keystile (or anything) holds them: no test may rely on a
+    fixed port, and one that tries gets "address in use" here rather than on a user's
+    machine. A port something else holds already is busy anyway, which proves the same."""
+    held: list[socket.socket] = []
+    try:
+        for port in DEFAULT_PORTS:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                # Bound, not listening: binding it fails (no SO_REUSEADDR/SO_REUSEPORT here,
+                # so a server asking for either is refused too) and connecting is refused at
+                # once, where a listener that never accepts would leave a client hanging.
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            held.append(sock)
+        yield [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 @pytest.fixture(scope="session")
