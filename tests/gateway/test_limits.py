@@ -190,5 +190,6 @@ async def test_concurrent_spends_share_round_trips_and_stay_exact(
     before = await redis_round_trips(gateway)
     results = await _burst(gateway, "/maybe/x", key["key"], 200)
     assert Counter(status for status, _ in results) == Counter({200: 49, 429: 151})
-    # Spends started together went in one pipeline.
-    assert await redis_round_trips(gateway) - before < 200
+    # Spends started together went in one pipeline: one round trip each would be ~200; here
+    # about 10 carry them all. A quarter leaves room for a busy machine spreading arrivals.
+    assert await redis_round_trips(gateway) - before <= 200 // 4
