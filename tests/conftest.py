@@ -9,8 +9,10 @@ import asyncio
 import errno
 import os
 import socket
+import time as clock
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -89,6 +91,44 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             rd.stop()
         if pg is not None:
             pg.stop()
+
+
+ALLOW_FLUSHALL = "KEYSTILE_TEST_ALLOW_FLUSHALL"
+
+
+@pytest.fixture
+def own_redis(stores: Stores) -> str:
+    """The Redis URL, for a test that empties the whole server (``FLUSHALL``, every
+    database): only a Redis this run started, unless KEYSTILE_TEST_ALLOW_FLUSHALL=1 says the
+    server named by KEYSTILE_TEST_REDIS_URL may be wiped."""
+    if stores.redis is None and os.environ.get(ALLOW_FLUSHALL) != "1":
+        pytest.skip(f"FLUSHALL would wipe every database of the Redis at "
+                    f"KEYSTILE_TEST_REDIS_URL; set {ALLOW_FLUSHALL}=1 to allow it")
+    return stores.redis_url
+
+
+# The longest a test that counts quota or daily usage takes, with room for a busy machine.
+PERIOD_MARGIN_S = 90.0
+
+
+def seconds_to_utc_midnight(now: datetime) -> float:
+    """Until the next UTC midnight — where every quota period (day, week, month) and the
+    daily usage history turn over."""
+    tomorrow = (now + timedelta(days=1)).date()
+    return (datetime.combine(tomorrow, time(), UTC) - now).total_seconds()
+
+
+@pytest.fixture(autouse=True)
+def same_utc_day() -> None:
+    """A test that starts within PERIOD_MARGIN_S of UTC midnight waits for midnight to pass
+    (the condition is the clock itself), so no quota or daily count it makes is split across
+    two periods: a counter reset in the middle of a test is not what it tests."""
+    left = seconds_to_utc_midnight(datetime.now(UTC))
+    if left < PERIOD_MARGIN_S:
+        deadline = clock.monotonic() + left + 5
+        while seconds_to_utc_midnight(datetime.now(UTC)) < PERIOD_MARGIN_S:
+            assert clock.monotonic() < deadline, "the UTC clock did not pass midnight"
+            clock.sleep(0.1)
 
 
 @pytest.fixture
