@@ -49,7 +49,8 @@ def test_the_load_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
     # Nothing it started is left running. What it starts runs in this checkout (cwd=ROOT);
     # another Keystile on the machine, or another checkout's tests, may come and go meanwhile.
     leftovers = [p for p in psutil.process_iter(["pid", "name", "cmdline", "cwd"])
-                 if p.pid not in before and p.info["cmdline"] and p.info["cwd"] == str(ROOT.resolve())
+                 if p.pid not in before and p.info["cmdline"]
+                 and p.info["cwd"] == str(ROOT.resolve())
                  and any(w in " ".join(p.info["cmdline"])
                          for w in ("nginx", "bareproxy", "keystile.cli gateway", "wrk"))]
     assert not leftovers, leftovers
