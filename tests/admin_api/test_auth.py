@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from admin_api.routes import ROUTES
+from gateway import keyformat
 from tests.admin_api.conftest import Admin, as_key
 
 PUBLIC = {"/openapi.json", "/healthz", "/readyz"}
@@ -152,11 +153,15 @@ async def test_key_states_and_provider_header(admin: Admin, org: dict[str, Any],
 
 async def test_unknown_and_malformed_keys_get_identical_answers(admin: Admin, root: dict[str, Any]
                                                                 ) -> None:
-    unknown = root["key"][:-7] + ("A" if root["key"][-7] != "A" else "B") + root["key"][-6:]
+    altered = root["key"][:-7] + ("A" if root["key"][-7] != "A" else "B") + root["key"][-6:]
+    # Well-formed (valid checksum, the root key's own prefix) but never issued: it is looked
+    # up in the store, the others are refused before — a client must not tell them apart.
+    unknown = keyformat.generate(root["key"][: root["key"].rindex("_")])
+    assert keyformat.is_well_formed(unknown) and not keyformat.is_well_formed(altered)
     bodies = []
-    for raw in ("garbage", unknown, "ks_live_" + "0" * 36):
+    for raw in ("garbage", altered, "ks_live_" + "0" * 36, unknown):
         body = await admin.call("GET", "/v1/keys", headers=as_key(raw), expect=401)
         body["error"].pop("request_id")
         bodies.append(body)
-    assert bodies[0] == bodies[1] == bodies[2]
+    assert bodies[0] == bodies[1] == bodies[2] == bodies[3]
     assert root["key"] not in str(bodies)

@@ -69,8 +69,10 @@ async def test_unreachable_database_is_503_not_500(aiohttp_client: Any, stores: 
                         admin=AdminSettings(token="test-operator-token-0123456789"),
                         stores=StoreSettings(pool_min_size=0, timeout_s=1))
     client = await aiohttp_client(create_app(settings))
-    resp = await client.get("/v1/keys", headers={"X-API-Key": "ks_live_" + "0" * 36})
-    assert resp.status in (401, 503)  # malformed keys never reach the store
+    malformed = "ks_live_" + "0" * 36  # its checksum is wrong
+    resp = await client.get("/v1/keys", headers={"X-API-Key": malformed})
+    assert resp.status == 401  # malformed keys never reach the store, so it cannot be 503
+    assert (await resp.json())["error"]["code"] == "invalid_key"
     from gateway import keyformat
     resp = await client.get("/v1/keys", headers={"X-API-Key": keyformat.generate("ks_live")})
     assert resp.status == 503

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.admin_api.conftest import Admin
 from tests.dialects.conftest import JWT_SECRET
-from tests.gateway.conftest import Upstream
+from tests.gateway.conftest import Upstream, eventually
 
 BASE = "/api/apiKeys"
 FIELDS = {"id", "key", "name", "type", "status", "is_default", "created_at", "expiry_at",
@@ -54,9 +54,17 @@ async def test_documented_flow(dialect_admin: Admin, tenant: dict[str, Any],
     paused = await dialect_admin.call("PATCH", f"{BASE}/{created['id']}/pause", headers=me,
                                       expect=200)
     assert paused["status"] == "paused"
+
+    async def gateway_says(status: int, text: str = "") -> bool:
+        resp = await dialect_gateway.get("/nuxera/transcribe", headers={"x-api-key": raw})
+        return resp.status == status and text in (await resp.text()).lower()
+
+    # The pause reaches the gateway through the invalidation channel: 403 key_paused...
+    await eventually(lambda: gateway_says(403, '"key_paused"'))
     resumed = await dialect_admin.call("PATCH", f"{BASE}/{created['id']}/resume", headers=me,
                                        expect=200)
     assert resumed["status"] == "active"
+    await eventually(lambda: gateway_says(200))  # ...and so does the resume
 
     default = await dialect_admin.call("PATCH", f"{BASE}/setDefault", headers=me,
                                        json={"id": created["id"]}, expect=200)

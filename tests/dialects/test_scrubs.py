@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.admin_api.conftest import Admin
-from tests.gateway.conftest import Upstream
+from tests.gateway.conftest import Upstream, eventually
 
 PATH = "/api/v1/api-key"
 
@@ -42,9 +42,22 @@ async def test_documented_flow(dialect_admin: Admin, tenant: dict[str, Any],
     assert updated["friendly_name"] == "Updated Clinic API Key"
     assert updated["usage_limit"] == 1500
 
+    assert (await dialect_gateway.get("/scrubs/notes", headers=clinic)).status == 200
     deleted = await dialect_admin.call("DELETE", f"{PATH}?id={me['id']}", headers=root,
                                        expect=200)
     assert deleted == {"message": "API key deleted successfully"}
+    # Gone: from the admin API, from the dialect's own list, and at the gateway (where it was
+    # cached a moment ago; the deletion reaches it through the invalidation channel).
+    gone = await dialect_admin.call("GET", f"/v1/keys/{me['id']}", expect=404)
+    assert gone["error"]["code"] == "key_not_found"
+    everyone = await dialect_admin.call("GET", f"{PATH}?list_all=true", headers=root,
+                                        expect=200)
+    assert {k["id"] for k in everyone} == {tenant["root"]["id"]}
+
+    async def refused() -> bool:
+        return (await dialect_gateway.get("/scrubs/notes", headers=clinic)).status == 401
+
+    await eventually(refused)
 
 
 async def test_default_usage_limit_is_enforced_at_the_gateway(

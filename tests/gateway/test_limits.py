@@ -12,7 +12,6 @@ from aiohttp.test_utils import TestClient
 
 from gateway.metrics import SHADOW_EXCEEDED
 from tests.admin_api.conftest import Admin
-from tests.conftest import Stores
 from tests.gateway.conftest import Upstream, eventually, redis_round_trips
 
 
@@ -140,7 +139,7 @@ async def test_limits_shared_by_owner_and_organisation(gateway: TestClient, admi
 
 
 async def test_usage_reaches_postgres_and_survives_a_redis_flush(
-        gateway: TestClient, admin: Admin, org: dict[str, Any], stores: Stores) -> None:
+        gateway: TestClient, admin: Admin, org: dict[str, Any], own_redis: str) -> None:
     key = await admin.key(org["id"], usage_limit=50, quota={"limit": 45, "period": "day"})
     for _ in range(20):
         assert (await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})).status == 200
@@ -153,7 +152,7 @@ async def test_usage_reaches_postgres_and_survives_a_redis_flush(
     await eventually(flushed)
     assert await admin.db.fetchval("SELECT count FROM key_usage_daily WHERE key_id = $1",
                                    key["id"]) == 20
-    client = redis.asyncio.Redis.from_url(stores.redis_url)
+    client = redis.asyncio.Redis.from_url(own_redis)
     await client.flushall()
     await client.aclose()
     statuses = Counter([(await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})).status
@@ -190,5 +189,6 @@ async def test_concurrent_spends_share_round_trips_and_stay_exact(
     before = await redis_round_trips(gateway)
     results = await _burst(gateway, "/maybe/x", key["key"], 200)
     assert Counter(status for status, _ in results) == Counter({200: 49, 429: 151})
-    # Spends started together went in one pipeline.
-    assert await redis_round_trips(gateway) - before < 200
+    # Spends started together went in one pipeline: one round trip each would be ~200; here
+    # about 10 carry them all. A quarter leaves room for a busy machine spreading arrivals.
+    assert await redis_round_trips(gateway) - before <= 200 // 4

@@ -163,7 +163,7 @@ async def test_rate_window_is_exact_across_workers(
 
 async def test_counters_lost_in_redis_are_reseeded_from_postgres(
         cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
-        org: dict[str, Any], tmp_path: Path) -> None:
+        org: dict[str, Any], tmp_path: Path, own_redis: str) -> None:
     import redis.asyncio
 
     port = await _start_two_workers(cli, stores, upstream, tmp_path)
@@ -179,7 +179,7 @@ async def test_counters_lost_in_redis_are_reseeded_from_postgres(
     assert await admin.db.fetchval("SELECT sum(count) FROM key_usage_daily WHERE key_id = $1",
                                    key["id"]) == 50
 
-    client = redis.asyncio.Redis.from_url(stores.redis_url)
+    client = redis.asyncio.Redis.from_url(own_redis)
     await client.flushall()
     await client.aclose()
     # Re-seeded from PostgreSQL: the weekly quota of 80 leaves exactly 30, not 80.

@@ -87,8 +87,12 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
             assert result.stdout in ("200", "201"), (line, result.stdout, result.stderr)
 
     # Leave the demo keys unusable: the next start must make them work again.
-    _call(f"{admin}/v1/keys/{me['id']}/revoke", {"Authorization": f"Bearer {token}"}, {})
-    _call(f"{admin}/v1/keys/{me['parent_id']}/pause", {"Authorization": f"Bearer {token}"}, {})
+    status, revoked = _call(f"{admin}/v1/keys/{me['id']}/revoke",
+                            {"Authorization": f"Bearer {token}"}, {})
+    assert status == 200 and revoked["status"] == "revoked", (status, revoked)
+    status, paused = _call(f"{admin}/v1/keys/{me['parent_id']}/pause",
+                           {"Authorization": f"Bearer {token}"}, {})
+    assert status == 200 and paused["status"] == "paused", (status, paused)
     assert f"ADMIN={admin} TOKEN={token} ROOT={root_key} SUB={sub_key} JWT=" in banner
 
     pg_port = int(re.search(r"PostgreSQL\s+\S+:(\d+)/", banner).group(1))  # type: ignore[union-attr]
@@ -120,7 +124,7 @@ def test_dev_stack_prints_working_credentials_and_stops_cleanly(cli: Cli, tmp_pa
 def test_dev_takes_the_operator_token_from_the_environment(cli: Cli, tmp_path: Path) -> None:
     admin_port = free_port()
     proc = cli.start("dev", "--data-dir", str(tmp_path / "d"), "--admin-port", str(admin_port),
-                     "--upstream-port", str(free_port()),
+                     "--upstream-port", str(free_port()), "--gateway-port", str(free_port()),
                      env={"KEYSTILE_ADMIN_TOKEN": "from-the-environment-123"})
     banner = cli.read_until(proc, READY)
     assert _field(banner, "operator token") == "from-the-environment-123"
@@ -136,7 +140,8 @@ def test_dev_reports_a_busy_port_in_one_line(cli: Cli, tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = cli.run("dev", "--data-dir", str(tmp_path / "d"), "--admin-port", str(port),
-                         "--upstream-port", str(free_port()))
+                         "--upstream-port", str(free_port()),
+                         "--gateway-port", str(free_port()))
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
