@@ -10,9 +10,10 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from admin_api.auth import Principal
+from admin_api.caps import Name
 from admin_api.dialects.common import DialectError, body, handler, iso, json, root_key
 from admin_api.handlers import keys as core
-from admin_api.models import KeyCreate, KeyOut, KeyUpdate
+from admin_api.models import KeyCreate, KeyOut, KeyUpdate, Scopes
 from admin_api.state import SETTINGS
 from gateway.settings import REGEN_SCOPES
 
@@ -22,16 +23,16 @@ ROTATION_GRACE_S = 300
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str
-    scopes: list[str]
+    name: Name
+    scopes: Scopes
     expiresAt: AwareDatetime | None = None
 
 
 class UpdateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str | None = None
-    scopes: list[str] | None = None
+    name: Name | None = None
+    scopes: Scopes | None = None
     expiresAt: AwareDatetime | None = None
 
 

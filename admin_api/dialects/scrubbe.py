@@ -11,9 +11,10 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from admin_api.auth import Principal
+from admin_api.caps import Name
 from admin_api.dialects.common import DialectError, body, handler, iso, json, root_key
 from admin_api.handlers import keys as core
-from admin_api.models import Environment, KeyCreate, KeyOut, Scope
+from admin_api.models import Environment, KeyCreate, KeyOut, Scopes
 
 ENVIRONMENTS: dict[str, Environment] = {
     "PRODUCTION": "production", "STAGING": "staging", "DEVELOPMENT": "development"}
@@ -22,9 +23,9 @@ ENVIRONMENTS: dict[str, Environment] = {
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str
+    name: Name
     environment: Literal["PRODUCTION", "STAGING", "DEVELOPMENT"]
-    scopes: list[Scope]
+    scopes: Scopes
     expiresAt: AwareDatetime | None = None
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin_api.auth import KEY, Principal
+from admin_api.caps import MAX_ID_LEN, MAX_NAME_LEN
 from admin_api.dialects.common import DialectError, handler, iso, json
 from admin_api.errors import ApiError
 from admin_api.handlers import keys as core
@@ -31,16 +32,16 @@ ROOT_REQUIRED = "Root API key is required."
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    clinic_id: str = Field(min_length=1, max_length=200)
-    friendly_name: str = Field(min_length=1, max_length=200)
+    clinic_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    friendly_name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
     usage_limit: int | None = Field(None, ge=0, le=MAX_COUNT)
 
 
 class UpdateKey(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    id: str = Field(min_length=1)
-    friendly_name: str | None = Field(None, min_length=1, max_length=200)
+    id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    friendly_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LEN)
     usage_limit: int | None = Field(None, ge=0, le=MAX_COUNT)
 
 
