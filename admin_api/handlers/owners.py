@@ -6,8 +6,8 @@ from aiohttp import web
 
 from admin_api import auth
 from admin_api.auth import Principal
-from admin_api.changes import Changes
 from admin_api.caps import MAX_ID_LEN
+from admin_api.changes import Changes
 from admin_api.errors import REQUEST_ID, NotFound, Unprocessable
 from admin_api.models import OwnerLimits, OwnerLimitsOut
 from admin_api.repository import audit, orgs
