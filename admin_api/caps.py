@@ -30,4 +30,7 @@ MAX_SCOPES_HEADER_BYTES = MAX_SCOPES * (MAX_SCOPE_LEN + 1) - 1
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME_LEN)]
 NonEmptyName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LEN)]
 ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN)]
+# Cursors are the last position of the previous page, so the schema can say exactly which
+# strings are cursors: any id (organisations) or a number (keys, audit entries).
 Cursor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR_LEN)]
+IntCursor = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")]

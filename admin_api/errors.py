@@ -110,6 +110,16 @@ def error_response(request_id: str, status: int, code: str, message: str,
                         content_type="application/json")
 
 
+async def _allowed(request: web.Request) -> set[str]:
+    """The methods of the route that serves this path (the first that matches, as routing
+    picks it), not of every pattern that also matches (``/v1/keys/self`` and ``/{id}``)."""
+    for resource in request.app.router.resources():
+        _, methods = await resource.resolve(request)
+        if methods:
+            return set(methods)
+    return set()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id(request.headers)
@@ -122,9 +132,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(request_id, 404, "route_not_found",
                               f"no admin route {request.path}; see GET /openapi.json")
     except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        return error_response(request_id, 405, "method_not_allowed",
-                              f"{request.method} is not allowed on {request.path}; use {allowed}")
+        allowed = ", ".join(sorted(await _allowed(request) or exc.allowed_methods))
+        response = error_response(request_id, 405, "method_not_allowed",
+                                  f"{request.method} is not allowed on {request.path}; "
+                                  f"use {allowed}")
+        response.headers["Allow"] = allowed
+        return response
     except web.HTTPRequestEntityTooLarge:
         return error_response(request_id, 413, "payload_too_large",
                               "the request body is too large")

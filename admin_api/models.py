@@ -12,11 +12,13 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from admin_api.caps import (
     MAX_METADATA_BYTES,
@@ -29,6 +31,7 @@ from admin_api.caps import (
     MAX_SCOPES,
     Cursor,
     ExternalId,
+    IntCursor,
     Name,
     NonEmptyName,
 )
@@ -85,9 +88,20 @@ def _sane_time(value: datetime) -> datetime:
 Metadata = Annotated[dict[str, Any], Field(max_length=MAX_METADATA_KEYS),
                      AfterValidator(_storable_json)]
 Expiry = Annotated[AwareDatetime, AfterValidator(_sane_time)]
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``319.0``; so do we (strict types refuse 319.5 and
+    "319")."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_integral)
 MAX_COUNT = 2**62  # fits PostgreSQL bigint with room to add
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-Positive = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT), INTEGRAL]
+Positive = Annotated[int, Field(ge=1, le=MAX_COUNT), INTEGRAL]
+# A PATCH field that may be left out but not sent as null: the schema does not offer null.
+NotNull = SkipJsonSchema[None]
 
 
 def _reject_nul(value: Any) -> Any:
@@ -129,7 +143,7 @@ class Output(BaseModel):
 
 class RateLimit(Input):
     limit: Positive
-    window_s: Annotated[int, Field(ge=1, le=31 * 86400)]
+    window_s: Annotated[int, Field(ge=1, le=31 * 86400), INTEGRAL]
 
 
 RateLimits = Annotated[list[RateLimit], Field(max_length=MAX_RATE_LIMITS)]
@@ -148,7 +162,7 @@ class KeyDefaults(Input):
     usage_limit: Count | None = None
     quota: Quota | None = None
     rate_limits: RateLimits = []
-    expires_in_s: Annotated[int, Field(ge=1, le=100 * 366 * 86400)] | None = None
+    expires_in_s: Annotated[int, Field(ge=1, le=100 * 366 * 86400), INTEGRAL] | None = None
 
 
 # ---- organisations -------------------------------------------------------------------------
@@ -164,12 +178,14 @@ class OrgCreate(Input):
 
 
 class OrgUpdate(Input):
-    name: NonEmptyName | None = None
-    provider_id: ProviderId | None = None
-    key_prefix: KeyPrefix | None = None
-    key_defaults: KeyDefaults | None = None
-    rate_limits: RateLimits | None = None
-    metadata: Metadata | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: NonEmptyName | NotNull = None
+    provider_id: ProviderId | NotNull = None
+    key_prefix: KeyPrefix | NotNull = None
+    key_defaults: KeyDefaults | NotNull = None
+    rate_limits: RateLimits | NotNull = None
+    metadata: Metadata | NotNull = None
 
 
 class OrgOut(Output):
@@ -235,14 +251,16 @@ class KeyUpdate(Input):
     """Only the fields sent change; send null to clear owner_id, expires_at, usage_limit or
     quota."""
 
-    name: Name | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: Name | NotNull = None
     owner_id: OwnerId | None = None
-    scopes: Scopes | None = None
+    scopes: Scopes | NotNull = None
     expires_at: Expiry | None = None
     usage_limit: Count | None = None
     quota: Quota | None = None
-    rate_limits: RateLimits | None = None
-    metadata: Metadata | None = None
+    rate_limits: RateLimits | NotNull = None
+    metadata: Metadata | NotNull = None
 
 
 class KeyOut(Output):
@@ -293,11 +311,11 @@ class KeyListQuery(Query):
     environment: Environment | None = None
     root: bool | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    cursor: Cursor | None = None
+    cursor: IntCursor | None = None
 
 
 class RotateRequest(Input):
-    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400)] = 0
+    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400), INTEGRAL] = 0
 
 
 class UsageChange(Input):
@@ -338,7 +356,7 @@ class UsageOut(Output):
 class VerifyRequest(Input):
     key: Annotated[str, StringConstraints(min_length=1, max_length=MAX_RAW_KEY_LEN)]
     scopes: Scopes = []
-    cost: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+    cost: Annotated[int, Field(ge=0, le=1_000_000), INTEGRAL] = 1
     provider: ProviderId | None = Field(None, description="when given, the key must belong to "
                                         "the organisation with this provider_id")
 
@@ -382,7 +400,7 @@ class AuditQuery(Query):
     target_id: ExternalId | None = None
     action: ExternalId | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    cursor: Cursor | None = None
+    cursor: IntCursor | None = None
 
 
 # ---- plumbing ------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from admin_api.auth import Principal
-from admin_api.caps import Name
 from admin_api.dialects.common import DialectError, body, handler, iso, json, root_key
 from admin_api.handlers import keys as core
 from admin_api.models import KeyCreate, KeyOut, KeyUpdate, Scopes
@@ -23,7 +22,7 @@ ROTATION_GRACE_S = 300
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Name
+    name: str  # capped by the core's KeyCreate
     scopes: Scopes
     expiresAt: AwareDatetime | None = None
 
@@ -31,7 +30,7 @@ class CreateKey(BaseModel):
 class UpdateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Name | None = None
+    name: str | None = None
     scopes: Scopes | None = None
     expiresAt: AwareDatetime | None = None
 

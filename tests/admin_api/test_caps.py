@@ -10,17 +10,18 @@ from aiohttp.test_utils import TestClient
 
 from admin_api import caps
 from tests.admin_api.conftest import Admin
-from tests.dialects.conftest import (  # noqa: F401
-    dialect_admin,
-    dialect_gateway,
-    dialect_settings,
-    tenant,
-)
+from tests.dialects import conftest as dialects
 from tests.gateway.conftest import Upstream, upstream  # noqa: F401
 
 LIMIT = {"limit": 10, "window_s": 60}
 TOO_MANY_SCOPES = [f"s:{i}" for i in range(caps.MAX_SCOPES + 1)]
 TOO_MANY_LIMITS = [{"limit": 10 + i, "window_s": 60} for i in range(caps.MAX_RATE_LIMITS + 1)]
+
+# The dialect fixtures, used here too.
+dialect_admin = dialects.dialect_admin
+dialect_gateway = dialects.dialect_gateway
+dialect_settings = dialects.dialect_settings
+tenant = dialects.tenant
 
 
 def nested(depth: int) -> dict[str, Any]:

@@ -11,13 +11,14 @@ import pytest
 from admin_api.migrate import available
 from gateway import keyformat
 from tests.admin_api.conftest import Admin
-from tests.dialects.conftest import (  # noqa: F401
-    dialect_admin,
-    dialect_settings,
-    tenant,
-)
+from tests.dialects import conftest as dialects
 from tests.dialects.test_nuxera import token
 from tests.gateway.conftest import upstream  # noqa: F401
+
+# The dialect fixtures, used here too.
+dialect_admin = dialects.dialect_admin
+dialect_settings = dialects.dialect_settings
+tenant = dialects.tenant
 
 
 def shown_secret(display: str, raw: str) -> str:
