@@ -27,8 +27,8 @@ def _message(item: dict[str, object]) -> str:
     if item["type"] == "missing":
         return "required field is missing"
     if item["loc"] and item["loc"][-1] == "cursor":  # type: ignore[index]
-        return ("not a cursor this API returned; pass next_cursor from the previous page "
-                "unchanged")
+        return (f"not a cursor this API returned ({item['msg']}); pass next_cursor from the "
+                "previous page unchanged")
     return str(item["msg"])
 
 

@@ -97,7 +97,7 @@ async def test_org_owner_and_verify_lists_are_capped(admin: Admin, org: dict[str
     await refused(admin, "POST", "/v1/verify", caps.MAX_SCOPES, "scopes",
                   json={"key": "ks_live_x", "scopes": TOO_MANY_SCOPES})
     await refused(admin, "GET", f"/v1/keys?owner_id={long_owner}", caps.MAX_ID_LEN, "owner_id")
-    await refused(admin, "GET", "/v1/audit?cursor=" + "c" * (caps.MAX_CURSOR_LEN + 1),
+    await refused(admin, "GET", "/v1/orgs?cursor=" + "c" * (caps.MAX_CURSOR_LEN + 1),
                   caps.MAX_CURSOR_LEN, "cursor")
 
 
