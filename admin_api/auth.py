@@ -7,11 +7,14 @@ another organisation are reported as not found, so their existence does not leak
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
+from admin_api import tightening
 from admin_api.errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from admin_api.repository.audit import Actor
 from gateway import keyformat, scopes
@@ -21,10 +24,13 @@ from gateway.verification import PUBLIC_ERRORS, verify
 
 OPERATOR = "operator"
 KEY = "key"
-# Limits the operator sets on a key; the key itself may not loosen them.
-LIMIT_FIELDS = frozenset({"expires_at", "usage_limit", "quota", "rate_limits"})
-
-
+# What each limit a key may tighten on itself means by "tighter", for the 403's message.
+_TIGHTER = {
+    "expires_at": "set an earlier time",
+    "usage_limit": "set a lower limit",
+    "quota": "set no higher a limit over the same or a longer period",
+    "rate_limits": "keep every current window or replace it with a stricter one",
+}
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -129,11 +135,32 @@ def require_modify(principal: Principal, key: KeyRecord) -> None:
                         code="insufficient_scope")
 
 
-def require_not_own_limits(principal: Principal, key: KeyRecord, fields: set[str]) -> None:
-    """A key may rename itself or narrow its scopes, but not lift its own limits."""
-    if principal.key is not None and key.id == principal.key.id and fields & LIMIT_FIELDS:
-        raise Forbidden(f"a key cannot change its own {', '.join(sorted(fields & LIMIT_FIELDS))}"
-                        "; ask the operator", code="own_limits_protected")
+def _is_self(principal: Principal, key: KeyRecord) -> bool:
+    return principal.key is not None and key.id == principal.key.id
+
+
+def require_not_own_limits(principal: Principal, key: KeyRecord,
+                           wanted: Mapping[str, Any]) -> None:
+    """A key may rename itself, narrow its scopes and tighten its own limits, but not raise
+    them (``wanted``: the new values of the fields being changed)."""
+    if not _is_self(principal, key):
+        return
+    current = {"expires_at": key.expires_at, "usage_limit": key.usage_limit,
+               "quota": key.quota, "rate_limits": key.rate_limits}
+    field = tightening.raised(current, wanted)
+    if field is not None:
+        raise Forbidden(f"{field}: this change would raise the calling key's own limit; a key "
+                        f"may only tighten its own limits ({field}: {_TIGHTER[field]}); ask "
+                        "the operator to raise it", code="own_limits_protected")
+
+
+def require_not_own_usage_lowered(principal: Principal, key: KeyRecord, op: str) -> None:
+    """A key may add to its own usage count (spending its allowance faster), never take
+    from it."""
+    if _is_self(principal, key) and op != "increment":
+        raise Forbidden(f"op: a key cannot {op} its own usage count, which would lift its "
+                        "usage_limit; it may only increment it; ask the operator",
+                        code="own_limits_protected")
 
 
 def require_grantable(principal: Principal, wanted: list[str]) -> None:

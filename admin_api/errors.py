@@ -132,6 +132,16 @@ def dialect_shape(request: web.Request) -> ErrorShape | None:
     return None
 
 
+async def _allowed(request: web.Request) -> set[str]:
+    """The methods of the route that serves this path (the first that matches, as routing
+    picks it), not of every pattern that also matches (``/v1/keys/self`` and ``/{id}``)."""
+    for resource in request.app.router.resources():
+        _, methods = await resource.resolve(request)
+        if methods:
+            return set(methods)
+    return set()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error in the canonical shape — or, under a dialect's paths, in the dialect's."""
@@ -158,7 +168,7 @@ async def _canonical_errors(request: web.Request, handler: Handler) -> web.Strea
         return error_response(request_id, 404, "route_not_found",
                               f"no admin route {request.path}; see GET /openapi.json")
     except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
+        allowed = ", ".join(sorted(await _allowed(request) or exc.allowed_methods))
         response = error_response(request_id, 405, "method_not_allowed",
                                   f"{request.method} is not allowed on {request.path}; "
                                   f"use {allowed}")

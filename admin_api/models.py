@@ -12,41 +12,66 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
+from admin_api.caps import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_KEYS,
+    MAX_PROVIDER_ID_LEN,
+    MAX_RATE_LIMITS,
+    MAX_RAW_KEY_LEN,
+    MAX_SCOPE_LEN,
+    MAX_SCOPES,
+    Cursor,
+    ExternalId,
+    IntCursor,
+    Name,
+    NonEmptyName,
+)
 from gateway.keyformat import MAX_PREFIX_LEN, PREFIX_RE
 from gateway.scopes import SCOPE_RE
 from gateway.verification import PROVIDER_PATTERN
 
 Environment = Literal["production", "staging", "development"]
 Status = Literal["active", "paused", "revoked", "expired"]
-Scope = Annotated[str, StringConstraints(pattern=SCOPE_RE.pattern, max_length=128)]
-KeyPrefix = Annotated[str, StringConstraints(pattern=PREFIX_RE.pattern, max_length=MAX_PREFIX_LEN)]
-ProviderId = Annotated[str, StringConstraints(pattern=PROVIDER_PATTERN)]
-Name = Annotated[str, StringConstraints(max_length=200)]
-OwnerId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-def _storable_json(value: dict[str, Any]) -> dict[str, Any]:
-    """What PostgreSQL's jsonb can hold: finite numbers, integers within 64 bits."""
+Scope = Annotated[str, StringConstraints(pattern=SCOPE_RE.pattern, max_length=MAX_SCOPE_LEN)]
+Scopes = Annotated[list[Scope], Field(max_length=MAX_SCOPES)]
+KeyPrefix = Annotated[str, StringConstraints(pattern=PREFIX_RE.pattern,
+                                            max_length=MAX_PREFIX_LEN)]
+ProviderId = Annotated[str, StringConstraints(pattern=PROVIDER_PATTERN,
+                                             max_length=MAX_PROVIDER_ID_LEN)]
+OwnerId = ExternalId
 
-    def walk(item: Any) -> None:
+
+def _storable_json(value: dict[str, Any]) -> dict[str, Any]:
+    """What PostgreSQL's jsonb can hold (finite numbers, integers within 64 bits), within the
+    metadata caps: every key's metadata travels with it to the gateway and /v1/verify."""
+
+    def walk(item: Any, depth: int) -> None:
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError("numbers must be finite (no NaN or Infinity)")
-        if isinstance(item, dict):
-            for child in item.values():
-                walk(child)
-        elif isinstance(item, list):
-            for child in item:
-                walk(child)
+        if isinstance(item, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"must nest objects and arrays at most {MAX_METADATA_DEPTH} "
+                                 "levels deep")
+            for child in item.values() if isinstance(item, dict) else item:
+                walk(child, depth + 1)
 
-    walk(value)
+    walk(value, 1)
     try:
-        orjson.dumps(value)
+        size = len(orjson.dumps(value))
     except orjson.JSONEncodeError as exc:
         raise ValueError(f"cannot be stored: {exc}") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as compact JSON (this "
+                         f"is {size}); keep large data elsewhere and store a reference")
     return value
 
 
@@ -60,11 +85,23 @@ def _sane_time(value: datetime) -> datetime:
     return utc
 
 
-Metadata = Annotated[dict[str, Any], Field(max_length=64), AfterValidator(_storable_json)]
+Metadata = Annotated[dict[str, Any], Field(max_length=MAX_METADATA_KEYS),
+                     AfterValidator(_storable_json)]
 Expiry = Annotated[AwareDatetime, AfterValidator(_sane_time)]
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``319.0``; so do we (strict types refuse 319.5 and
+    "319")."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_integral)
 MAX_COUNT = 2**62  # fits PostgreSQL bigint with room to add
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-Positive = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT), INTEGRAL]
+Positive = Annotated[int, Field(ge=1, le=MAX_COUNT), INTEGRAL]
+# A PATCH field that may be left out but not sent as null: the schema does not offer null.
+NotNull = SkipJsonSchema[None]
 
 
 def _reject_nul(value: Any) -> Any:
@@ -106,7 +143,10 @@ class Output(BaseModel):
 
 class RateLimit(Input):
     limit: Positive
-    window_s: Annotated[int, Field(ge=1, le=31 * 86400)]
+    window_s: Annotated[int, Field(ge=1, le=31 * 86400), INTEGRAL]
+
+
+RateLimits = Annotated[list[RateLimit], Field(max_length=MAX_RATE_LIMITS)]
 
 
 class Quota(Input):
@@ -118,32 +158,34 @@ class KeyDefaults(Input):
     """Values a new key of the organisation gets when its create request leaves them out."""
 
     environment: Environment = "production"
-    scopes: list[Scope] = []
+    scopes: Scopes = []
     usage_limit: Count | None = None
     quota: Quota | None = None
-    rate_limits: list[RateLimit] = []
-    expires_in_s: Annotated[int, Field(ge=1, le=100 * 366 * 86400)] | None = None
+    rate_limits: RateLimits = []
+    expires_in_s: Annotated[int, Field(ge=1, le=100 * 366 * 86400), INTEGRAL] | None = None
 
 
 # ---- organisations -------------------------------------------------------------------------
 
 class OrgCreate(Input):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: NonEmptyName
     provider_id: ProviderId
     key_prefix: KeyPrefix = "ks_live"
     key_defaults: KeyDefaults = KeyDefaults()
-    rate_limits: list[RateLimit] = Field([], description="shared by all keys of the "
-                                         "organisation")
+    rate_limits: RateLimits = Field([], description="shared by all keys of the "
+                                    "organisation")
     metadata: Metadata = {}
 
 
 class OrgUpdate(Input):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
-    provider_id: ProviderId | None = None
-    key_prefix: KeyPrefix | None = None
-    key_defaults: KeyDefaults | None = None
-    rate_limits: list[RateLimit] | None = None
-    metadata: Metadata | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: NonEmptyName | NotNull = None
+    provider_id: ProviderId | NotNull = None
+    key_prefix: KeyPrefix | NotNull = None
+    key_defaults: KeyDefaults | NotNull = None
+    rate_limits: RateLimits | NotNull = None
+    metadata: Metadata | NotNull = None
 
 
 class OrgOut(Output):
@@ -161,7 +203,7 @@ class OrgOut(Output):
 class OwnerLimits(Input):
     """Rate limits shared by all keys of one owner in an organisation."""
 
-    rate_limits: list[RateLimit]
+    rate_limits: RateLimits
 
 
 class OwnerLimitsOut(Output):
@@ -177,7 +219,7 @@ class OrgList(Output):
 
 class OrgListQuery(Query):
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    cursor: str | None = None
+    cursor: Cursor | None = None
 
 
 class OrgDeleteQuery(Query):
@@ -187,17 +229,17 @@ class OrgDeleteQuery(Query):
 # ---- keys ----------------------------------------------------------------------------------
 
 class KeyCreate(Input):
-    org_id: str | None = Field(None, description="required with the operator token; a root "
-                               "key creates keys in its own organisation")
+    org_id: ExternalId | None = Field(None, description="required with the operator token; "
+                                      "a root key creates keys in its own organisation")
     owner_id: OwnerId | None = None
     name: Name = ""
     environment: Environment | None = None
     root: bool = False
-    scopes: list[Scope] | None = None
+    scopes: Scopes | None = None
     expires_at: Expiry | None = None
     usage_limit: Count | None = None
     quota: Quota | None = None
-    rate_limits: list[RateLimit] | None = None
+    rate_limits: RateLimits | None = None
     metadata: Metadata = {}
     prefix: KeyPrefix | None = Field(None, description="overrides the organisation's key_prefix")
     is_default: bool = False
@@ -209,14 +251,16 @@ class KeyUpdate(Input):
     """Only the fields sent change; send null to clear owner_id, expires_at, usage_limit or
     quota."""
 
-    name: Name | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: Name | NotNull = None
     owner_id: OwnerId | None = None
-    scopes: list[Scope] | None = None
+    scopes: Scopes | NotNull = None
     expires_at: Expiry | None = None
     usage_limit: Count | None = None
     quota: Quota | None = None
-    rate_limits: list[RateLimit] | None = None
-    metadata: Metadata | None = None
+    rate_limits: RateLimits | NotNull = None
+    metadata: Metadata | NotNull = None
 
 
 class KeyOut(Output):
@@ -261,17 +305,17 @@ class KeyList(Output):
 
 
 class KeyListQuery(Query):
-    org_id: str | None = None
-    owner_id: str | None = None
+    org_id: ExternalId | None = None
+    owner_id: ExternalId | None = None
     status: Status | None = None
     environment: Environment | None = None
     root: bool | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    cursor: str | None = None
+    cursor: IntCursor | None = None
 
 
 class RotateRequest(Input):
-    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400)] = 0
+    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400), INTEGRAL] = 0
 
 
 class UsageChange(Input):
@@ -310,9 +354,9 @@ class UsageOut(Output):
 # ---- verify and audit ----------------------------------------------------------------------
 
 class VerifyRequest(Input):
-    key: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-    scopes: list[Scope] = []
-    cost: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+    key: Annotated[str, StringConstraints(min_length=1, max_length=MAX_RAW_KEY_LEN)]
+    scopes: Scopes = []
+    cost: Annotated[int, Field(ge=0, le=1_000_000), INTEGRAL] = 1
     provider: ProviderId | None = Field(None, description="when given, the key must belong to "
                                         "the organisation with this provider_id")
 
@@ -352,11 +396,11 @@ class AuditList(Output):
 
 
 class AuditQuery(Query):
-    org_id: str | None = None
-    target_id: str | None = None
-    action: str | None = None
+    org_id: ExternalId | None = None
+    target_id: ExternalId | None = None
+    action: ExternalId | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    cursor: str | None = None
+    cursor: IntCursor | None = None
 
 
 # ---- plumbing ------------------------------------------------------------------------------

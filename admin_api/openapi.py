@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from admin_api.caps import MAX_ID_LEN
 from admin_api.models import ErrorBody
 
 if TYPE_CHECKING:
@@ -23,9 +24,12 @@ _ERRORS = {
     "403": "Not allowed",
     "404": "Not found",
     "409": "Conflict with the current state",
+    "413": "The request body is over request_body_limit",
     "422": "Invalid values; the message names the field",
     "503": "A store is unavailable",
 }
+# Path parameters with a bound of their own (the rest are ids: unknown ones are 404).
+_PATH_SCHEMAS = {"owner_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}}
 
 
 def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
@@ -50,7 +54,8 @@ def build(routes: Iterable[Route], version: str) -> dict[str, Any]:
             "summary": route.summary,
             "operationId": route.handler.__name__,
             "tags": [route.tag],
-            "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+            "parameters": [{"name": n, "in": "path", "required": True,
+                            "schema": _PATH_SCHEMAS.get(n, {"type": "string"})}
                            for n in _PARAM_RE.findall(route.path)],
             "responses": {},
         }
@@ -66,10 +71,15 @@ def build(routes: Iterable[Route], version: str) -> dict[str, Any]:
         op["responses"][str(route.status)] = ok
         if route.public:
             op["security"] = []
-        else:
-            for status, text in _ERRORS.items():
-                op["responses"][status] = {"description": text, "content": {
-                    "application/json": {"schema": error_ref}}}
+        elif route.access == "key":
+            op["security"] = [{"rootKey": []}]
+        for status, text in ({} if route.public else _ERRORS).items():
+            if status == "413" and route.body is None:
+                continue
+            op["responses"][status] = {"description": text, "content": {
+                "application/json": {"schema": error_ref}}}
+        if route.public and route.response is not None and route.path == "/readyz":
+            op["responses"]["503"] = {**ok, "description": "A store does not answer"}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",

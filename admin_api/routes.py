@@ -17,7 +17,7 @@ from admin_api.handlers import audit, keys, meta, orgs, owners, usage, verify
 from admin_api.state import POOL, SETTINGS
 
 HandlerFn = Callable[..., Awaitable[web.StreamResponse]]
-Access = Literal["public", "any", "manager", "operator"]
+Access = Literal["public", "any", "key", "manager", "operator"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,8 @@ class Route:
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
-    # public | any (any credential) | manager (operator or root key) | operator
+    # public | any (any credential) | key (any key, not the operator) | manager (operator or
+    # root key) | operator
     access: Access = "manager"
 
     def __post_init__(self) -> None:
@@ -98,7 +99,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/keys", keys.list_keys, "List keys (metadata only)", "keys",
           query=m.KeyListQuery, response=m.KeyList),
     Route("GET", "/v1/keys/self", keys.get_self, "The calling key's own record", "keys",
-          response=m.KeyOut, access="any"),
+          response=m.KeyOut, access="key"),
     Route("GET", "/v1/keys/{id}", keys.get_key, "Read a key", "keys", response=m.KeyOut,
           access="any"),
     Route("PATCH", "/v1/keys/{id}", keys.update_key, "Update a key", "keys",

@@ -15,7 +15,7 @@ BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ENTROPY_LEN = 30  # 30 base62 chars ≈ 178 bits
 CHECKSUM_LEN = 6  # 62**6 > 2**32, so a CRC32 always fits
 BODY_LEN = ENTROPY_LEN + CHECKSUM_LEN
-DISPLAY_PREFIX_LEN = 12
+DISPLAY_ENTROPY_LEN = 4  # secret characters a display prefix may reveal, for any key style
 MAX_PREFIX_LEN = 24
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
@@ -66,7 +66,13 @@ def hash_key(raw: str) -> bytes:
 
 
 def display_prefix(raw: str) -> str:
-    return raw[:DISPLAY_PREFIX_LEN]
+    """What identifies a key in listings: its public prefix and at most
+    ``DISPLAY_ENTROPY_LEN`` characters of its secret, for every key style (``ks_live_AbC1``,
+    ``K7QZ`` for an Open Dental CustomerKey). Stored once, so it is computed only here."""
+    prefix, sep, body = raw.rpartition("_")
+    if not sep or is_customer_key(raw):
+        return raw[:DISPLAY_ENTROPY_LEN]
+    return f"{prefix}_{body[:DISPLAY_ENTROPY_LEN]}"
 
 
 ID_LEN = 22

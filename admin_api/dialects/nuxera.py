@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin_api.auth import OPERATOR, Principal
+from admin_api.caps import MAX_NAME_LEN
 from admin_api.dialects.common import problem, wording
 from admin_api.errors import REQUEST_ID, ApiError, ErrorShape
 from admin_api.handlers import keys as core
@@ -46,7 +47,7 @@ class NuxeraError(Exception):
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
     type: Literal["ai-medical-note", "t2yd"]
     status: Literal["active", "paused", "expired"]
 
@@ -54,7 +55,7 @@ class CreateKey(BaseModel):
 class UpdateKey(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LEN)
     type: Literal["ai-medical-note", "t2yd"] | None = None
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin_api.auth import KEY, Principal
+from admin_api.caps import MAX_ID_LEN, MAX_RAW_KEY_LEN
 from admin_api.dialects.common import DialectError, handler_in, json, problem, wording
 from admin_api.errors import REQUEST_ID, ErrorShape
 from admin_api.handlers import keys as core
@@ -51,9 +52,9 @@ handler = handler_in(ERROR)
 class UpdateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    CustomerKey: str = Field(min_length=1)
+    CustomerKey: str = Field(min_length=1, max_length=MAX_RAW_KEY_LEN)
     KeyStatus: Literal["Enabled", "DisabledByDeveloper"] | None = None
-    DevRefId: str | None = Field(None, max_length=200)
+    DevRefId: str | None = Field(None, max_length=MAX_ID_LEN)
 
 
 async def _caller(request: web.Request) -> Principal:

@@ -23,7 +23,7 @@ from admin_api.dialects.common import (
 )
 from admin_api.errors import ErrorShape
 from admin_api.handlers import keys as core
-from admin_api.models import KeyCreate, KeyOut, KeyUpdate
+from admin_api.models import KeyCreate, KeyOut, KeyUpdate, Scopes
 from admin_api.state import SETTINGS
 from gateway.settings import REGEN_SCOPES
 
@@ -37,8 +37,8 @@ ROTATION_GRACE_S = 300
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str
-    scopes: list[str]
+    name: str  # capped by the core's KeyCreate
+    scopes: Scopes
     expiresAt: AwareDatetime | None = None
 
 
@@ -46,7 +46,7 @@ class UpdateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = None
-    scopes: list[str] | None = None
+    scopes: Scopes | None = None
     expiresAt: AwareDatetime | None = None
 
 

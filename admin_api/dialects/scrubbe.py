@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from admin_api.auth import Principal
+from admin_api.caps import Name
 from admin_api.dialects.common import (
     CAMEL_CASE,
     DialectError,
@@ -24,7 +25,7 @@ from admin_api.dialects.common import (
 )
 from admin_api.errors import ErrorShape
 from admin_api.handlers import keys as core
-from admin_api.models import Environment, KeyCreate, KeyOut, Scope
+from admin_api.models import Environment, KeyCreate, KeyOut, Scopes
 
 ROOT = "/api/v1/apikey"  # every path of the dialect, and its errors' shape
 ERROR: ErrorShape = renamed(error, CAMEL_CASE)
@@ -37,9 +38,9 @@ ENVIRONMENTS: dict[str, Environment] = {
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str
+    name: Name
     environment: Literal["PRODUCTION", "STAGING", "DEVELOPMENT"]
-    scopes: list[Scope]
+    scopes: Scopes
     expiresAt: AwareDatetime | None = None
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from admin_api.auth import KEY, Principal
+from admin_api.caps import MAX_ID_LEN, MAX_NAME_LEN
 from admin_api.dialects.common import DialectError, error, handler, iso, json, problem
 from admin_api.errors import ApiError, ErrorShape
 from admin_api.handlers import keys as core
@@ -50,16 +51,16 @@ UsageLimit = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=MAX_C
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    clinic_id: str = Field(min_length=1, max_length=200)
-    friendly_name: str = Field(min_length=1, max_length=200)
+    clinic_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    friendly_name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
     usage_limit: UsageLimit | None = None
 
 
 class UpdateKey(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    id: str = Field(min_length=1)
-    friendly_name: str | None = Field(None, min_length=1, max_length=200)
+    id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    friendly_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LEN)
     usage_limit: UsageLimit | None = None
 
 

@@ -110,6 +110,11 @@ async def create(request: web.Request, principal: Principal, body: KeyCreate,
         if org is None:
             raise NotFound("no organisation with that id", code="org_not_found")
         defaults = KeyDefaults.model_validate(org["key_defaults"])
+        if body.root:
+            # The organisation's default limits are for the keys it hands out, not for the
+            # keys that administer it: a root key gets only the limits its request sets.
+            defaults = defaults.model_copy(update={"usage_limit": None, "quota": None,
+                                                   "rate_limits": [], "expires_in_s": None})
         scopes = body.scopes if body.scopes is not None else defaults.scopes
         auth.require_grantable(principal, scopes)
         expires_at = body.expires_at
@@ -223,7 +228,7 @@ async def update(request: web.Request, principal: Principal, key_id: str, body: 
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, key_id)
-        auth.require_not_own_limits(principal, key, set(fields))
+        auth.require_not_own_limits(principal, key, fields)
         if "scopes" in fields:
             auth.require_grantable(principal, fields["scopes"])
             fields["scopes"] = list(dict.fromkeys(fields["scopes"]))

@@ -6,8 +6,9 @@ from aiohttp import web
 
 from admin_api import auth
 from admin_api.auth import Principal
+from admin_api.caps import MAX_ID_LEN
 from admin_api.changes import Changes
-from admin_api.errors import REQUEST_ID, NotFound
+from admin_api.errors import REQUEST_ID, NotFound, Unprocessable
 from admin_api.models import OwnerLimits, OwnerLimitsOut
 from admin_api.repository import audit, orgs
 from admin_api.state import POOL, REDIS
@@ -17,7 +18,11 @@ from admin_api.views import respond
 def _target(request: web.Request, principal: Principal) -> tuple[str, str]:
     org_id = auth.org_scope(principal, request.match_info["id"])
     assert org_id is not None
-    return org_id, request.match_info["owner_id"]
+    owner_id = request.match_info["owner_id"]
+    if len(owner_id) > MAX_ID_LEN:
+        raise Unprocessable(f"owner_id: must be at most {MAX_ID_LEN} characters",
+                            code="validation_failed")
+    return org_id, owner_id
 
 
 async def get_owner_limits(request: web.Request, principal: Principal) -> web.Response:

@@ -67,7 +67,7 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, request.match_info["id"])
-        auth.require_not_own_limits(principal, key, {"usage_limit"})
+        auth.require_not_own_usage_lowered(principal, key, body.op)
         if body.op == "increment" and key.usage_count + body.value > MAX_COUNT:
             raise Unprocessable(f"value: the count would exceed {MAX_COUNT}",
                                 code="validation_failed",

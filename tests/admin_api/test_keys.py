@@ -13,7 +13,7 @@ async def test_create_returns_raw_key_once_and_stores_only_its_hash(
                               quota={"limit": 100, "period": "day"},
                               rate_limits=[{"limit": 5, "window_s": 1}], metadata={"a": 1})
     raw = created["key"]
-    assert raw.startswith("ks_live_") and created["prefix"] == raw[:12]
+    assert raw.startswith("ks_live_") and created["prefix"] == raw[:12]  # ks_live_ + 4
     assert created["status"] == "active" and created["environment"] == "production"
     assert created["usage_limit"] == 10 and created["quota"] == {"limit": 100, "period": "day"}
 

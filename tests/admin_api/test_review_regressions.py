@@ -56,7 +56,9 @@ async def test_root_key_cannot_take_the_default_from_another_root_key(
 
 async def test_a_key_cannot_lift_its_own_limits(admin: Admin, org: dict[str, Any]) -> None:
     limited = await admin.key(org["id"], root=True, scopes=["*"], usage_limit=10,
-                              expires_at="2099-01-01T00:00:00Z")
+                              expires_at="2099-01-01T00:00:00Z",
+                              quota={"limit": 5, "period": "day"},
+                              rate_limits=[{"limit": 3, "window_s": 1}])
     me = as_key(limited["key"])
     for change in ({"expires_at": None}, {"usage_limit": None}, {"quota": None},
                    {"rate_limits": []}):

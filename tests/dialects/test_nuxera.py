@@ -42,7 +42,7 @@ async def test_documented_flow(dialect_admin: Admin, tenant: dict[str, Any],
     assert all(k["key"].endswith("…") and raw not in k["key"] for k in listed)  # masked
     assert await dialect_admin.call("GET", f"{BASE}/", headers=me, expect=200) == listed
     got = await dialect_admin.call("GET", f"{BASE}/{created['id']}", headers=me, expect=200)
-    assert got["name"] == "Production API Key" and got["key"] == raw[:12] + "…"
+    assert got["name"] == "Production API Key" and got["key"] == raw[:7] + "…"
 
     updated = await dialect_admin.call("PUT", f"{BASE}/{created['id']}", headers=me,
                                        json={"name": "Updated Production Key"}, expect=200)

@@ -23,7 +23,7 @@ async def test_documented_flow(dialect_admin: Admin, tenant: dict[str, Any],
         "scopes": ["orders:read", "orders:write", "products:read", "inventory:read"],
         "expiresAt": "2099-01-20T00:00:00Z"}, expect=201)
     assert set(created) == FIELDS | {"key"}
-    assert created["key"].startswith("rg_") and created["keyPrefix"] == created["key"][:12]
+    assert created["key"].startswith("rg_") and created["keyPrefix"] == created["key"][:7]
     assert created["lastUsedAt"] is None
 
     listed = await dialect_admin.call("GET", BASE, headers=auth, expect=200)

@@ -28,7 +28,7 @@ async def test_create_list_rotate_revoke_delete(dialect_admin: Admin, tenant: di
     assert created["scopes"] == ["incidents:read", "incidents:write"]
     assert created["expiresAt"] == "2099-12-31T00:00:00Z" and created["status"] == "ACTIVE"
     raw = created["key"]
-    assert isinstance(raw, str) and created["keyPrefix"] == raw[:12]
+    assert isinstance(raw, str) and created["keyPrefix"] == raw[:7]
 
     listed = await dialect_admin.call("GET", f"{BASE}/apikeys", headers=auth, expect=200)
     mine = next(k for k in listed["data"] if k["id"] == created["id"])

@@ -34,10 +34,20 @@ def test_malformed_or_corrupted_keys_are_rejected(mutate: object) -> None:
     assert not keyformat.is_well_formed(mutate(raw))  # type: ignore[operator]
 
 
-def test_hash_is_sha256_of_raw_key_and_display_prefix_is_12_chars() -> None:
+def test_hash_is_sha256_of_raw_key() -> None:
     raw = keyformat.generate("rg")
     assert keyformat.hash_key(raw) == hashlib.sha256(raw.encode()).digest()
-    assert keyformat.display_prefix(raw) == raw[:12]
+
+
+@pytest.mark.parametrize("prefix", ["a", "rg", "ks_live", "a_b_c_d_e_f_g_h_i_j_k_l"])
+def test_display_prefix_shows_the_public_prefix_and_4_secret_chars(prefix: str) -> None:
+    raw = keyformat.generate(prefix)
+    assert keyformat.display_prefix(raw) == raw[:len(prefix) + 5]
+
+
+def test_display_prefix_of_a_customer_key_shows_4_of_its_16_chars() -> None:
+    raw = keyformat.generate_customer_key()
+    assert keyformat.display_prefix(raw) == raw[:4]
 
 
 @pytest.mark.parametrize("prefix", ["", "_a", "a_", "a__b", "Ab", "1a", "a" * 25, "a-b"])

@@ -1,0 +1,104 @@
+"""A key may tighten its own limits but never raise them; a root key does not inherit the
+organisation's default limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.admin_api.conftest import Admin, as_key
+
+LIMITS = {"usage_limit": 100, "expires_at": "2099-01-01T00:00:00Z",
+          "quota": {"limit": 50, "period": "week"},
+          "rate_limits": [{"limit": 10, "window_s": 1}, {"limit": 300, "window_s": 60}]}
+
+
+@pytest.fixture
+async def limited(admin: Admin, org: dict[str, Any]) -> dict[str, Any]:
+    return await admin.key(org["id"], root=True, scopes=["*"], **LIMITS)
+
+
+@pytest.mark.parametrize("change", [
+    {"usage_limit": 99},
+    {"usage_limit": 100},  # unchanged is not raised
+    {"expires_at": "2098-01-01T00:00:00Z"},
+    {"quota": {"limit": 40, "period": "week"}},
+    {"quota": {"limit": 50, "period": "month"}},  # the same count over a longer period
+    {"rate_limits": [{"limit": 5, "window_s": 1}, {"limit": 300, "window_s": 120}]},
+    {"rate_limits": [{"limit": 10, "window_s": 60}]},  # one window stricter than both
+    {"rate_limits": [*LIMITS["rate_limits"], {"limit": 1000, "window_s": 3600}]},  # one more
+])
+async def test_a_key_may_tighten_its_own_limits(admin: Admin, limited: dict[str, Any],
+                                                change: dict[str, Any]) -> None:
+    updated = await admin.call("PATCH", f"/v1/keys/{limited['id']}", json=change,
+                               headers=as_key(limited["key"]), expect=200)
+    stored = await admin.call("GET", f"/v1/keys/{limited['id']}", expect=200)
+    for field, value in change.items():
+        if field == "expires_at":
+            assert updated[field].startswith(value[:10]) and stored[field] == updated[field]
+        else:
+            assert updated[field] == value == stored[field]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"usage_limit": 101}, "usage_limit"),
+    ({"usage_limit": None}, "usage_limit"),
+    ({"expires_at": "2099-01-02T00:00:00Z"}, "expires_at"),
+    ({"expires_at": None}, "expires_at"),
+    ({"quota": {"limit": 51, "period": "week"}}, "quota"),
+    ({"quota": {"limit": 50, "period": "day"}}, "quota"),  # 50 a day is more than 50 a week
+    ({"quota": None}, "quota"),
+    ({"rate_limits": [{"limit": 10, "window_s": 1}]}, "rate_limits"),  # the minute window gone
+    ({"rate_limits": []}, "rate_limits"),
+    ({"rate_limits": [{"limit": 11, "window_s": 1}, {"limit": 300, "window_s": 60}]},
+     "rate_limits"),
+    ({"name": "fine", "usage_limit": 50, "quota": None}, "quota"),
+])
+async def test_raising_an_own_limit_is_refused_naming_the_field(
+        admin: Admin, limited: dict[str, Any], change: dict[str, Any], field: str) -> None:
+    body = await admin.call("PATCH", f"/v1/keys/{limited['id']}", json=change,
+                            headers=as_key(limited["key"]), expect=403)
+    assert body["error"]["code"] == "own_limits_protected"
+    assert body["error"]["message"].startswith(f"{field}: ")
+    assert "raise" in body["error"]["message"]
+    stored = await admin.call("GET", f"/v1/keys/{limited['id']}", expect=200)
+    assert {k: stored[k] for k in ("usage_limit", "quota", "rate_limits", "name")} == {
+        "usage_limit": 100, "quota": LIMITS["quota"], "rate_limits": LIMITS["rate_limits"],
+        "name": ""}
+
+
+async def test_a_key_may_only_increment_its_own_usage_count(admin: Admin,
+                                                            limited: dict[str, Any]) -> None:
+    me = as_key(limited["key"])
+    usage = await admin.call("POST", f"/v1/keys/{limited['id']}/usage",
+                             json={"op": "increment", "value": 7}, headers=me, expect=200)
+    assert usage["usage_count"] == 7
+    for op in ("set", "decrement"):
+        body = await admin.call("POST", f"/v1/keys/{limited['id']}/usage",
+                                json={"op": op, "value": 1}, headers=me, expect=403)
+        assert body["error"]["code"] == "own_limits_protected" and op in body["error"]["message"]
+    # The operator may still lower it, and may raise limits.
+    await admin.call("POST", f"/v1/keys/{limited['id']}/usage", json={"op": "set", "value": 0},
+                     expect=200)
+    raised = await admin.call("PATCH", f"/v1/keys/{limited['id']}",
+                              json={"usage_limit": None}, expect=200)
+    assert raised["usage_limit"] is None
+
+
+async def test_a_root_key_does_not_inherit_default_limits(admin: Admin) -> None:
+    defaults = {"scopes": ["orders:read"], "environment": "staging", "usage_limit": 1000,
+                "quota": {"limit": 10, "period": "day"},
+                "rate_limits": [{"limit": 5, "window_s": 1}], "expires_in_s": 3600}
+    org = await admin.org("limited", key_defaults=defaults)
+    root = await admin.key(org["id"], root=True)
+    assert (root["usage_limit"], root["quota"], root["rate_limits"], root["expires_at"]) == (
+        None, None, [], None)
+    # Defaults that are not limits still apply, and so do limits the request sets.
+    assert root["scopes"] == ["orders:read"] and root["environment"] == "staging"
+    capped = await admin.key(org["id"], root=True, usage_limit=7)
+    assert capped["usage_limit"] == 7
+    # Keys it hands out get every default.
+    sub = await admin.key(headers=as_key(root["key"]), name="sub")
+    assert sub["usage_limit"] == 1000 and sub["quota"] == defaults["quota"]
+    assert sub["rate_limits"] == defaults["rate_limits"] and sub["expires_at"] is not None
