@@ -37,7 +37,8 @@ class Mutant:
 GATEWAY = ("tests/gateway",)
 LIMITS = ("tests/gateway/test_limits.py", "tests/gateway/test_limits_review.py",
           "tests/gateway/test_quota.py", "tests/gateway/test_fastlimits.py",
-          "tests/gateway/test_failures.py", "tests/gateway/test_mutants.py")
+          "tests/gateway/test_failures.py", "tests/gateway/test_failure_policies.py",
+          "tests/gateway/test_refusals_spend_nothing.py", "tests/gateway/test_store_deadline.py")
 
 MUTANTS: tuple[Mutant, ...] = (
     # The pipeline: order and presence of the stages.
@@ -102,11 +103,28 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("RateLimit-Policy lists one window", "gateway/limitheaders.py",
            'for w in windows)', 'for w in windows[:1])', GATEWAY),
     Mutant("Retry-After dropped", "gateway/limitheaders.py",
-           '        headers["Retry-After"] = str(decision.retry_after_s)\n', "", GATEWAY),
+           'headers["Retry-After"] = str(decision.retry_after_s)', "pass", GATEWAY),
     # Paths.
     Mutant("'..' not resolved", "gateway/paths.py",
            "            segments.pop()\n", "", ("tests/gateway/test_paths.py",
                                                 "tests/gateway/test_path_safety.py")),
+    Mutant("stray '%' checked after decoding", "gateway/paths.py",
+           "    if _STRAY_PERCENT.search(raw_path):", "    if False:",
+           ("tests/gateway/test_paths.py", "tests/gateway/test_path_safety.py",
+            "tests/gateway/test_path_safety_nginx.py")),
+    Mutant("NFKC look-alikes accepted", "gateway/paths.py",
+           'unicodedata.normalize("NFKC", char) != char', "False", GATEWAY),
+    # What reaches the upstream besides the path.
+    Mutant("keys in the query string forwarded", "gateway/stages/credential.py",
+           "if ex.query and key_in_query(ex.query, ex.raw_key):", "if False:", GATEWAY),
+    Mutant("header stage skipped", "gateway/pipeline.py",
+           "    headers.check,", "", GATEWAY),
+    # Rotation in the control plane, and the store deadline in the spend script.
+    Mutant("rotation grace extended by an hour", "admin_api/repository/keys.py",
+           "now() + $2)", "now() + $2 + interval '1 hour')",
+           ("tests/admin_api/test_rotate.py", "tests/gateway/test_rotation_grace.py")),
+    Mutant("late spend scripts spend anyway", "gateway/limits.py",
+           "if deadline > 0 and now > deadline then return {-2, now} end", "", LIMITS),
     Mutant("prefix match ignores segment boundary", "gateway/paths.py",
            'return path == prefix or path.startswith(prefix.rstrip("/") + "/")',
            "return path.startswith(prefix)", GATEWAY),
@@ -138,6 +156,8 @@ def run(mutant: Mutant, tree: Path, timeout_s: float) -> str:
                               timeout=timeout_s)
         if done.returncode == 0:
             return "survived"
+        if done.returncode != 1:  # not a test failure: the mutant broke the collection
+            return f"invalid (pytest exit {done.returncode})"
         failed = [line.split(" ", 1)[1] for line in done.stdout.decode().splitlines()
                   if line.startswith(("FAILED ", "ERROR "))]
         return f"killed by {failed[0] if failed else 'exit ' + str(done.returncode)}"
@@ -163,7 +183,7 @@ def main() -> None:
             verdict = run(mutant, tree, args.timeout)
             print(f"{time.monotonic() - started:5.0f} s  {mutant.name} ({mutant.path}): "
                   f"{verdict}", flush=True)
-            if verdict in ("survived", "stale"):
+            if not verdict.startswith("killed"):
                 survivors.append(f"{verdict}: {mutant.name}")
     print(f"\n{len(chosen) - len(survivors)} of {len(chosen)} mutants killed")
     for line in survivors:

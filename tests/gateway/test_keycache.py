@@ -101,3 +101,32 @@ def test_cached_keys_are_trusted_long_only_while_invalidations_are_heard(
     cache.put(b"d", record, None, cache.generation)
     clock[0] += 61
     assert cache.get(b"d") is None  # the long TTL is the backstop even when all is well
+
+
+def test_a_lookup_in_flight_during_an_invalidation_caches_nothing() -> None:
+    """A record read before an admin change (a revoke) arrived must not be cached after it:
+    the worker would serve the revoked key until the TTL ends."""
+    cache = keycache.LocalCache(10, ttl_s=60.0, negative_ttl_s=0.5)
+    record: Any = object()
+    started_at = cache.generation  # the lookup begins...
+    cache.drop(key_id="key_x")  # ...an invalidation is applied meanwhile...
+    cache.put(b"d", record, None, started_at)  # ...and the lookup's answer arrives
+    assert cache.get(b"d") is None
+    cache.put(b"d", None, None, started_at)  # nor is an answer "unknown" remembered
+    assert cache.get(b"d") is None
+    cache.put(b"d", record, None, cache.generation)  # a lookup started after it is cached
+    assert cache.get(b"d") is not None
+
+
+def test_an_unknown_key_is_remembered_only_for_negative_ttl(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hash that was unknown may become a key (created while the channel was down): after
+    ``negative_ttl_s`` the worker asks the stores again."""
+    clock = [1000.0]
+    monkeypatch.setattr(keycache.time, "monotonic", lambda: clock[0])
+    cache = keycache.LocalCache(10, ttl_s=60.0, negative_ttl_s=0.5)
+    cache.put(b"d", None, None, cache.generation)
+    clock[0] += 0.4
+    assert cache.get(b"d") is False  # known to be unknown
+    clock[0] += 0.2
+    assert cache.get(b"d") is None  # forgotten: the next request looks it up
