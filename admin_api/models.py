@@ -165,6 +165,18 @@ class KeyDefaults(Input):
     expires_in_s: Annotated[int, Field(ge=1, le=100 * 366 * 86400), INTEGRAL] | None = None
 
 
+class StoredKeyDefaults(Output):
+    """``key_defaults`` as read back: rows written before the caps may exceed them, and an
+    organisation must stay readable (and usable) all the same."""
+
+    environment: Environment = "production"
+    scopes: list[str] = []
+    usage_limit: int | None = None
+    quota: Quota | None = None
+    rate_limits: list[RateLimit] = []
+    expires_in_s: int | None = None
+
+
 # ---- organisations -------------------------------------------------------------------------
 
 class OrgCreate(Input):
@@ -193,7 +205,7 @@ class OrgOut(Output):
     name: str
     provider_id: str
     key_prefix: str
-    key_defaults: KeyDefaults
+    key_defaults: StoredKeyDefaults
     rate_limits: list[RateLimit]
     metadata: dict[str, Any]
     created_at: datetime

@@ -16,13 +16,13 @@ from admin_api.inputs import decode_int_cursor, encode_cursor
 from admin_api.models import (
     KeyCreate,
     KeyCreated,
-    KeyDefaults,
     KeyList,
     KeyListQuery,
     KeyOut,
     KeyRotated,
     KeyUpdate,
     RotateRequest,
+    StoredKeyDefaults,
 )
 from admin_api.repository import audit, keys, orgs
 from admin_api.state import POOL, REDIS, SETTINGS
@@ -109,7 +109,7 @@ async def create(request: web.Request, principal: Principal, body: KeyCreate,
         org = await orgs.get(conn, org_id, lock="KEY SHARE")
         if org is None:
             raise NotFound("no organisation with that id", code="org_not_found")
-        defaults = KeyDefaults.model_validate(org["key_defaults"])
+        defaults = StoredKeyDefaults.model_validate(org["key_defaults"])
         if body.root:
             # The organisation's default limits are for the keys it hands out, not for the
             # keys that administer it: a root key gets only the limits its request sets.

@@ -124,3 +124,15 @@ async def test_dialects_refuse_over_a_cap_with_400(dialect_admin: Admin,
         resp = await dialect_admin.client.request(method, path, headers=headers, json=payload)
         text = await resp.text()
         assert resp.status == 400 and said in text, (path, resp.status, text)
+
+
+async def test_an_organisation_stored_before_the_caps_stays_readable_and_usable(
+        admin: Admin, org: dict[str, Any], db: Any) -> None:
+    """Rows written before the caps existed may exceed them: reading the organisation, and
+    creating a key from its defaults, must still work (no 500)."""
+    await db.execute("UPDATE orgs SET key_defaults = $2 WHERE id = $1", org["id"],
+                     {"scopes": TOO_MANY_SCOPES, "rate_limits": TOO_MANY_LIMITS})
+    read = await admin.call("GET", f"/v1/orgs/{org['id']}", expect=200)
+    assert read["key_defaults"]["scopes"] == TOO_MANY_SCOPES
+    created = await admin.call("POST", "/v1/keys", expect=201, json={"org_id": org["id"]})
+    assert len(created["rate_limits"]) == caps.MAX_RATE_LIMITS + 1
