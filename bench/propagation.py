@@ -5,7 +5,9 @@ Starts embedded PostgreSQL and Redis, the admin API and an upstream in this proc
 that serves them (through the access log), then 200 times: a fresh key is used on every
 connection, the admin API revokes, pauses, rotates or rescopes it, and every connection asks
 again and again until it is refused. The delay is from the admin response to the refusal by
-the last worker. Prints p50 / p99 / max and writes bench/results/propagation.json.
+the last worker. Prints p50 / p99 / max and writes bench/results/propagation.json. Beside
+it, the same measure for a request with nothing to propagate (a valid key asked on every
+connection just before each change): what the load's queueing alone costs.
 
 By default the workers are kept busy meanwhile: a child process keeps ``--load`` concurrent
 requests (of another, rate-limited key) going against the gateway, as a busy production
@@ -86,6 +88,12 @@ async def _get(session: aiohttp.ClientSession, url: str, raw_key: str) -> int:
     async with session.get(url, headers={"X-API-Key": raw_key}) as resp:
         await resp.read()
         return resp.status
+
+
+async def _timed_get(session: aiohttp.ClientSession, url: str, raw_key: str,
+                     started: float) -> tuple[int, float]:
+    status = await _get(session, url, raw_key)
+    return status, time.perf_counter() - started
 
 
 async def _until_refused(session: aiohttp.ClientSession, url: str, raw_key: str,
@@ -176,12 +184,17 @@ async def run(changes: int, workers: int, load: int = 32) -> dict[str, object]:
 
         delays: list[float] = []
         revocations: list[float] = []
+        baseline: list[float] = []
         for i in range(changes):
             key = await (await admin.post("/v1/keys", json={
                 "org_id": org["id"], "scopes": ["svc:read"]})).json()
             url, raw = f"http://127.0.0.1:{gw_port}/svc/x", key["key"]
-            assert all(st == 200 for st in await asyncio.gather(
-                *(_get(s, url, raw) for s in sessions)))
+            started = time.perf_counter()
+            answers = await asyncio.gather(*(_timed_get(s, url, raw, started) for s in sessions))
+            assert all(st == 200 for st, _ in answers)
+            # The same measure as a change's delay (the slowest connection's answer), for a
+            # request with nothing to propagate: how much of the delay is the load's queueing.
+            baseline.append(max(elapsed for _, elapsed in answers))
             action = ACTIONS[i % len(ACTIONS)]
             if action == "rescope":
                 resp = await admin.patch(f"/v1/keys/{key['id']}", json={"scopes": ["other:x"]})
@@ -213,7 +226,8 @@ async def run(changes: int, workers: int, load: int = 32) -> dict[str, object]:
         pg.stop()
     return {"changes": changes, "workers": workers, "connections": len(sessions),
             "load_concurrency": load, **_percentiles(delays),
-            "revocations": {"count": len(revocations), **_percentiles(revocations)}}
+            "revocations": {"count": len(revocations), **_percentiles(revocations)},
+            "plain_requests": _percentiles(baseline)}
 
 
 def main() -> None:
@@ -239,6 +253,10 @@ def main() -> None:
     assert isinstance(revoked, dict)
     print(f"revocations ({revoked['count']}): p50 {revoked['p50_ms']} ms, "
           f"p99 {revoked['p99_ms']} ms, max {revoked['max_ms']} ms")
+    plain = result["plain_requests"]
+    assert isinstance(plain, dict)
+    print(f"a valid key's request under the same load, answered on every connection: "
+          f"p50 {plain['p50_ms']} ms, p99 {plain['p99_ms']} ms, max {plain['max_ms']} ms")
 
 
 if __name__ == "__main__":

@@ -17,3 +17,4 @@ async def test_propagation_benchmark_runs() -> None:
     result = await module.run(changes=4, workers=2)
     assert result["changes"] == 4 and result["workers"] == 2
     assert {"p50_ms", "p99_ms", "max_ms"} <= set(result)
+    assert result["revocations"]["count"] == 1 and result["plain_requests"]["max_ms"] > 0
