@@ -28,7 +28,7 @@ KEY = "key"
 _TIGHTER = {
     "expires_at": "set an earlier time",
     "usage_limit": "set a lower limit",
-    "quota": "set no higher a limit over the same or a longer period",
+    "quota": "set no higher a limit over the same period, or a week's or month's for a day's",
     "rate_limits": "keep every current window or replace it with a stricter one",
 }
 
@@ -145,6 +145,10 @@ def require_not_own_limits(principal: Principal, key: KeyRecord,
     them (``wanted``: the new values of the fields being changed)."""
     if not _is_self(principal, key):
         return
+    if "owner_id" in wanted and wanted["owner_id"] != key.owner_id:
+        raise Forbidden("owner_id: a key cannot move itself to another owner: that would raise "
+                        "its limits, leaving those its owner shares; ask the operator",
+                        code="own_limits_protected")
     current = {"expires_at": key.expires_at, "usage_limit": key.usage_limit,
                "quota": key.quota, "rate_limits": key.rate_limits}
     field = tightening.raised(current, wanted)
@@ -152,6 +156,21 @@ def require_not_own_limits(principal: Principal, key: KeyRecord,
         raise Forbidden(f"{field}: this change would raise the calling key's own limit; a key "
                         f"may only tighten its own limits ({field}: {_TIGHTER[field]}); ask "
                         "the operator to raise it", code="own_limits_protected")
+
+
+def require_not_own_owner_limits_raised(principal: Principal, org_id: str, owner_id: str,
+                                        current: list[dict[str, Any]],
+                                        wanted: list[dict[str, Any]]) -> None:
+    """The rate limits a key's owner shares are that key's limits too: the key may tighten
+    them, never raise or remove them."""
+    caller = principal.key
+    if caller is None or caller.org_id != org_id or caller.owner_id != owner_id:
+        return
+    if not tightening.rate_limits_kept(current, wanted):
+        raise Forbidden("rate_limits: this change would raise the limits the calling key's "
+                        "own owner shares; a key may only tighten them (keep every current "
+                        "window or replace it with a stricter one); ask the operator",
+                        code="own_limits_protected")
 
 
 def require_not_own_usage_lowered(principal: Principal, key: KeyRecord, op: str) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-# A quota period and every longer one: a limit over a longer period is at least as strict.
-_PERIOD_DAYS = {"day": 1, "week": 7, "month": 28}
+# The periods a quota may move to and stay at least as strict: those that contain every
+# period of the old kind. A day lies inside one week and one month, but an ISO week can
+# straddle two months (50 a month allows 100 in the week across the 1st).
+_CONTAINING = {"day": {"day", "week", "month"}, "week": {"week"}, "month": {"month"}}
 
 
 def _rate_limit_covered(old: Mapping[str, Any], new: Iterable[Mapping[str, Any]]) -> bool:
@@ -21,8 +23,7 @@ def _quota_tighter(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
         return True
     if new is None:
         return False
-    return bool(new["limit"] <= old["limit"]
-                and _PERIOD_DAYS[new["period"]] >= _PERIOD_DAYS[old["period"]])
+    return bool(new["limit"] <= old["limit"] and new["period"] in _CONTAINING[old["period"]])
 
 
 def _at_most(old: Any, new: Any) -> bool:
@@ -32,16 +33,24 @@ def _at_most(old: Any, new: Any) -> bool:
 
 def raised(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
     """The first limit field in ``wanted`` that is looser than in ``current``: an earlier or
-    equal ``expires_at`` and ``usage_limit``; a ``quota`` with no higher limit over the same or
-    a longer period; ``rate_limits`` in which every current window is still enforced by one
-    allowing no more requests over at least as long a window (extra windows are fine)."""
+    equal ``expires_at`` and ``usage_limit``; a ``quota`` with no higher limit over the same
+    period or one containing it (a day's quota may become a week's or a month's);
+    ``rate_limits`` in which every current window is still enforced by one allowing no more
+    requests over at least as long a window (extra windows are fine)."""
     if "expires_at" in wanted and not _at_most(current["expires_at"], wanted["expires_at"]):
         return "expires_at"
     if "usage_limit" in wanted and not _at_most(current["usage_limit"], wanted["usage_limit"]):
         return "usage_limit"
     if "quota" in wanted and not _quota_tighter(current["quota"], wanted["quota"]):
         return "quota"
-    if "rate_limits" in wanted and not all(
-            _rate_limit_covered(old, wanted["rate_limits"]) for old in current["rate_limits"]):
+    if "rate_limits" in wanted and not rate_limits_kept(current["rate_limits"],
+                                                        wanted["rate_limits"]):
         return "rate_limits"
     return None
+
+
+def rate_limits_kept(current: Iterable[Mapping[str, Any]],
+                     wanted: Iterable[Mapping[str, Any]]) -> bool:
+    """Every current window is still enforced by a wanted one at least as strict."""
+    wanted = list(wanted)
+    return all(_rate_limit_covered(old, wanted) for old in current)

@@ -42,6 +42,8 @@ async def put_owner_limits(request: web.Request, principal: Principal, body: Own
     async with request.app[POOL].acquire() as conn, conn.transaction():
         if await orgs.get(conn, org_id, lock="KEY SHARE") is None:
             raise NotFound("no organisation with that id", code="org_not_found")
+        current = await orgs.owner_limits(conn, org_id, owner_id) or []
+        auth.require_not_own_owner_limits_raised(principal, org_id, owner_id, current, limits)
         await orgs.set_owner_limits(conn, org_id, owner_id, limits)
         await audit.record(conn, principal.actor, "owner.limits", target_type="owner",
                            target_id=owner_id, org_id=org_id,
@@ -55,6 +57,8 @@ async def delete_owner_limits(request: web.Request, principal: Principal) -> web
     org_id, owner_id = _target(request, principal)
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
+        current = await orgs.owner_limits(conn, org_id, owner_id) or []
+        auth.require_not_own_owner_limits_raised(principal, org_id, owner_id, current, [])
         if not await orgs.delete_owner_limits(conn, org_id, owner_id):
             raise NotFound("this owner has no shared limits", code="owner_limits_not_found")
         await audit.record(conn, principal.actor, "owner.limits", target_type="owner",

@@ -16,7 +16,7 @@ LIMITS = {"usage_limit": 100, "expires_at": "2099-01-01T00:00:00Z",
 
 @pytest.fixture
 async def limited(admin: Admin, org: dict[str, Any]) -> dict[str, Any]:
-    return await admin.key(org["id"], root=True, scopes=["*"], **LIMITS)
+    return await admin.key(org["id"], root=True, scopes=["*"], owner_id="me", **LIMITS)
 
 
 @pytest.mark.parametrize("change", [
@@ -24,7 +24,6 @@ async def limited(admin: Admin, org: dict[str, Any]) -> dict[str, Any]:
     {"usage_limit": 100},  # unchanged is not raised
     {"expires_at": "2098-01-01T00:00:00Z"},
     {"quota": {"limit": 40, "period": "week"}},
-    {"quota": {"limit": 50, "period": "month"}},  # the same count over a longer period
     {"rate_limits": [{"limit": 5, "window_s": 1}, {"limit": 300, "window_s": 120}]},
     {"rate_limits": [{"limit": 10, "window_s": 60}]},  # one window stricter than both
     {"rate_limits": [*LIMITS["rate_limits"], {"limit": 1000, "window_s": 3600}]},  # one more
@@ -48,6 +47,10 @@ async def test_a_key_may_tighten_its_own_limits(admin: Admin, limited: dict[str,
     ({"expires_at": None}, "expires_at"),
     ({"quota": {"limit": 51, "period": "week"}}, "quota"),
     ({"quota": {"limit": 50, "period": "day"}}, "quota"),  # 50 a day is more than 50 a week
+    # A week can straddle two months: 50 a month allows 100 in the week across the 1st.
+    ({"quota": {"limit": 50, "period": "month"}}, "quota"),
+    ({"owner_id": "someone-else"}, "owner_id"),  # out of its owner's shared limits
+    ({"owner_id": None}, "owner_id"),
     ({"quota": None}, "quota"),
     ({"rate_limits": [{"limit": 10, "window_s": 1}]}, "rate_limits"),  # the minute window gone
     ({"rate_limits": []}, "rate_limits"),
@@ -63,9 +66,10 @@ async def test_raising_an_own_limit_is_refused_naming_the_field(
     assert body["error"]["message"].startswith(f"{field}: ")
     assert "raise" in body["error"]["message"]
     stored = await admin.call("GET", f"/v1/keys/{limited['id']}", expect=200)
-    assert {k: stored[k] for k in ("usage_limit", "quota", "rate_limits", "name")} == {
+    assert {k: stored[k] for k in ("usage_limit", "quota", "rate_limits", "name",
+                                   "owner_id")} == {
         "usage_limit": 100, "quota": LIMITS["quota"], "rate_limits": LIMITS["rate_limits"],
-        "name": ""}
+        "name": "", "owner_id": "me"}
 
 
 async def test_a_key_may_only_increment_its_own_usage_count(admin: Admin,
@@ -102,3 +106,38 @@ async def test_a_root_key_does_not_inherit_default_limits(admin: Admin) -> None:
     sub = await admin.key(headers=as_key(root["key"]), name="sub")
     assert sub["usage_limit"] == 1000 and sub["quota"] == defaults["quota"]
     assert sub["rate_limits"] == defaults["rate_limits"] and sub["expires_at"] is not None
+
+
+async def test_a_daily_quota_may_become_a_weekly_or_monthly_one(admin: Admin,
+                                                                 org: dict[str, Any]) -> None:
+    """Every day lies inside one week and one month: the same count over either is stricter."""
+    key = await admin.key(org["id"], root=True, scopes=["*"],
+                          quota={"limit": 50, "period": "day"})
+    for period in ("week", "month"):
+        changed = await admin.call("PATCH", f"/v1/keys/{key['id']}", headers=as_key(key["key"]),
+                                   json={"quota": {"limit": 50, "period": period}}, expect=200)
+        assert changed["quota"]["period"] == period
+        await admin.call("PATCH", f"/v1/keys/{key['id']}",
+                         json={"quota": {"limit": 50, "period": "day"}}, expect=200)
+
+
+async def test_a_key_may_tighten_but_not_raise_its_owners_shared_limits(
+        admin: Admin, org: dict[str, Any], limited: dict[str, Any]) -> None:
+    """The limits a key's owner shares bind that key too."""
+    me, path = as_key(limited["key"]), f"/v1/orgs/{org['id']}/owners/me/limits"
+    shared = [{"limit": 100, "window_s": 60}]
+    await admin.call("PUT", path, json={"rate_limits": shared}, expect=200)  # the operator
+    for looser in ([{"limit": 101, "window_s": 60}], [{"limit": 100, "window_s": 30}], []):
+        body = await admin.call("PUT", path, json={"rate_limits": looser}, headers=me,
+                                expect=403)
+        assert body["error"]["code"] == "own_limits_protected"
+        assert body["error"]["message"].startswith("rate_limits: ")
+    body = await admin.call("DELETE", path, headers=me, expect=403)
+    assert body["error"]["code"] == "own_limits_protected"
+    assert (await admin.call("GET", path, expect=200))["rate_limits"] == shared
+    tighter = [{"limit": 50, "window_s": 60}, {"limit": 5, "window_s": 1}]
+    await admin.call("PUT", path, json={"rate_limits": tighter}, headers=me, expect=200)
+    # Another owner's limits are the root key's to manage, raised or not.
+    other = f"/v1/orgs/{org['id']}/owners/clinic-9/limits"
+    await admin.call("PUT", other, json={"rate_limits": shared}, headers=me, expect=200)
+    await admin.call("DELETE", other, headers=me, expect=204)
