@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway import gcpolicy, invalidation, logfilter, metrics, pipeline, proxy, selfservice
 from gateway.database import create_pool
@@ -124,6 +125,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             cache.drop()
             providers.clear()
 
+    async def learn_clock() -> None:
+        with contextlib.suppress(RedisError, OSError):  # then the first spend teaches it
+            await limiter.learn_clock()
+
+    clock = asyncio.create_task(learn_clock())
     listener = asyncio.create_task(invalidation.listen(redis, apply, app[LISTENING]))
     collector = asyncio.create_task(gcpolicy.run())
     stop_syncing, stop_flushing = asyncio.Event(), asyncio.Event()
@@ -138,7 +144,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             # meanwhile reads the unflushed usage, so the flush waits for it)
         stop_flushing.set()
         await flusher  # writes what is still pending
-        for task in (listener, collector):
+        for task in (clock, listener, collector):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -43,8 +43,12 @@ log = logging.getLogger(__name__)
 NEED_SEED = -1
 LATE = -2  # the script ran after the request's deadline: it spent nothing
 # The script must have run this long before the request's deadline: its answer has to travel
-# back (at most a tenth of the budget).
+# back. At most a tenth of what is left, so a short store deadline still leaves room.
 REPLY_MARGIN_S = 0.05
+
+
+def _reply_margin(deadline: float) -> float:
+    return min(REPLY_MARGIN_S, max(deadline - time.time(), 0.0) / 10)
 ALLOWED, RATE, QUOTA, USAGE = 0, 1, 2, 3
 
 _SPEND = """
@@ -427,7 +431,7 @@ class Limiter:
             int(record.quota["limit"]) if record.quota else -1,
             int(quota_end.timestamp()) + QUOTA_MARGIN_S if quota_end else 0,
             next(self._members), "", "",
-            0 if deadline is None else self.clock.to_redis_ms(deadline - REPLY_MARGIN_S),
+            0 if deadline is None else self.clock.to_redis_ms(deadline - _reply_margin(deadline)),
             *shape.window_args]
         return _Plan(record, cost, now, shape.windows, shape.keys(quota_start), args, quota_end)
 
@@ -487,14 +491,16 @@ class Limiter:
             if not isinstance(exc, Exception):
                 raise
             return
+        late: list[tuple[_Plan, Any]] = []
         for (plan, future), result in zip(batch, results, strict=True):
             if future.done():  # the request gave up (503) while its script ran: give back
-                await self._refund_late(plan, result)
-                continue
-            if isinstance(result, Exception):
+                late.append((plan, result))
+            elif isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        # Only once every waiting request has its answer: none waits for another's refund.
+        await asyncio.gather(*(self._refund_late(plan, result) for plan, result in late))
 
     async def spend_many(self, items: list[tuple[KeyRecord, int, bool]], now: datetime,
                          pending: Pending = _no_pending) -> list[Decision | Exception]:
@@ -559,6 +565,13 @@ class Limiter:
                 await self.refund(decision)
             except (RedisError, OSError) as exc:
                 log.warning("a late spend could not be given back: %s", type(exc).__name__)
+
+    async def learn_clock(self) -> None:
+        """Reads Redis's clock once, so the first spends of a fresh worker carry a deadline
+        too (each spend's answer refines it afterwards)."""
+        sent = time.time()
+        seconds, micros = await self.redis.time()
+        self.clock.observe(int(seconds) * 1000 + int(micros) // 1000, sent, time.time())
 
     async def hit(self, tag: str, subject: str, windows: list[Window], now: datetime
                   ) -> Decision:

@@ -16,6 +16,7 @@ from aiohttp import ClientTimeout
 from aiohttp.test_utils import TestClient
 
 from gateway.settings import GatewaySettings, Settings, StoreSettings
+from gateway.state import DEPS
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import MiB, Upstream, eventually, routes_for
@@ -121,3 +122,26 @@ async def test_a_stalled_redis_gives_503_within_the_store_deadline(
     finally:
         await pauser.aclose()
     assert (await _timed(gateway, rated["key"]))[:2] == (200, None)
+
+
+async def test_a_fresh_workers_first_spends_are_not_charged_late_either(
+        gateway: TestClient, admin: Admin, org: dict[str, Any], stores: Stores) -> None:
+    """The worker reads Redis's clock at start-up, so even before its first spend has
+    answered, a spend that Redis runs after the request's deadline spends nothing."""
+    limiter = gateway.server.app[DEPS].limiter
+
+    async def clock_known() -> bool:
+        return limiter.clock.offset_ms() is not None
+    await eventually(clock_known, timeout=5.0)
+    key = await admin.key(org["id"], rate_limits=[{"limit": 1000, "window_s": 60}])
+    control = redis.asyncio.Redis.from_url(stores.redis_url)
+    try:
+        sleeper = await _stall(control, stores.redis_url, 3 * TIMEOUT_S)
+        assert await _statuses(gateway, key["key"], 5) == [503] * 5
+        await sleeper
+    finally:
+        await control.aclose()
+    after = await _statuses(gateway, key["key"], 1)
+    assert after == [200]
+    resp = await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})
+    assert resp.headers["RateLimit-Remaining"] == str(1000 - 2)  # only the two served
