@@ -30,8 +30,11 @@ ENQUEUE = """INSERT INTO invalidation_outbox (kind, ident, hashes, redis_keys)
 VALUES ($1, $2, $3, $4) RETURNING id"""
 # Oldest first; SKIP LOCKED lets several admin processes drain side by side.
 PENDING = """SELECT id, kind, ident, hashes, redis_keys FROM invalidation_outbox
-WHERE $1::bigint[] IS NULL OR id = ANY($1)
 ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED"""
+# A request's own changes: NOWAIT, since rows the drainer holds may be failing to deliver
+# right now, and skipping them would look like success.
+OWN = """SELECT id, kind, ident, hashes, redis_keys FROM invalidation_outbox
+WHERE id = ANY($1) ORDER BY id FOR UPDATE NOWAIT"""
 DONE = "DELETE FROM invalidation_outbox WHERE id = ANY($1)"
 RETRY_INTERVAL_S = 1.0
 # Waits before the request's own further attempts to announce (~0.35 s in all); none is
@@ -75,16 +78,19 @@ class Changes:
 
 async def drain(conn: Connection, redis: Redis, ids: list[int] | None = None) -> bool:
     """Delivers pending invalidations (``ids``, or all); True when nothing is left over."""
-    async with conn.transaction():
-        rows = await conn.fetch(PENDING, ids)
-        if not rows:
-            return True
-        changes = [(r["kind"], r["ident"]) for r in rows if r["kind"] != "none"]
-        hashes = [bytes(h) for r in rows for h in r["hashes"]]
-        extra = [k for r in rows for k in r["redis_keys"]]
-        if not await invalidation.announce(redis, changes, hashes, extra):
-            return False  # rows stay; retried
-        await conn.execute(DONE, [r["id"] for r in rows])
+    try:
+        async with conn.transaction():
+            rows = await (conn.fetch(PENDING) if ids is None else conn.fetch(OWN, ids))
+            if not rows:
+                return True
+            changes = [(r["kind"], r["ident"]) for r in rows if r["kind"] != "none"]
+            hashes = [bytes(h) for r in rows for h in r["hashes"]]
+            extra = [k for r in rows for k in r["redis_keys"]]
+            if not await invalidation.announce(redis, changes, hashes, extra):
+                return False  # rows stay; retried
+            await conn.execute(DONE, [r["id"] for r in rows])
+    except asyncpg.LockNotAvailableError:
+        return False  # another process is delivering them right now: look again shortly
     return len(rows) < 500
 
 

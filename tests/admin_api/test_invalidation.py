@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 import redis.asyncio
 
+from admin_api import changes
+from gateway.database import connect
 from gateway.invalidation import CHANNEL
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
@@ -50,3 +52,24 @@ async def test_concurrent_default_switches_leave_exactly_one_default(
     assert [r.status for r in results] == [200] * 10
     assert await admin.db.fetchval(
         "SELECT count(*) FROM keys WHERE owner_id = 'clinic' AND is_default") == 1
+
+
+async def test_a_request_does_not_take_rows_another_process_is_delivering_as_delivered(
+        admin: Admin, org: dict[str, Any], stores: Stores, db: Any) -> None:
+    """While the drainer holds a change's outbox row (and may be failing to deliver it), the
+    request that made the change must not count it as delivered: it tries again."""
+    key = await admin.key(org["id"])
+    async with db.transaction():
+        row_id = await db.fetchval(changes.ENQUEUE, "key", key["id"], [], [])
+    holder = await connect(stores.database_url)
+    client = redis.asyncio.Redis.from_url(stores.redis_url)
+    try:
+        async with holder.transaction():
+            await holder.fetch("SELECT id FROM invalidation_outbox WHERE id = $1 FOR UPDATE",
+                               row_id)
+            assert await changes.drain(db, client, [row_id]) is False
+        assert await changes.drain(db, client, [row_id]) is True  # released: delivered
+        assert await db.fetchval("SELECT count(*) FROM invalidation_outbox") == 0
+    finally:
+        await holder.close()
+        await client.aclose()
