@@ -23,8 +23,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # A dialect's own error shape: (request, status, code, message) → the response it answers.
 ErrorShape = Callable[[web.Request, int, str, str], web.Response]
-# The path root of each mounted dialect (prefix included) and its error shape: every error
-# under that root — 404, 405, 413, 503 included — is answered in the dialect's shape.
+# The path root of each mounted dialect (prefix included, longest first) and its error shape:
+# every error under that root — 404, 405, 413, 503 included — is answered in that shape.
 ERROR_SHAPES = web.AppKey("error_shapes", dict[str, ErrorShape])
 # On a response made by error_response: its code and message, for reshaping.
 _DETAIL = web.ResponseKey("error_detail", tuple[str, str])
@@ -126,9 +126,9 @@ def dialect_shape(request: web.Request) -> ErrorShape | None:
     """The error shape of the dialect whose path root the request is under, if any."""
     path = request.path
     shapes = request.app.get(ERROR_SHAPES, {})
-    for root in sorted(shapes, key=len, reverse=True):  # the most specific root wins
+    for root, shape in shapes.items():  # the most specific root first (dialects.mount)
         if path == root or path.startswith(root + "/"):
-            return shapes[root]
+            return shape
     return None
 
 

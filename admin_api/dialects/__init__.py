@@ -31,4 +31,5 @@ def mount(app: web.Application, settings: Settings) -> None:
         for method, path, handler in module.ROUTES:
             app.router.add_route(method, prefix + path, handler)
         shapes[prefix + module.ROOT] = module.ERROR
-    app[ERROR_SHAPES] = shapes
+    # The most specific root first: that is the one whose shape an error takes.
+    app[ERROR_SHAPES] = dict(sorted(shapes.items(), key=lambda item: -len(item[0])))

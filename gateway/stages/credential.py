@@ -9,6 +9,8 @@ from gateway.deps import Deps
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
 
+_NOT_IN_QUERY = "API keys are not accepted in the query string (it ends up in logs)"
+
 
 async def extract(ex: Exchange, deps: Deps) -> None:
     route = ex.matched
@@ -16,10 +18,10 @@ async def extract(ex: Exchange, deps: Deps) -> None:
         ex.raw_key = route.extractor.extract(ex.request.headers)
         ex.provider = route.extractor.provider(ex.request.headers)
     if ex.query and key_in_query(ex.query, ex.raw_key):
-        raise GatewayError("key_in_query", "API keys are not accepted in the query string (it "
-                           f"ends up in logs); send the key only {route.extractor.how_to_send()}")
+        raise GatewayError("key_in_query", f"{_NOT_IN_QUERY}; send the key only "
+                           f"{route.extractor.how_to_send()}")
     if ex.raw_key is None and route.auth == "required":
         if any(name in ex.request.query for name in KEY_QUERY_PARAMETERS):
-            raise GatewayError("missing_key", "API keys are not accepted in the query string "
-                               f"(it ends up in logs); send it {route.extractor.how_to_send()}")
+            raise GatewayError("missing_key", f"{_NOT_IN_QUERY}; send your API key "
+                               f"{route.extractor.how_to_send()}")
         raise GatewayError("missing_key", f"send your API key {route.extractor.how_to_send()}")

@@ -35,6 +35,9 @@ async def test_requests_refused_before_the_limits_stage_spend_nothing(
 
     refusals: list[tuple[str, str, dict[str, str], int, str]] = [
         ("GET", "/svc/x", {"X-Big": "v" * 9000}, 431, "headers_too_large"),
+        ("GET", "/svc/x", {"Host": "a/x"}, 400, "invalid_header"),
+        ("GET", "/svc/a%2Fb", {}, 400, "invalid_path"),
+        ("GET", f"/svc/x?api_key={raw}", {}, 400, "key_in_query"),
         ("DELETE", "/svc/x", {}, 405, "method_not_allowed"),
         ("GET", "/nowhere/x", {}, 404, "route_not_found"),
         ("GET", "/bearer/x", {}, 401, "missing_key"),  # the route wants a bearer token
