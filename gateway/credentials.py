@@ -32,15 +32,18 @@ def _spellings(query: str) -> Iterator[str]:
 
 def key_in_query(query: str, presented: str | None) -> bool:
     """True when the raw query string carries a well-formed key (any organisation's, as a
-    name or a value), or the key presented in the header. Open Dental's 16-character keys
-    have no checksum, so only the presented one is recognised: any 16 capitals could be an
-    ordinary value."""
-    if presented is not None and len(presented) < keyformat.CUSTOMER_KEY_LEN:
-        presented = None  # no key is this short: the parse stage refuses it as malformed
-    for text in _spellings(query):
-        if (presented and presented in text) or keyformat.contains_key(text):
-            return True
-    return False
+    name or a value), or the key presented in the header."""
+    return any(key_in(text, presented) for text in _spellings(query))
+
+
+def key_in(text: str, presented: str | None) -> bool:
+    """True when ``text`` (decoded) carries a well-formed key, or the presented one. Open
+    Dental's 16-character keys have no checksum, so only the presented one is recognised: any
+    16 capitals could be an ordinary value."""
+    if presented is not None and len(presented) >= keyformat.CUSTOMER_KEY_LEN \
+            and presented in text:
+        return True  # (no key is shorter: the parse stage refuses one as malformed)
+    return keyformat.contains_key(text)
 
 
 @dataclass(frozen=True, slots=True)

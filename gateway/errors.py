@@ -15,6 +15,7 @@ GATEWAY_ERRORS: dict[str, tuple[int, str]] = {
     **{code.value: entry for code, entry in PUBLIC_ERRORS.items()},
     "invalid_path": (400, "the request path is not acceptable"),
     "key_in_query": (400, "API keys are not accepted in the query string"),
+    "key_in_path": (400, "API keys are not accepted in the path"),
     "invalid_header": (400, "a request header cannot be forwarded unchanged"),
     "route_not_found": (404, "no route matches this path"),
     "method_not_allowed": (405, "this route does not accept this method"),

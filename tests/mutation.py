@@ -117,6 +117,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # What reaches the upstream besides the path.
     Mutant("keys in the query string forwarded", "gateway/stages/credential.py",
            "if ex.query and key_in_query(ex.query, ex.raw_key):", "if False:", GATEWAY),
+    Mutant("keys in the path forwarded", "gateway/stages/credential.py",
+           "if key_in(ex.path, ex.raw_key):", "if False:", GATEWAY),
     Mutant("header stage skipped", "gateway/pipeline.py",
            "    headers.check,", "", GATEWAY),
     # Rotation in the control plane, and the store deadline in the spend script.

@@ -1,5 +1,6 @@
-"""A key in the query string is refused (400 key_in_query) on every route, whether or not a
-header key is sent too: it never reaches the upstream, a response or a log line."""
+"""A key in the query string (400 key_in_query) or the path (400 key_in_path) is refused on
+every route, whether or not a header key is sent too: it never reaches the upstream, a
+response or a log line."""
 
 from __future__ import annotations
 
@@ -72,3 +73,27 @@ def test_the_presented_key_is_recognised_in_any_style() -> None:
     assert key_in_query(f"a={customer.lower()}%2F", None) is False
     assert not key_in_query(f"a={customer}", None)  # without the checksum: just a value
     assert not key_in_query("a=x", "x")  # no key is that short; the parse stage refuses it
+
+
+async def test_a_key_in_the_path_never_reaches_the_upstream(
+        gateway: TestClient, upstream: Upstream, admin: Admin, org: dict[str, Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = gateway.port
+    assert port is not None
+    key = (await admin.key(org["id"], scopes=["svc:read"]))["key"]
+    other = keyformat.generate("zz_live")  # well-formed, of no organisation here
+    for target in ("/svc", "/open", "/maybe"):
+        for raw in (key, other):
+            for path in (f"{target}/{raw}", f"{target}/x/{raw}/y", f"{target}/k={raw}",
+                         f"{target}/{raw.replace('_', '%5F')}"):
+                for headers in ({"X-API-Key": key}, {}):
+                    resp = await raw_request(port, "GET", path, headers)
+                    assert resp.status == 400, (path, headers, resp)
+                    assert b'"code":"key_in_path"' in resp.body
+                    assert raw.encode() not in resp.body
+    # The presented key, in any style, is recognised too; a key id is just an id.
+    resp = await gateway.get(f"/svc/{key[-20:]}/key_0123", headers={"X-API-Key": key})
+    assert resp.status == 200
+    assert [seen["path"] for seen in upstream.seen] == [f"/svc/{key[-20:]}/key_0123"]
+    assert key not in caplog.text and other not in caplog.text
