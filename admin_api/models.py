@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
+from typing_extensions import TypeAliasType
 
 from admin_api.caps import (
     MAX_METADATA_BYTES,
@@ -85,8 +86,15 @@ def _sane_time(value: datetime) -> datetime:
     return utc
 
 
-Metadata = Annotated[dict[str, Any], Field(max_length=MAX_METADATA_KEYS),
-                     AfterValidator(_storable_json)]
+# A JSON value as metadata keeps it: integers beyond 64 bits (which no store here keeps
+# exactly) are numbers like any other, kept as doubles — as JavaScript reads them anyway.
+JsonInt = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+MetaValue = TypeAliasType(
+    "MetaValue", "bool | JsonInt | float | str | list[MetaValue] | dict[str, MetaValue] | None")
+Metadata = Annotated[dict[str, MetaValue], Field(
+    max_length=MAX_METADATA_KEYS,
+    description=f"any JSON object: at most {MAX_METADATA_BYTES} bytes as compact JSON, nested "
+                f"at most {MAX_METADATA_DEPTH} levels deep"), AfterValidator(_storable_json)]
 Expiry = Annotated[AwareDatetime, AfterValidator(_sane_time)]
 def _integral(value: Any) -> Any:
     """JSON Schema's ``integer`` includes ``319.0``; so do we (strict types refuse 319.5 and

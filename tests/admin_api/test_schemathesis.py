@@ -1,11 +1,14 @@
 """The OpenAPI document says exactly what the admin API accepts and answers: a bounded
 schemathesis run (every check, fixed seed) against the app on a random port, with 0 failures.
 Organisation routes run with the operator token, the rest with a root key (the operator has
-no key of its own, and must name org_id, which a schema cannot make depend on the caller)."""
+no key of its own, and must name org_id, which a schema cannot make depend on the caller).
+The metadata caps JSON Schema cannot state (size, depth) reach schemathesis through a hook
+(schemathesis_hooks.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 from tests.admin_api.conftest import OPERATOR_TOKEN, Admin
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+ROOT = Path(__file__).parents[2]
 MAX_EXAMPLES = 15  # per operation and phase: about a minute in all on a busy 2-core machine
 RUN_TIMEOUT_S = 240
 
@@ -23,7 +27,9 @@ async def _run(base: str, tmp_path: Path, header: str, *filters: str) -> tuple[i
         "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--no-color",
         "--generation-database", "none", "--generation-allow-x00", "false",
         "--header", header, *filters,
-        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.admin_api.schemathesis_hooks",
+             "PYTHONPATH": str(ROOT)})
     out, _ = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT_S)
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
