@@ -12,6 +12,11 @@ Each connection has one watchdog timer for the phase it is in:
   closed, so the upstream sees its request aborted and never a complete body.
 * busy — the request is in; the route's ``timeout_s`` governs the upstream, not this module.
 
+Answered, a connection is idle again (keep-alive) — with two exceptions. A request answered
+before its body was read (a 401, say) stays in body while aiohttp reads the rest out, and is
+idle once it has. Bytes of a pipelined request that arrived while the previous one was busy
+put it in head, timed from their arrival, not in idle.
+
 A worker holds at most ``max_connections``. A connection beyond that closes the longest-idle
 one, as nginx reuses keep-alive connections; if none is idle it is answered 503
 ``too_many_connections`` with ``Connection: close`` (after which it is read and dropped for a
@@ -106,7 +111,7 @@ class Connections:
 class GuardedHandler(RequestHandler):
     """aiohttp's connection protocol with the watchdog and the cap described above."""
 
-    __slots__ = ("_body", "_guard", "_phase", "_since", "_timer")
+    __slots__ = ("_answered", "_body", "_guard", "_next_head_at", "_phase", "_since", "_timer")
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -115,6 +120,8 @@ class GuardedHandler(RequestHandler):
         self._since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._body: Any = None  # the payload of the request being received
+        self._answered = False  # in body: its response has finished, aiohttp reads it out
+        self._next_head_at: float | None = None  # in busy: when a next head began arriving
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._guard.admit(self):
@@ -140,11 +147,12 @@ class GuardedHandler(RequestHandler):
         if self._phase == "refused":
             return  # read and dropped until the client or the linger closes it
         limits = self._guard.limits
+        now = self._loop.time()
         was_idle = bool(data) and self._phase == "idle"
         if was_idle:
             self._guard.idle.pop(self, None)
         elif self._phase == "body":
-            self._since = self._loop.time()
+            self._since = now
         heads = self._request_count
         super().data_received(data)
         if self._request_count > heads and self._messages:  # a request head is complete
@@ -156,22 +164,35 @@ class GuardedHandler(RequestHandler):
         elif was_idle:  # the first bytes of a head (the usual whole head needs no timer)
             self._arm("head", limits.header_timeout_s)
         elif self._phase == "body" and self._body.is_eof():
-            self._arm("busy", None)
+            if self._answered:  # aiohttp's lingering read has emptied an answered request
+                self._idle(limits.keepalive_timeout_s)
+            else:
+                self._arm("busy", None)
+        elif self._phase == "busy" and data and self._next_head_at is None:
+            self._next_head_at = now  # pipelined: its head is timed once this one is answered
 
     async def finish_response(self, request: BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
         done = await super().finish_response(request, resp, start_time)
-        # Answered, the whole request read and no other queued (pipelining): idle again.
-        if self._phase == "busy" and not self._messages and self.transport is not None:
-            self._idle(self._guard.limits.keepalive_timeout_s)
+        limits = self._guard.limits
+        # No other head queued (pipelining): the request answered is the one the phase is of.
+        if self._messages or self.transport is None:
+            return done
+        if self._phase == "body":
+            self._answered = True  # answered before its body was read: idle once it is
+        elif self._phase == "busy" and self._next_head_at is not None:
+            self._arm("head", limits.header_timeout_s, since=self._next_head_at)
+        elif self._phase == "busy":
+            self._idle(limits.keepalive_timeout_s)
         return done
 
     def _idle(self, timeout_s: float) -> None:
         self._arm("idle", timeout_s)
         self._guard.idle[self] = None
 
-    def _arm(self, phase: Phase, timeout_s: float | None) -> None:
-        self._phase, self._since = phase, self._loop.time()
+    def _arm(self, phase: Phase, timeout_s: float | None, since: float | None = None) -> None:
+        self._phase, self._since = phase, self._loop.time() if since is None else since
+        self._answered, self._next_head_at = False, None
         if self._timer is not None:
             self._timer.cancel()
         self._timer = (None if timeout_s is None

@@ -153,6 +153,55 @@ async def test_stalled_body_is_cut_but_a_slow_steady_one_passes(
         assert upstream.seen == [{"path": "/svc/sink", "received": 6}]
 
 
+async def test_a_request_answered_before_its_body_arrived_then_idles_on_keepalive_timeout(
+        gateway_settings: Settings) -> None:
+    """A 401 is sent before the body is read; aiohttp reads the rest of the body out, and
+    the connection is then idle like any answered one: closed after ``keepalive_timeout_s``."""
+    async with _worker(gateway_settings, keepalive_timeout_s=0.5, header_timeout_s=5,
+                       body_timeout_s=5) as port:
+        before = await _dropped(port, "idle_timeout")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /svc/x HTTP/1.1\r\nHost: gateway\r\nContent-Length: 10\r\n\r\n"
+                     b"12345")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401") and b"Connection: close" not in head
+        writer.write(b"67890")  # the rest of the body, after the answer
+        data, took = await _closed_after((reader, writer), timeout=10)
+        assert b"HTTP/1.1" not in data and 0.4 <= took < 3, took  # not held until a backstop
+        assert await _dropped(port, "idle_timeout") == before + 1
+
+
+async def test_a_pipelined_head_begun_during_a_request_is_timed_and_never_evicted_as_idle(
+        gateway_settings: Settings, upstream: Upstream) -> None:
+    """Part of a second request arrives while the first is at the upstream: once the first
+    is answered the connection is not idle but mid-head, so the cap evicts a truly idle
+    connection instead, and the head gets its 408 ``header_timeout_s`` after it began."""
+    async with _worker(gateway_settings, max_connections=2, header_timeout_s=1,
+                       keepalive_timeout_s=5) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /open/gate HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        await asyncio.wait_for(upstream.arrived.wait(), 5)
+        begun = time.monotonic()
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")
+        await writer.drain()
+        # The worker runs in this event loop, and the upstream's answer takes it many more
+        # turns to relay than reading these bytes does: they arrive while the first is busy.
+        upstream.gate.set()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+
+        idle = await _keep_alive_request(port)  # the cap is now reached
+        response = await raw_request(port, "GET", "/healthz")
+        assert response.status == 200
+        data, _ = await _closed_after(idle, timeout=2)  # long before its keep-alive timeout:
+        assert data == b""  # the truly idle one made room
+
+        data, _ = await _closed_after((reader, writer))
+        took = time.monotonic() - begun
+        assert b"HTTP/1.1 408" in data, data  # not evicted, nor closed silently
+        assert 0.9 <= took < 3, took
+
+
 async def test_at_the_cap_the_longest_idle_connection_makes_room(
         gateway_settings: Settings) -> None:
     async with _worker(gateway_settings, max_connections=3) as port:
