@@ -115,6 +115,15 @@ async def redis_round_trips(client: TestClient) -> float:
                 if line.startswith("keystile_redis_round_trips_total "))
 
 
+async def statuses(gateway: TestClient, key: str, n: int) -> list[int]:
+    """The statuses of ``n`` concurrent keyed requests to /maybe/x."""
+    async def one() -> int:
+        resp = await gateway.get("/maybe/x", headers={"X-API-Key": key})
+        await resp.read()
+        return resp.status
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
     """Waits for state a user can observe (a flush, a sync), with a deadline."""
     deadline = asyncio.get_running_loop().time() + timeout

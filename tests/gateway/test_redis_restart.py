@@ -17,15 +17,7 @@ from admin_api import changes
 from gateway.state import LISTENING
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
-from tests.gateway.conftest import eventually
-
-
-async def _statuses(gateway: TestClient, key: str, n: int) -> list[int]:
-    async def one() -> int:
-        resp = await gateway.get("/maybe/x", headers={"X-API-Key": key})
-        await resp.read()
-        return resp.status
-    return list(await asyncio.gather(*(one() for _ in range(n))))
+from tests.gateway.conftest import eventually, statuses
 
 
 async def test_no_503_after_a_redis_restart(gateway: TestClient, admin: Admin,
@@ -36,21 +28,21 @@ async def test_no_503_after_a_redis_restart(gateway: TestClient, admin: Admin,
                               quota={"limit": 10_000, "period": "day"})
     other = await admin.key(org["id"])
     # Many concurrent requests fill the pool with connections that the restart leaves dead.
-    assert set(await _statuses(gateway, limited["key"], 40)) == {200}
+    assert set(await statuses(gateway, limited["key"], 40)) == {200}
     stores.redis.stop()
     stores.redis.start()
     await asyncio.wait_for(gateway.app[LISTENING].wait(), 15)
     for _ in range(5):
-        assert set(await _statuses(gateway, limited["key"], 40)) == {200}
+        assert set(await statuses(gateway, limited["key"], 40)) == {200}
 
     # A revoke after the restart reaches the gateway at once (its publish is not lost on a
     # dead admin connection either).
-    assert set(await _statuses(gateway, other["key"], 1)) == {200}
+    assert set(await statuses(gateway, other["key"], 1)) == {200}
     await admin.call("POST", f"/v1/keys/{other['id']}/revoke", expect=200)
     revoked_at = time.monotonic()
 
     async def refused() -> bool:
-        return await _statuses(gateway, other["key"], 1) == [401]
+        return await statuses(gateway, other["key"], 1) == [401]
     await eventually(refused, timeout=2.0)
     assert time.monotonic() - revoked_at < 0.5
 
@@ -77,7 +69,7 @@ async def test_a_refused_announcement_is_retried_at_once(
         no_drainer: None, gateway: TestClient, admin: Admin, org: dict[str, Any],
         stores: Stores) -> None:
     key = await admin.key(org["id"])
-    assert await _statuses(gateway, key["key"], 1) == [200]  # cached by the worker
+    assert await statuses(gateway, key["key"], 1) == [200]  # cached by the worker
     control = redis.asyncio.Redis.from_url(stores.redis_url)
     # Redis refuses writes (out of memory) until the first announcement has failed.
     await control.config_set("maxmemory", "1")
@@ -104,6 +96,6 @@ async def test_a_refused_announcement_is_retried_at_once(
     assert await admin.db.fetchval("SELECT count(*) FROM invalidation_outbox") == 0
 
     async def refused() -> bool:
-        return await _statuses(gateway, key["key"], 1) == [401]
+        return await statuses(gateway, key["key"], 1) == [401]
     await eventually(refused, timeout=2.0)
     assert time.monotonic() - revoked_at < 0.5

@@ -19,7 +19,7 @@ from gateway.settings import GatewaySettings, Settings, StoreSettings
 from gateway.state import DEPS
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
-from tests.gateway.conftest import MiB, Upstream, eventually, routes_for
+from tests.gateway.conftest import MiB, Upstream, eventually, routes_for, statuses
 
 TIMEOUT_S = 0.5
 PAUSE_MS = 5000  # longer than every request of the CLIENT PAUSE test takes together
@@ -32,14 +32,6 @@ def gateway_settings(stores: Stores, upstream: Upstream) -> Settings:
                     stores=StoreSettings(timeout_s=TIMEOUT_S),
                     gateway=GatewaySettings(max_body_bytes=MiB),
                     routes=routes_for(upstream.url))
-
-
-async def _statuses(gateway: TestClient, key: str, n: int) -> list[int]:
-    async def one() -> int:
-        resp = await gateway.get("/maybe/x", headers={"X-API-Key": key})
-        await resp.read()
-        return resp.status
-    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 async def _stall(control: redis.asyncio.Redis, url: str, seconds: float) -> asyncio.Task[Any]:
@@ -60,16 +52,16 @@ async def test_requests_answered_503_in_a_stall_are_not_charged(
         gateway: TestClient, admin: Admin, org: dict[str, Any], stores: Stores) -> None:
     key = await admin.key(org["id"], rate_limits=[{"limit": 1000, "window_s": 60}])
     control = redis.asyncio.Redis.from_url(stores.redis_url)
-    statuses = await _statuses(gateway, key["key"], 3)  # cached; Redis's clock learnt
+    seen = await statuses(gateway, key["key"], 3)  # cached; Redis's clock learnt
     try:
         sleeper = await _stall(control, stores.redis_url, 3 * TIMEOUT_S)
-        during = await _statuses(gateway, key["key"], 10)
+        during = await statuses(gateway, key["key"], 10)
         assert during == [503] * 10
         await sleeper  # Redis resumed and ran what had waited for it
-        statuses += during + await _statuses(gateway, key["key"], 3)
+        seen += during + await statuses(gateway, key["key"], 3)
     finally:
         await control.aclose()
-    served = statuses.count(200)
+    served = seen.count(200)
     assert served == 6
     log = f"ks:{{{org['id']}}}:r:k:{key['id']}:60"
     reader = redis.asyncio.Redis.from_url(stores.redis_url)
@@ -137,11 +129,11 @@ async def test_a_fresh_workers_first_spends_are_not_charged_late_either(
     control = redis.asyncio.Redis.from_url(stores.redis_url)
     try:
         sleeper = await _stall(control, stores.redis_url, 3 * TIMEOUT_S)
-        assert await _statuses(gateway, key["key"], 5) == [503] * 5
+        assert await statuses(gateway, key["key"], 5) == [503] * 5
         await sleeper
     finally:
         await control.aclose()
-    after = await _statuses(gateway, key["key"], 1)
+    after = await statuses(gateway, key["key"], 1)
     assert after == [200]
     resp = await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})
     assert resp.headers["RateLimit-Remaining"] == str(1000 - 2)  # only the two served
