@@ -30,6 +30,7 @@ from gateway.settings import Settings
 from gateway.supervision import Backoff, die_with_parent
 
 log = logging.getLogger(__name__)
+FEW_CONNECTIONS = 16  # below this a worker is easily filled; say so at start-up
 
 START_TIMEOUT_S = 30.0
 POLL_S = 0.5  # the longest SIGTERM or a worker's scheduled restart waits to be noticed
@@ -45,7 +46,11 @@ async def _worker_main(settings: Settings, ready: Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gw = settings.gateway
-    runner = GuardedRunner(create_app(settings), Limits.of(settings), handle_signals=False,
+    limits = Limits.of(settings)
+    if limits.max_connections < FEW_CONNECTIONS:
+        log.warning("this worker can hold only %d client connections (max_connections, or "
+                    "its descriptor limit: raise `ulimit -n`)", limits.max_connections)
+    runner = GuardedRunner(create_app(settings), limits, handle_signals=False,
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger("keystile.access"))
     await runner.setup()
