@@ -6,7 +6,7 @@ Each mutant replaces one exact snippet of the product code in a private copy of 
 *killed* when the tests fail (or hang past the time-out), *survives* when they pass, and is
 *stale* when its snippet is no longer in the file — then the list below needs updating.
 
-    make mutants                      # every mutant (about 20-40 minutes on 2 cores)
+    make mutants                      # every mutant (about 15 minutes on 2 cores)
     .venv/bin/python tests/mutation.py -k grace -k scope   # those whose name matches
 """
 
