@@ -30,9 +30,9 @@ from gateway.settings import Settings
 from gateway.supervision import Backoff, die_with_parent
 
 log = logging.getLogger(__name__)
-FEW_CONNECTIONS = 16  # below this a worker is easily filled; say so at start-up
 
 START_TIMEOUT_S = 30.0
+FEW_CONNECTIONS = 16  # a worker that can hold fewer is easily filled: say so at start-up
 POLL_S = 0.5  # the longest SIGTERM or a worker's scheduled restart waits to be noticed
 
 
