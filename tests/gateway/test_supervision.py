@@ -115,7 +115,8 @@ async def test_killed_workers_come_back_each_on_its_own_delay(
     # ... and while A waits 3.2 s for its next restart, B's death is handled at once.
     os.kill(a, signal.SIGKILL)
     waiting_a = a
-    await asyncio.sleep(0.05)  # A's death is noticed first
+    # A's death is noticed (its 3.2 s delay chosen) before B dies.
+    noticed = await asyncio.to_thread(cli.read_until, supervisor, "restarting in 3.2 s", 5)
     os.kill(b, signal.SIGKILL)
     b, took_b = await _replaced(supervisor, b, {waiting_a}, timeout=3)
     assert took_b < 1.0, took_b
@@ -128,7 +129,8 @@ async def test_killed_workers_come_back_each_on_its_own_delay(
     assert took_a < 1.0, took_a
 
     # SIGTERM stops everything promptly.
-    code, out = await asyncio.to_thread(cli.stop, supervisor, 20)
+    code, rest = await asyncio.to_thread(cli.stop, supervisor, 20)
+    out = noticed + rest
     assert code == 0, out
     # The delays the supervisor chose, in order: both first deaths 0.2 s; A doubling while
     # it keeps dying; B (which had run stably) 0.2 s; A after its stable run 0.2 s again.
