@@ -18,7 +18,7 @@ from admin_api.routes import ROUTES, add_routes
 from admin_api.state import LIMITER, POOL, REDIS, SETTINGS, USAGE
 from gateway import logfilter
 from gateway.database import create_pool
-from gateway.limits import Limiter
+from gateway.limits.exact import Limiter
 from gateway.metrics import ADMIN_REQUESTS
 from gateway.redisclient import create_redis
 from gateway.settings import Settings

@@ -1,7 +1,8 @@
 """What a request changed, recorded in the invalidation outbox inside its own transaction
 (before secrets are deleted), and delivered to the gateways once it has committed.
 
-Delivery deletes the shared Redis records of the affected secrets (and any counters named),
+Delivery deletes the shared Redis records of the affected secrets (and forgets the lifetime
+and quota counts of the limit states named, to be re-seeded from PostgreSQL),
 bumps the generation counter and publishes one message per change. When Redis cannot take
 it, the request that made the change tries again at once, a few times within a fraction of a
 second (``ANNOUNCE_BACKOFF_S``: a revoked key must not keep serving for long); if Redis still
@@ -57,7 +58,8 @@ class Changes:
         self.ids.append(await conn.fetchval(ENQUEUE, "org", org_id, hashes, []))
 
     async def counters(self, conn: Connection, redis_keys: list[str]) -> None:
-        """Counters that must go (re-seeded from PostgreSQL on the next request)."""
+        """Limit states whose lifetime and quota counts must be forgotten (re-seeded from
+        PostgreSQL on the next request)."""
         self.ids.append(await conn.fetchval(ENQUEUE, "none", "", [], redis_keys))
 
     async def announce(self, pool: asyncpg.Pool, redis: Redis) -> None:

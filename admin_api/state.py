@@ -6,7 +6,7 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from gateway.limits import Limiter
+from gateway.limits.exact import Limiter
 from gateway.settings import Settings
 from gateway.usage import UsageRecorder
 

@@ -19,10 +19,10 @@ from gateway.database import create_pool
 from gateway.deps import Deps
 from gateway.errors import GatewayError, render
 from gateway.exchange import Exchange
-from gateway.fastlimits import FastLimiter
 from gateway.keycache import KeyLookup, LocalCache
-from gateway.limits import Limiter
-from gateway.locallimits import LocalLimiter
+from gateway.limits.exact import Limiter
+from gateway.limits.fast import FastLimiter
+from gateway.limits.local import LocalLimiter
 from gateway.providers import ProviderLookup
 from gateway.readiness import probe
 from gateway.redisclient import create_redis

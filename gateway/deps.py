@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.fastlimits import FastLimiter
 from gateway.keycache import KeyLookup
-from gateway.limits import Limiter
-from gateway.locallimits import LocalLimiter
+from gateway.limits.exact import Limiter
+from gateway.limits.fast import FastLimiter
+from gateway.limits.local import LocalLimiter
 from gateway.providers import ProviderLookup
 from gateway.routing import RouteTable
 from gateway.settings import GatewaySettings

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.keyrecord import KeyRecord
-from gateway.limits import Decision
+from gateway.limits.decision import Decision
 from gateway.routing import Route
 
 

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.keycache import GENERATION_KEY, HASH_KEY
+from gateway.limits.script import LIMITS
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,17 @@ def message(kind: str, ident: str) -> bytes:
 async def announce(redis: Redis, changes: Iterable[tuple[str, str]],
                    hashes: Iterable[bytes] = (), redis_keys: Iterable[str] = ()) -> bool:
     """``changes`` are ("key" | "org", id) pairs; ``hashes`` the secrets whose shared records
-    must go; ``redis_keys`` other keys to delete (counters). False when Redis refused: the
-    caller keeps the change and tries again."""
+    must go; ``redis_keys`` limit states whose lifetime and quota counts must be forgotten
+    (re-seeded from PostgreSQL). False when Redis refused: the caller keeps the change and
+    tries again (forgetting twice is harmless)."""
     try:
+        if redis_keys:
+            forget = redis.register_script(LIMITS)
+            for name in redis_keys:  # one state, one slot, each
+                await forget(keys=[name], args=["f"])
         async with redis.pipeline(transaction=True) as pipe:
             for digest in hashes:
                 pipe.delete(HASH_KEY.format(digest.hex()))
-            for name in redis_keys:
-                pipe.delete(name)
             pipe.incr(GENERATION_KEY)
             for kind, ident in changes:
                 pipe.publish(CHANNEL, message(kind, ident))

@@ -27,7 +27,7 @@ from admin_api.repository import keys as key_rows
 from admin_api.repository.audit import Actor
 from admin_api.state import LIMITER, POOL, SETTINGS
 from gateway.errors import GatewayError, render
-from gateway.limits import Window
+from gateway.limits.decision import Window
 from gateway.verification import org_for_provider
 
 MANAGEMENT_LIMITS = [Window("user", 100, 60), Window("user", 1000, 3600)]

@@ -26,7 +26,9 @@ from admin_api.state import LIMITER, POOL, REDIS, USAGE
 from admin_api.views import respond
 from gateway.database import Queryable
 from gateway.keyrecord import KeyRecord
-from gateway.limits import Limiter, Pending, usage_key
+from gateway.limits.exact import Limiter
+from gateway.limits.plan import key_state
+from gateway.limits.seeds import Pending
 
 HISTORY_DAYS = 30
 
@@ -87,7 +89,7 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
     except (RedisError, OSError):
         fallback = Changes()
         async with request.app[POOL].acquire() as conn, conn.transaction():
-            await fallback.counters(conn, [usage_key(key)])
+            await fallback.counters(conn, [key_state(key)])
         await fallback.announce(request.app[POOL], request.app[REDIS])
     fresh = await keys.get(request.app[POOL], key.id)
     assert fresh is not None

@@ -13,8 +13,8 @@ from admin_api.errors import StoreUnavailable
 from admin_api.models import VerifyRequest, VerifyResult
 from admin_api.state import LIMITER, POOL, USAGE
 from admin_api.views import respond
-from gateway import limits
 from gateway.keyrecord import KeyRecord
+from gateway.limits import decision as limits
 from gateway.verification import Code
 from gateway.verification import verify as verify_key
 

@@ -12,17 +12,10 @@ from redis.exceptions import RedisError
 from gateway.deps import Deps
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
-from gateway.limitheaders import limit_headers
-from gateway.limits import (
-    QUOTA,
-    RATE,
-    USAGE,
-    Decision,
-    SeedUnavailable,
-    TooLate,
-    has_limits,
-    windows_of,
-)
+from gateway.limits.decision import QUOTA, RATE, USAGE, Decision, has_limits, windows_of
+from gateway.limits.exact import TooLate
+from gateway.limits.headers import limit_headers
+from gateway.limits.seeds import SeedUnavailable
 from gateway.metrics import FAIL_OPEN, SHADOW_EXCEEDED, STORE_ERRORS
 
 log = logging.getLogger(__name__)

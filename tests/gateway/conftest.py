@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import redis.asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -113,6 +114,16 @@ async def redis_round_trips(client: TestClient) -> float:
     text = await (await client.get("/metrics")).text()
     return next(float(line.split()[1]) for line in text.splitlines()
                 if line.startswith("keystile_redis_round_trips_total "))
+
+
+async def limit_state_bytes(redis_url: str, org_id: str) -> int:
+    """What an organisation's limit states take in Redis (sum of ``MEMORY USAGE``)."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        names = [k async for k in client.scan_iter(match=f"ks:{{{org_id}}}:*", count=1000)]
+        return sum([int(await client.memory_usage(k) or 0) for k in names])
+    finally:
+        await client.aclose()
 
 
 async def statuses(gateway: TestClient, key: str, n: int) -> list[int]:

@@ -35,7 +35,8 @@ async def test_sliding_window_admits_exactly_the_limit(gateway: TestClient, upst
     assert statuses == Counter({200: 9, 429: 191})
     body, headers = next(extra for status, extra in results if status == 429)
     assert body["error"]["code"] == "rate_limited" and "10 per 60 s" in body["error"]["message"]
-    assert 0 < int(headers["Retry-After"]) <= 60 and headers["RateLimit-Remaining"] == "0"
+    # At most one bucket (1/60 of the window) later than a sliding log would say.
+    assert 0 < int(headers["Retry-After"]) <= 61 and headers["RateLimit-Remaining"] == "0"
     assert len(upstream.seen) == 10
 
 

@@ -33,16 +33,11 @@ from datetime import UTC, date, datetime
 
 from redis.exceptions import RedisError
 
-from gateway import quota as periods
 from gateway.keyrecord import KeyRecord
-from gateway.limits import (
-    ALLOWED,
-    QUOTA,
-    USAGE,
-    Decision,
-    Limiter,
-    Pending,
-)
+from gateway.limits import periods
+from gateway.limits.decision import ALLOWED, QUOTA, USAGE, Decision
+from gateway.limits.exact import Limiter
+from gateway.limits.seeds import Pending
 from gateway.metrics import STORE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -51,7 +46,7 @@ REMEMBERED = 100_000  # keys whose last decision a worker keeps (for headers); L
 SYNC_CHUNK = 200  # keys per pipeline: a big sync must not hold the event loop for long
 USAGE_RECHECK_S = 1.0  # a spent lifetime allowance is asked about again this often
 
-Subject = tuple[str, int]  # (Redis key of the counter, units this worker may admit unsynced)
+Subject = tuple[str, int]  # (name of the limit, units this worker may admit unsynced)
 
 # A request admitted here before Redis has told this worker anything about its key.
 _ADMITTED = Decision(verdict=ALLOWED, retry_after_s=None, windows=[], usage_limit=None,
@@ -95,13 +90,13 @@ class FastLimiter:
         its windows, then its quota (this period's), then its lifetime usage."""
         shape = self.limiter.shape(record)
         share = self.share
-        found = [(shape.window_keys[2 * i], int(w.limit * share))
-                 for i, w in enumerate(shape.windows)]
+        found = [(name, int(w.limit * share)) for name, w in zip(shape.names, shape.windows,
+                                                                  strict=True)]
         if record.quota:
             start = periods.bounds(str(record.quota["period"]), now)[0]
-            found.append((shape.quota_key(start), int(int(record.quota["limit"]) * share)))
+            found.append((shape.quota_name(start), int(int(record.quota["limit"]) * share)))
         if record.usage_limit is not None:
-            found.append((shape.usage_key, int(record.usage_limit * share)))
+            found.append((shape.usage_name, int(record.usage_limit * share)))
         return found
 
     def admit(self, record: KeyRecord, cost: int, enforce: bool, now: datetime

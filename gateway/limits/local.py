@@ -8,7 +8,7 @@ import time
 from collections import deque
 
 from gateway.keyrecord import KeyRecord
-from gateway.limits import windows_of
+from gateway.limits.decision import windows_of
 
 MAX_TRACKED = 100_000  # windows remembered at once; the oldest are forgotten first
 

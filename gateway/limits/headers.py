@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from gateway.limits import Decision
+from gateway.limits.decision import Decision
 
 _PERIOD_SECONDS = {"day": 86400, "week": 7 * 86400, "month": 31 * 86400}
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.quota import period_end, period_start
+from gateway.limits.periods import period_end, period_start
 
 NOW = datetime(2026, 12, 31, 17, 5, tzinfo=UTC)  # a Thursday
 

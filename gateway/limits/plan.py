@@ -1,0 +1,135 @@
+"""A request's limits as the script sees them: which subjects' states it reads (the key's,
+its owner's, its organisation's — all under the organisation's hash tag, so one cluster
+slot), the arguments it is given, and its answer turned into a Decision."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.keyrecord import KeyRecord
+from gateway.limits import periods
+from gateway.limits.decision import QUOTA, RATE, Decision, Window, WindowState, windows_of
+from gateway.limits.script import FIXED_ARGS, SEED_ARGS
+
+
+def state_key(tag: str, subject: str) -> str:
+    """A subject's packed limit state; ``tag`` (the organisation) is the cluster hash tag."""
+    return f"ks:{{{tag}}}:l:{subject}"
+
+
+def key_state(record: KeyRecord) -> str:
+    return state_key(record.org_id, f"k:{record.id}")
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What one key record's limits look like to Redis, worked out once per record."""
+
+    record: KeyRecord
+    windows: list[Window]  # in the script's order: the key's, the owner's, the org's
+    keys: list[str]  # the subjects' states; the key's own first (it holds the counts)
+    window_args: list[int]  # per subject: its number of windows, then (limit, ms) each
+    names: list[str]  # a name for each window (fast mode's bookkeeping)
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> Shape:
+        windows = windows_of(record)
+        subjects = {"key": key_state(record)}
+        if record.owner_id is not None:
+            subjects["owner"] = state_key(record.org_id, f"o:{record.owner_id}")
+        subjects["org"] = state_key(record.org_id, "g")
+        keys: list[str] = []
+        args: list[int] = []
+        for scope, key in subjects.items():
+            mine = [w for w in windows if w.scope == scope]
+            if mine or scope == "key":
+                keys.append(key)
+                args.append(len(mine))
+                args += [a for w in mine for a in (w.limit, w.window_s * 1000)]
+        names = [f"{subjects[w.scope]}:{w.window_s}" for w in windows]
+        return cls(record, windows, keys, args, names)
+
+    @property
+    def usage_name(self) -> str:
+        return self.keys[0] + ":u"
+
+    def quota_name(self, start: datetime) -> str:
+        return f"{self.keys[0]}:q:{int(start.timestamp())}"
+
+
+@dataclass(slots=True)
+class Plan:
+    """One spend, ready for the script: what it is for, and the script's keys and args."""
+
+    record: KeyRecord
+    cost: int
+    now: datetime
+    windows: list[Window]
+    keys: list[str]
+    args: list[int | str]
+    quota_end: datetime | None
+
+    def seed(self, used: int, period_used: int) -> None:
+        self.args[SEED_ARGS[0]], self.args[SEED_ARGS[1]] = str(used), str(period_used)
+
+
+def plan(shape: Shape, cost: int, enforce: bool, now: datetime, deadline_ms: int = 0,
+         mode: str = "s") -> Plan:
+    record = shape.record
+    quota_start = quota_end = None
+    if record.quota:
+        quota_start, quota_end = periods.bounds(str(record.quota["period"]), now)
+    args: list[int | str] = [
+        mode, cost, "1" if enforce else "0", deadline_ms,
+        record.usage_limit if record.usage_limit is not None else -1,
+        int(record.quota["limit"]) if record.quota else -1,
+        int(quota_start.timestamp()) if quota_start else 0, "", "", 0,
+        int(quota_end.timestamp()) if quota_end else 0,
+        *shape.window_args]
+    assert len(args) == FIXED_ARGS + len(shape.window_args)
+    return Plan(record, cost, now, shape.windows, shape.keys, args, quota_end)
+
+
+def window_states(windows: list[Window], result: list[Any]) -> list[WindowState]:
+    return [WindowState(w, max(int(result[6 + 2 * i]), 0), max(int(result[7 + 2 * i]), 0) / 1000)
+            for i, w in enumerate(windows)]
+
+
+def decide(plan: Plan, result: list[Any]) -> Decision:
+    """The script's answer to a spend as a Decision."""
+    record, cost, now, quota_end = plan.record, plan.cost, plan.now, plan.quota_end
+    verdict, retry_ms, used, qused, spent, blocking = (int(x) for x in result[:6])
+    states = window_states(plan.windows, result)
+    clock_ms = int(result[-1])
+    refund = None
+    if spent:
+        refund_args = list(plan.args)
+        refund_args[0], refund_args[9] = "r", clock_ms
+        refund = (plan.keys, refund_args)
+    return Decision(
+        verdict=verdict,
+        retry_after_s=max(-(-retry_ms // 1000), 1) if verdict in (RATE, QUOTA) else None,
+        windows=states,
+        usage_limit=record.usage_limit,
+        usage_used=used if record.usage_limit is not None else None,
+        quota_limit=int(record.quota["limit"]) if record.quota else None,
+        quota_used=qused if record.quota else None,
+        quota_period=str(record.quota["period"]) if record.quota else None,
+        quota_reset_s=(quota_end - now).total_seconds() if quota_end else None,
+        spent=bool(spent) and cost > 0,
+        at=now,
+        blocking=states[blocking - 1] if blocking else None,
+        refund=refund,
+        clock_ms=clock_ms)
+
+
+def deadline_ms(clock_to_redis_ms: Any, deadline: float | None, margin_s: float) -> int:
+    """A request's deadline in Redis's clock, less the time its answer needs to travel back
+    (at most a tenth of what is left, so a short deadline still leaves room)."""
+    if deadline is None:
+        return 0
+    margin = min(margin_s, max(deadline - time.time(), 0.0) / 10)
+    return int(clock_to_redis_ms(deadline - margin))

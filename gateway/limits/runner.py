@@ -1,0 +1,123 @@
+"""Running the limits script: many plans in ONE pipelined round trip, spends a worker starts
+in the same turn of its event loop batched together, scripts Redis forgot loaded again, and
+Redis's clock learnt from every answer (``gateway/redisclock.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from gateway.limits.plan import Plan
+from gateway.limits.script import LATE, LIMITS, NEED_SEED
+from gateway.redisclient import at_most_once
+from gateway.redisclock import RedisClock
+
+log = logging.getLogger(__name__)
+
+Late = Callable[[Plan, Any], Awaitable[None]]
+
+
+class ScriptRunner:
+    def __init__(self, redis: Redis, late: Late) -> None:
+        self.redis = redis
+        self.script = redis.register_script(LIMITS)
+        self.clock = RedisClock()
+        self._late = late  # gives back what a request that stopped waiting was charged
+        self._waiting: list[tuple[Plan, asyncio.Future[list[Any]]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def call(self, keys: list[str], args: list[int | str]) -> Any:
+        """The script once, on its own (it is loaded again if Redis forgot it)."""
+        sent = time.time()
+        with at_most_once():
+            result = await self.script(keys=keys, args=args)
+        self._observe(result, sent)
+        return result
+
+    def together(self, plan: Plan) -> asyncio.Future[list[Any]]:
+        """The plan's answer; every plan started in this turn of the loop shares one round
+        trip, sent at the next turn."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append((plan, future))
+        if len(self._waiting) == 1:
+            loop.call_soon(self._send_waiting)
+        return future
+
+    def _send_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._answer(batch))
+        self._sending.add(task)  # keeps the task alive until it is done
+        task.add_done_callback(self._sending.discard)
+
+    async def _answer(self, batch: list[tuple[Plan, asyncio.Future[list[Any]]]]) -> None:
+        # A request that gave up waiting (its deadline passed: it got a 503) spends nothing.
+        batch = [(plan, future) for plan, future in batch if not future.done()]
+        if not batch:
+            return
+        try:
+            results = await self.run([plan for plan, _ in batch])
+        except BaseException as exc:  # the connection failed: every waiting spend learns it
+            for _, future in batch:
+                if not future.done():
+                    if isinstance(exc, Exception):
+                        future.set_exception(exc)
+                    else:
+                        future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        late: list[tuple[Plan, Any]] = []
+        for (plan, future), result in zip(batch, results, strict=True):
+            if future.done():  # the request gave up (503) while its script ran: give back
+                late.append((plan, result))
+            elif isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        # Only once every waiting request has its answer: none waits for another's refund.
+        await asyncio.gather(*(self._late(plan, result) for plan, result in late
+                               if not isinstance(result, Exception)
+                               and int(result[0]) not in (NEED_SEED, LATE)))
+
+    async def run(self, plans: list[Plan]) -> list[Any]:
+        """The script for every plan, in one pipeline: a result (or the error) each."""
+        results = await self._pipelined(plans)
+        unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if unknown:  # Redis restarted, failed over or flushed its scripts: none of these ran
+            await self.redis.script_load(LIMITS)
+            again = await self._pipelined([plans[i] for i in unknown])
+            for i, result in zip(unknown, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipelined(self, plans: list[Plan]) -> list[Any]:
+        sent = time.time()
+        with at_most_once():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for plan in plans:
+                    pipe.evalsha(self.script.sha, len(plan.keys), *plan.keys, *plan.args)
+                results = list(await pipe.execute(raise_on_error=False))
+        received = time.time()
+        for result in results:
+            self._observe(result, sent, received)
+        return results
+
+    def _observe(self, result: Any, sent: float, received: float | None = None) -> None:
+        """A script's answer ends with its ``TIME``: what it tells of Redis's clock."""
+        if isinstance(result, list) and len(result) >= 2 and int(result[0]) != NEED_SEED:
+            self.clock.observe(int(result[-1]), sent,
+                               time.time() if received is None else received)
+
+    async def learn_clock(self) -> None:
+        """Reads Redis's clock once, so the first spends of a fresh worker carry a deadline
+        too (each spend's answer refines it afterwards)."""
+        sent = time.time()
+        seconds, micros = await self.redis.time()
+        self.clock.observe(int(seconds) * 1000 + int(micros) // 1000, sent, time.time())
