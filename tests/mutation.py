@@ -36,7 +36,7 @@ class Mutant:
 
 GATEWAY = ("tests/gateway",)
 LIMITS = ("tests/gateway/test_limits.py", "tests/gateway/test_limits_review.py",
-          "tests/gateway/test_quota.py", "tests/gateway/test_fastlimits.py",
+          "tests/gateway/test_limit_state.py", "tests/gateway/test_fastlimits.py",
           "tests/gateway/test_failures.py", "tests/gateway/test_failure_policies.py",
           "tests/gateway/test_refusals_spend_nothing.py", "tests/gateway/test_store_deadline.py")
 
@@ -81,14 +81,15 @@ MUTANTS: tuple[Mutant, ...] = (
            "            if until > now:\n                return False",
            "            return False", GATEWAY),
     # Limits.
-    Mutant("rate limit off by one", "gateway/limits.py",
+    Mutant("rate limit off by one", "gateway/limits/script.py",
            "if inside + need > limit then", "if inside + need > limit + 1 then", LIMITS),
-    Mutant("quota off by one", "gateway/limits.py",
+    Mutant("quota off by one", "gateway/limits/script.py",
            "qused + need > quota_limit then", "qused + need > quota_limit + 1 then", LIMITS),
-    Mutant("lifetime limit off by one", "gateway/limits.py",
+    Mutant("lifetime limit off by one", "gateway/limits/script.py",
            "used + need > usage_limit then", "used + need > usage_limit + 1 then", LIMITS),
-    Mutant("refused request spends anyway", "gateway/limits.py",
-           "local spend = verdict == 0 or not enforce", "local spend = true", LIMITS),
+    Mutant("refused request spends anyway", "gateway/limits/script.py",
+           "local spend = (verdict == 0 or not enforce) and cost > 0",
+           "local spend = cost > 0", LIMITS),
     Mutant("closed rate-limit policy ignored", "gateway/stages/limits.py",
            'if policy.rate_limits_without_redis == "closed":', "if False:", LIMITS),
     Mutant("closed quota policy ignored", "gateway/stages/limits.py",
@@ -98,11 +99,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "            raise _refusal(ex, decision)", LIMITS),
     Mutant("usage not recorded", "gateway/stages/limits.py",
            "        deps.usage.record(key.id, route.cost, now)", "        pass", LIMITS),
-    Mutant("RateLimit-Reset dropped", "gateway/limitheaders.py",
+    Mutant("RateLimit-Reset dropped", "gateway/limits/headers.py",
            '        headers["RateLimit-Reset"] = str(math.ceil(reset))\n', "", GATEWAY),
-    Mutant("RateLimit-Policy lists one window", "gateway/limitheaders.py",
+    Mutant("RateLimit-Policy lists one window", "gateway/limits/headers.py",
            'for w in windows)', 'for w in windows[:1])', GATEWAY),
-    Mutant("Retry-After dropped", "gateway/limitheaders.py",
+    Mutant("Retry-After dropped", "gateway/limits/headers.py",
            'headers["Retry-After"] = str(decision.retry_after_s)', "pass", GATEWAY),
     # Paths.
     Mutant("'..' not resolved", "gateway/paths.py",
@@ -125,8 +126,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("rotation grace extended by an hour", "admin_api/repository/keys.py",
            "now() + $2)", "now() + $2 + interval '1 hour')",
            ("tests/admin_api/test_rotate.py", "tests/gateway/test_rotation_grace.py")),
-    Mutant("late spend scripts spend anyway", "gateway/limits.py",
+    Mutant("late spend scripts spend anyway", "gateway/limits/script.py",
            "if deadline > 0 and now > deadline then return {-2, now} end", "", LIMITS),
+    # The bucketed windows: counting only the buckets wholly inside the window over-admits;
+    # counting one bucket more than needed refuses too early.
+    Mutant("oldest overlapping bucket not counted", "gateway/limits/script.py",
+           "for idx = win.head - win.m + 1, lo - 1 do", "for idx = win.head - win.m + 1, lo do",
+           LIMITS),
+    Mutant("one bucket too many counted", "gateway/limits/script.py",
+           "for idx = win.head - win.m + 1, lo - 1 do", "for idx = win.head - win.m + 1, lo - 2 do",
+           LIMITS),
     Mutant("prefix match ignores segment boundary", "gateway/paths.py",
            'return path == prefix or path.startswith(prefix.rstrip("/") + "/")',
            "return path.startswith(prefix)", GATEWAY),

@@ -1,0 +1,137 @@
+"""The limits engine's state in Redis: bounded whatever the traffic, a few commands per
+request, and the exact guarantee of fixed buckets — never over the limit in any window, and
+never refused while the last window and one bucket before it held room."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio
+from aiohttp.test_utils import TestClient
+
+from gateway.keyformat import hash_key
+from gateway.keyrecord import KeyRecord
+from gateway.limits.decision import Decision
+from gateway.limits.exact import Limiter
+from gateway.limits.script import BUCKETS
+from gateway.state import DEPS
+from tests.admin_api.conftest import Admin
+from tests.conftest import Stores
+from tests.gateway.conftest import limit_state_bytes
+
+HUGE = 10**9  # limits that never refuse: the state is what is measured
+WINDOWS_1S_60S_3600S = [{"limit": HUGE, "window_s": w} for w in (1, 60, 3600)]
+
+
+async def _record(gateway: TestClient, raw: str) -> KeyRecord:
+    record = await gateway.server.app[DEPS].keys.find(hash_key(raw))
+    assert record is not None
+    return record
+
+
+async def _everything(admin: Admin, limit: int = HUGE) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An organisation and a key that meets every kind of limit: three windows of its own,
+    its owner's and its organisation's windows, a daily quota and a lifetime limit."""
+    org = await admin.org("everything", rate_limits=[{"limit": limit, "window_s": 60}])
+    await admin.call("PUT", f"/v1/orgs/{org['id']}/owners/acct/limits",
+                     json={"rate_limits": [{"limit": limit, "window_s": 60}]}, expect=200)
+    key = await admin.key(org["id"], owner_id="acct", usage_limit=limit,
+                          quota={"limit": limit, "period": "day"},
+                          rate_limits=[{**w, "limit": limit} for w in WINDOWS_1S_60S_3600S])
+    return org, key
+
+
+async def test_a_keys_state_stays_under_4_kb_after_100000_requests(
+        gateway: TestClient, admin: Admin, stores: Stores) -> None:
+    org, key = await _everything(admin)
+    record = await _record(gateway, key["key"])
+    limiter: Limiter = gateway.server.app[DEPS].limiter
+    spent = 0
+    for _ in range(100):  # 1,000 at a time: they share one round trip
+        decisions = await asyncio.gather(*(limiter.spend(record, 1, True, datetime.now(UTC))
+                                           for _ in range(1000)))
+        assert all(d.allowed for d in decisions)
+        spent += len(decisions)
+    assert spent == 100_000
+    state = await limiter.peek(record, datetime.now(UTC))
+    assert (state.usage_used, state.quota_used) == (100_000, 100_000)
+    assert [w.window.limit - w.remaining for w in state.windows][1:] == [100_000] * 4
+    # The key's, its owner's and its organisation's states together, whatever the traffic
+    # (a sliding log held about 111 bytes per request and window: 33 MB here).
+    assert await limit_state_bytes(stores.redis_url, org["id"]) <= 4096
+
+
+async def test_a_request_runs_at_most_8_redis_commands(
+        gateway: TestClient, admin: Admin, stores: Stores) -> None:
+    _, key = await _everything(admin)
+    headers = {"X-API-Key": key["key"]}
+    assert (await gateway.get("/maybe/x", headers=headers)).status == 200  # cached, seeded
+    control = redis.asyncio.Redis.from_url(stores.redis_url)
+
+    async def commands() -> int:
+        stats = await control.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    try:
+        before = await commands()
+        for _ in range(20):
+            resp = await gateway.get("/maybe/x", headers=headers)
+            assert resp.status == 200 and resp.headers["RateLimit-Policy"]
+        per_request = (await commands() - before) / 20
+    finally:
+        await control.aclose()
+    # EVALSHA, TIME, and a GET and a SET of each of the key's, owner's and organisation's
+    # states: the same whatever the number of windows.
+    assert per_request <= 8, per_request
+
+
+async def _burst_at(limiter: Limiter, record: KeyRecord, redis_ms: float, offset_ms: float,
+                    n: int) -> list[Decision]:
+    """``n`` spends sent together when Redis's clock reads about ``redis_ms``."""
+    delay = (redis_ms - offset_ms) / 1000 - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)  # the adversary times its burst: deliberate passage of time
+    return list(await asyncio.gather(*(limiter.spend(record, 1, True, datetime.now(UTC))
+                                       for _ in range(n))))
+
+
+async def test_an_adversary_bursting_at_bucket_edges_never_gets_more_than_the_limit(
+        gateway: TestClient, admin: Admin, stores: Stores) -> None:
+    limit, window_ms = 50, 1000
+    width = math.ceil(window_ms / BUCKETS)  # 17 ms
+    org = await admin.org("edges")
+    key = await admin.key(org["id"], rate_limits=[{"limit": limit, "window_s": 1}])
+    record = await _record(gateway, key["key"])
+    limiter: Limiter = gateway.server.app[DEPS].limiter
+    control = redis.asyncio.Redis.from_url(stores.redis_url)
+    try:
+        sent = time.time()
+        seconds, micros = await control.time()
+        offset_ms = seconds * 1000 + micros / 1000 - sent * 1000  # Redis's clock minus ours
+    finally:
+        await control.aclose()
+    decisions: list[Decision] = []
+    start = (time.time() * 1000 + offset_ms) // width * width + 5 * width
+    # Bursts just before and just after bucket edges, and a window after earlier bursts,
+    # when a bucketed counter is most tempted to forget or to double count.
+    for i in range(30):
+        edge = start + i * 5 * width + (window_ms if i % 3 == 2 else 0)
+        for at in (edge - 2, edge + 1):
+            decisions += await _burst_at(limiter, record, at, offset_ms, 12)
+    admitted = sorted(d.clock_ms for d in decisions if d.allowed and d.clock_ms is not None)
+    refused = [d.clock_ms for d in decisions if not d.allowed and d.clock_ms is not None]
+    assert len(admitted) + len(refused) == len(decisions) and admitted and refused
+
+    def admitted_in(low: float, high: float) -> int:  # admitted in (low, high]
+        return sum(1 for t in admitted if low < t <= high)
+    # Never over: no window-long span holds more than the limit.
+    assert max(admitted_in(t - window_ms, t) for t in admitted) <= limit
+    # Never refused while the window and one bucket before it held room for the request.
+    for t in refused:
+        assert admitted_in(t - window_ms - width, t) + 1 > limit, t
+    # And the adversary did get close to the limit (the counter is not simply strict).
+    # (at most a bucket early: here a bucket can hold one burst of 12).
+    assert max(admitted_in(t - window_ms, t) for t in admitted) >= limit - 12
