@@ -1,8 +1,8 @@
 """What a request changed, recorded in the invalidation outbox inside its own transaction
 (before secrets are deleted), and delivered to the gateways once it has committed.
 
-Delivery deletes the shared Redis records of the affected secrets (and any counters named),
-bumps the generation counter and publishes one message per change. When Redis cannot take
+Delivery drops the shared Redis records of the affected secrets and bumps their generations
+(and deletes any counters named), then publishes one message per change. When Redis cannot take
 it, the request that made the change tries again at once, a few times within a fraction of a
 second (``ANNOUNCE_BACKOFF_S``: a revoked key must not keep serving for long); if Redis still
 refuses, the rows stay and the admin process retries every second (``drain_forever``), so a
@@ -16,10 +16,10 @@ import logging
 from dataclasses import dataclass, field
 
 import asyncpg
-from redis.asyncio import Redis
 
 from gateway import invalidation
 from gateway.database import Connection
+from gateway.redisclient import Store
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Changes:
         """Counters that must go (re-seeded from PostgreSQL on the next request)."""
         self.ids.append(await conn.fetchval(ENQUEUE, "none", "", [], redis_keys))
 
-    async def announce(self, pool: asyncpg.Pool, redis: Redis) -> None:
+    async def announce(self, pool: asyncpg.Pool, redis: Store) -> None:
         """After commit: deliver now, trying again a few times at once if Redis refused;
         what still cannot be delivered is left to the drainer."""
         if not self.ids:
@@ -76,7 +76,7 @@ class Changes:
             await asyncio.sleep(wait)
 
 
-async def drain(conn: Connection, redis: Redis, ids: list[int] | None = None) -> bool:
+async def drain(conn: Connection, redis: Store, ids: list[int] | None = None) -> bool:
     """Delivers pending invalidations (``ids``, or all); True when nothing is left over."""
     try:
         async with conn.transaction():
@@ -94,7 +94,7 @@ async def drain(conn: Connection, redis: Redis, ids: list[int] | None = None) ->
     return len(rows) < 500
 
 
-async def drain_forever(pool: asyncpg.Pool, redis: Redis, stop: asyncio.Event) -> None:
+async def drain_forever(pool: asyncpg.Pool, redis: Store, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             async with pool.acquire() as conn:

@@ -29,13 +29,12 @@ from datetime import date, datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway import quota as periods
 from gateway.keycache import POSTGRES_FAILURES
 from gateway.keyrecord import KeyRecord
-from gateway.redisclient import at_most_once
+from gateway.redisclient import Store, at_most_once
 from gateway.redisclock import RedisClock
 
 log = logging.getLogger(__name__)
@@ -375,7 +374,7 @@ def _decide(plan: _Plan, result: list[Any]) -> Decision:
 
 
 class Limiter:
-    def __init__(self, redis: Redis, pool: asyncpg.Pool) -> None:
+    def __init__(self, redis: Store, pool: asyncpg.Pool) -> None:
         self.redis = redis
         self.pool = pool
         self._spend = redis.register_script(_SPEND)

@@ -6,6 +6,7 @@ Each store keeps its data in a folder, so a second start reuses what the first o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import pwd
@@ -301,7 +302,7 @@ class EmbeddedRedisCluster:
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, start_new_session=True,
                     preexec_fn=die_with_parent_hook(signal.SIGTERM))
-                _wait_until_ready("Redis cluster node", proc, lambda p=port: _pong(p),
+                _wait_until_ready("Redis cluster node", proc, functools.partial(_pong, port),
                                   self._log(port), self.stop)
             created = subprocess.run(
                 [str(self.bin / "redis-cli"), "--cluster", "create",
