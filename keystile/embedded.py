@@ -338,7 +338,7 @@ class EmbeddedRedisCluster:
             time.sleep(0.05)
         raise StoreStartError(f"the Redis cluster was not ok within {timeout:.0f}s")
 
-    def _masters(self) -> dict[int, list[str]]:
+    def masters(self) -> dict[int, list[str]]:
         """Live masters as the cluster sees them: port -> slot ranges."""
         masters: dict[int, list[str]] = {}
         for line in self.cli(self.alive()[0], "CLUSTER", "NODES").splitlines():
@@ -349,7 +349,7 @@ class EmbeddedRedisCluster:
         return masters
 
     def _masters_alive(self, alive: list[int]) -> bool:
-        masters = self._masters()
+        masters = self.masters()
         return (sum(_slot_count(ranges) for ranges in masters.values()) == 16384
                 and all(port in alive for port in masters))
 
@@ -359,7 +359,7 @@ class EmbeddedRedisCluster:
         return self.master_of_slot(slot)
 
     def master_of_slot(self, slot: int) -> int:
-        for port, ranges in self._masters().items():
+        for port, ranges in self.masters().items():
             for part in ranges:
                 low, _, high = part.partition("-")
                 if not part.startswith("[") and int(low) <= slot <= int(high or low):
@@ -371,6 +371,11 @@ class EmbeddedRedisCluster:
         proc = self.procs[port]
         proc.kill()
         proc.wait()
+
+    def flush(self) -> None:
+        """Empties every master (their replicas follow)."""
+        for port in self.masters():
+            self.cli(port, "FLUSHALL")
 
     def stop(self) -> None:
         for proc in self.procs.values():
