@@ -72,7 +72,10 @@ async def test_a_revocation_reaches_every_worker_through_the_cluster(
 
 async def test_the_admin_api_works_on_a_cluster(
         cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
-        org: dict[str, Any], tmp_path: Path, cluster_url: str) -> None:
+        org: dict[str, Any], tmp_path: Path, cluster_url: str,
+        redis_cluster: EmbeddedRedisCluster) -> None:
+    """Keys, live usage and its adjustment through the admin API; counters the cluster lost
+    are re-seeded from PostgreSQL."""
     port = await _cluster_gateway(cli, stores, upstream, tmp_path, cluster_url)
     key = await admin.key(org["id"], usage_limit=10, quota={"limit": 8, "period": "day"})
     assert await _concurrently(port, key["key"], 3) == Counter({200: 3})
@@ -83,6 +86,14 @@ async def test_the_admin_api_works_on_a_cluster(
     assert usage["usage_count"] == 9 and usage["usage_remaining"] == 1
     # The gateway honours the new count at once: one more request, then the limit.
     assert await _concurrently(port, key["key"], 5) == Counter({200: 1, 429: 4})
+    assert len(upstream.seen) == 4
+    deadline = asyncio.get_running_loop().time() + 10
+    while await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1",
+                                  key["id"]) != 10:
+        assert asyncio.get_running_loop().time() < deadline, "usage never reached PostgreSQL"
+        await asyncio.sleep(0.05)
+    redis_cluster.flush()  # every counter lost: re-seeded from PostgreSQL, still 10 of 10
+    assert await _concurrently(port, key["key"], 3) == Counter({429: 3})
     assert len(upstream.seen) == 4
     await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
     await _eventually(port, key["key"], 401)
@@ -165,3 +176,23 @@ async def test_a_killed_master_is_followed_to_its_replica_without_over_spending(
     assert len(upstream.seen) <= limit
     print(f"after the failover: {statuses[200]} more served, {len(upstream.seen)} of "
           f"{limit} in all reached the upstream")
+
+
+async def test_fast_mode_keeps_its_bound_on_a_cluster(
+        cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
+        org: dict[str, Any], tmp_path: Path, cluster_url: str) -> None:
+    """limits_mode fast keeps its bound (its batches are pipelines over the cluster's
+    nodes) and writes usage behind."""
+    port = await _cluster_gateway(cli, stores, upstream, tmp_path, cluster_url,
+                                  gateway='limits_mode = "fast"\n')
+    limit, share, workers = 200, 0.01, 2
+    key = await admin.key(org["id"], usage_limit=limit)
+    statuses = await _concurrently(port, key["key"], 400)
+    assert limit <= statuses[200] <= limit + 2 * workers * int(limit * share), statuses
+    served = statuses[200]
+    deadline = asyncio.get_running_loop().time() + 10
+    while await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1",
+                                  key["id"]) != served:
+        assert asyncio.get_running_loop().time() < deadline, "usage never reached PostgreSQL"
+        await asyncio.sleep(0.05)
+    assert len(upstream.seen) == served
