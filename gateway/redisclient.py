@@ -230,7 +230,8 @@ def _create_cluster(url: redisurl.ClusterURL, stores: StoreSettings) -> Cluster:
         startup_nodes=[ClusterNode(host, port) for host, port in url.nodes],
         username=url.username, password=url.password, ssl=url.tls,
         turns=stores.redis_max_connections,
-        max_connections=stores.redis_max_connections,
+        # Per node: every turn may be on one node, plus the invalidation channel's connection.
+        max_connections=stores.redis_max_connections + 1,
         socket_timeout=stores.timeout_s, socket_connect_timeout=stores.timeout_s,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         retry=_ClusterRetry(NoBackoff(), RETRIES),

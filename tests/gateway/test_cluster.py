@@ -45,6 +45,15 @@ async def _cluster_gateway(cli: Cli, stores: Stores, upstream: Upstream,  # noqa
     return port
 
 
+async def _usage_in_postgres(admin: Admin, key_id: str, count: int) -> None:
+    """Until the usage written behind (within usage_flush_interval_s) is ``count``."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while (found := await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1",
+                                            key_id)) != count:
+        assert asyncio.get_running_loop().time() < deadline, f"usage {found}, not {count}"
+        await asyncio.sleep(0.05)
+
+
 async def test_lifetime_limit_is_exact_across_workers_on_a_cluster(
         cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
         org: dict[str, Any], tmp_path: Path, cluster_url: str) -> None:
@@ -53,11 +62,7 @@ async def test_lifetime_limit_is_exact_across_workers_on_a_cluster(
     statuses = await _concurrently(port, key["key"], 1000)
     assert statuses == Counter({200: 100, 429: 900})
     assert len(upstream.seen) == 100
-    deadline = asyncio.get_running_loop().time() + 10
-    while await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1",
-                                  key["id"]) != 100:
-        assert asyncio.get_running_loop().time() < deadline, "usage never reached PostgreSQL"
-        await asyncio.sleep(0.05)
+    await _usage_in_postgres(admin, key["id"], 100)
 
 
 async def test_a_revocation_reaches_every_worker_through_the_cluster(
@@ -79,6 +84,7 @@ async def test_the_admin_api_works_on_a_cluster(
     port = await _cluster_gateway(cli, stores, upstream, tmp_path, cluster_url)
     key = await admin.key(org["id"], usage_limit=10, quota={"limit": 8, "period": "day"})
     assert await _concurrently(port, key["key"], 3) == Counter({200: 3})
+    await _usage_in_postgres(admin, key["id"], 3)  # written behind, before the "set" below
     usage = await admin.call("GET", f"/v1/keys/{key['id']}/usage", expect=200)
     assert (usage["usage_count"], usage["quota"]["used"]) == (3, 3)  # the live counters
     usage = await admin.call("POST", f"/v1/keys/{key['id']}/usage",
@@ -87,11 +93,7 @@ async def test_the_admin_api_works_on_a_cluster(
     # The gateway honours the new count at once: one more request, then the limit.
     assert await _concurrently(port, key["key"], 5) == Counter({200: 1, 429: 4})
     assert len(upstream.seen) == 4
-    deadline = asyncio.get_running_loop().time() + 10
-    while await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1",
-                                  key["id"]) != 10:
-        assert asyncio.get_running_loop().time() < deadline, "usage never reached PostgreSQL"
-        await asyncio.sleep(0.05)
+    await _usage_in_postgres(admin, key["id"], 10)
     redis_cluster.flush()  # every counter lost: re-seeded from PostgreSQL, still 10 of 10
     assert await _concurrently(port, key["key"], 3) == Counter({429: 3})
     assert len(upstream.seen) == 4
@@ -190,9 +192,5 @@ async def test_fast_mode_keeps_its_bound_on_a_cluster(
     statuses = await _concurrently(port, key["key"], 400)
     assert limit <= statuses[200] <= limit + 2 * workers * int(limit * share), statuses
     served = statuses[200]
-    deadline = asyncio.get_running_loop().time() + 10
-    while await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1",
-                                  key["id"]) != served:
-        assert asyncio.get_running_loop().time() < deadline, "usage never reached PostgreSQL"
-        await asyncio.sleep(0.05)
+    await _usage_in_postgres(admin, key["id"], served)
     assert len(upstream.seen) == served
