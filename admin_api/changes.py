@@ -1,9 +1,9 @@
 """What a request changed, recorded in the invalidation outbox inside its own transaction
 (before secrets are deleted), and delivered to the gateways once it has committed.
 
-Delivery deletes the shared Redis records of the affected secrets (and forgets the lifetime
-and quota counts of the limit states named, to be re-seeded from PostgreSQL),
-bumps the generation counter and publishes one message per change. When Redis cannot take
+Delivery drops the shared Redis records of the affected secrets and bumps their generations
+(and forgets the lifetime and quota counts of the limit states named, to be re-seeded from
+PostgreSQL), then publishes one message per change. When Redis cannot take
 it, the request that made the change tries again at once, a few times within a fraction of a
 second (``ANNOUNCE_BACKOFF_S``: a revoked key must not keep serving for long); if Redis still
 refuses, the rows stay and the admin process retries every second (``drain_forever``), so a
@@ -17,10 +17,10 @@ import logging
 from dataclasses import dataclass, field
 
 import asyncpg
-from redis.asyncio import Redis
 
 from gateway import invalidation
 from gateway.database import Connection
+from gateway.redisclient import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Changes:
         PostgreSQL on the next request)."""
         self.ids.append(await conn.fetchval(ENQUEUE, "none", "", [], redis_keys))
 
-    async def announce(self, pool: asyncpg.Pool, redis: Redis) -> None:
+    async def announce(self, pool: asyncpg.Pool, redis: Store) -> None:
         """After commit: deliver now, trying again a few times at once if Redis refused;
         what still cannot be delivered is left to the drainer."""
         if not self.ids:
@@ -78,7 +78,7 @@ class Changes:
             await asyncio.sleep(wait)
 
 
-async def drain(conn: Connection, redis: Redis, ids: list[int] | None = None) -> bool:
+async def drain(conn: Connection, redis: Store, ids: list[int] | None = None) -> bool:
     """Delivers pending invalidations (``ids``, or all); True when nothing is left over."""
     try:
         async with conn.transaction():
@@ -96,7 +96,7 @@ async def drain(conn: Connection, redis: Redis, ids: list[int] | None = None) ->
     return len(rows) < 500
 
 
-async def drain_forever(pool: asyncpg.Pool, redis: Redis, stop: asyncio.Event) -> None:
+async def drain_forever(pool: asyncpg.Pool, redis: Store, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             async with pool.acquire() as conn:

@@ -3,9 +3,11 @@
 The worker cache is a bounded LRU plus a short negative cache for unknown hashes. Its entries
 are trusted for ``cache_ttl_s`` while the worker hears the invalidation channel (every admin
 change arrives there), and for only ``cache_ttl_unsubscribed_s`` while it does not (a change
-may go unheard then). Redis shares records between workers and hosts. A record read from
-PostgreSQL is published to Redis only if no key changed meanwhile (a generation counter the
-admin API bumps), so a lookup racing an admin change cannot put a stale record back."""
+may go unheard then). Redis shares records between workers and hosts: one Redis hash per
+secret digest holds the record and that digest's generation, which the admin API bumps on
+every change (``invalidation.announce``). A record read from PostgreSQL is written back only
+if the generation is the one the lookup saw, by a script on that one key (so it works on a
+Redis Cluster too), so a lookup racing an admin change cannot put a stale record back."""
 
 from __future__ import annotations
 
@@ -17,26 +19,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError
 from gateway.keyrecord import SELECT_WITH_SECRET_BY_HASH, KeyRecord
 from gateway.metrics import STORE_ERRORS
 from gateway.metrics import cache as cache_result
+from gateway.redisclient import Store
 
 log = logging.getLogger(__name__)
 
 # A lookup that PostgreSQL cannot answer is a 503, never a 500 and never a pass.
 POSTGRES_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-HASH_KEY = "ks:h3:{}"  # Redis: hex digest -> record JSON (bump the version with the record)
-GENERATION_KEY = "ks:gen"  # Redis: bumped by every admin change to keys
+# Redis: hex digest -> hash {r: record JSON, g: generation} (bump the version with the
+# record's shape). Keys of the older layouts (ks:h3:*, ks:gen) are no longer read; they expire.
+HASH_KEY = "ks:h4:{}"
+RECORD_FIELD = "r"
+GENERATION_FIELD = "g"  # bumped by every admin change to the key owning this digest
 
-# Store the record only if no admin change happened since the lookup began.
+# Store the record only if no admin change to this digest happened since the lookup began.
 _SET_IF_UNCHANGED = """
-if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+if (redis.call('HGET', KEYS[1], 'g') or '0') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'r', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
 return 0
 """
@@ -109,7 +115,7 @@ class LocalCache:
 
 
 class KeyLookup:
-    def __init__(self, cache: LocalCache, redis: Redis, pool: asyncpg.Pool,
+    def __init__(self, cache: LocalCache, redis: Store, pool: asyncpg.Pool,
                  redis_ttl_s: int) -> None:
         self.cache = cache
         self.redis = redis
@@ -143,16 +149,14 @@ class KeyLookup:
     async def _from_redis(self, digest: bytes
                           ) -> tuple[KeyRecord | None, datetime | None, str | None]:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(HASH_KEY.format(digest.hex()))
-                pipe.get(GENERATION_KEY)
-                raw, generation = await pipe.execute()
+            raw, seen = await self.redis.hmget(HASH_KEY.format(digest.hex()),
+                                               [RECORD_FIELD, GENERATION_FIELD])
         except (RedisError, OSError) as exc:
             STORE_ERRORS.labels(store="redis").inc()
             log.warning("redis unavailable for key lookup: %s", type(exc).__name__)
             return None, None, None
-        generation = (generation or b"0").decode()
-        if raw is None:
+        generation = seen.decode() if isinstance(seen, bytes) else "0"
+        if not isinstance(raw, bytes):  # none shared (the client never decodes replies)
             return None, None, generation
         try:
             record, secret_expires_at = KeyRecord.from_json(raw)
@@ -182,7 +186,7 @@ class KeyLookup:
             ttl = min(ttl, max(int((secret_expires_at - now).total_seconds()), 1))
         try:
             await self._set_if_unchanged(
-                keys=[HASH_KEY.format(digest.hex()), GENERATION_KEY],
+                keys=[HASH_KEY.format(digest.hex())],
                 args=[generation, record.to_json(secret_expires_at), ttl])
         except (RedisError, OSError) as exc:
             log.warning("redis unavailable for key sharing", extra={"error": type(exc).__name__})

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway import redisurl
 from gateway.credentials import CREDENTIAL_KINDS
 from gateway.scopes import is_valid_scope
 from gateway.secretbox import parse_key
@@ -238,9 +239,7 @@ class Settings(_Strict):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return value
+        return redisurl.check(value)
 
 
 def _describe(error: ValidationError) -> str:

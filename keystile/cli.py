@@ -19,6 +19,7 @@ from gateway.database import connect
 from gateway.settings import ConfigError, Settings, load
 from keystile import serving
 from keystile.embedded import StoreStartError
+from keystile.redact import redact
 
 log = logging.getLogger("keystile")
 
@@ -43,18 +44,8 @@ async def _connect(settings: Settings) -> asyncpg.Connection:
     try:
         return await connect(settings.database_url, timeout=settings.stores.timeout_s)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise CommandError(f"cannot reach PostgreSQL at {_redact(settings.database_url)}: "
+        raise CommandError(f"cannot reach PostgreSQL at {redact(settings.database_url)}: "
                            f"{_describe_store_error(exc)}") from None
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, fit for a message."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.partition(":")[0]
-        rest = f"{user}:***@{host}" if ":" in credentials else f"{user}@{host}"
-    return f"{scheme}{sep}{rest}"
 
 
 async def _migrate(settings: Settings) -> None:
@@ -88,17 +79,17 @@ async def _check_schema(settings: Settings) -> None:
 
 
 async def _check_redis(settings: Settings) -> None:
-    from redis.asyncio import Redis
+    from gateway.redisclient import create_redis
 
     try:
-        client = Redis.from_url(settings.redis_url,
-                                socket_connect_timeout=settings.stores.timeout_s)
-    except ValueError as exc:
-        raise CommandError(f"invalid Redis URL: {exc}") from None
+        client = create_redis(settings.redis_url, settings.stores)
+    except (ValueError, redis.exceptions.RedisClusterException) as exc:
+        raise CommandError(f"invalid Redis URL {redact(settings.redis_url)}: {exc}") from None
     try:
         await client.ping()
-    except (redis.exceptions.RedisError, OSError, ValueError) as exc:
-        raise CommandError(f"cannot reach Redis at {_redact(settings.redis_url)}: "
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError,
+            ValueError) as exc:
+        raise CommandError(f"cannot reach Redis at {redact(settings.redis_url)}: "
                            f"{_describe_store_error(exc)}") from None
     finally:
         await client.aclose()
@@ -178,7 +169,14 @@ def cmd_gateway(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load(Path(args.config) if args.config else None)
+    """The configuration file, then the environment, then the store URLs given as flags
+    (validated like the rest)."""
+    env = dict(os.environ)
+    for flag, var in (("database_url", "KEYSTILE_DATABASE_URL"),
+                      ("redis_url", "KEYSTILE_REDIS_URL")):
+        if getattr(args, flag, None):
+            env[var] = getattr(args, flag)
+    return load(Path(args.config) if args.config else None, env)
 
 
 def cmd_migrate(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
@@ -197,7 +195,9 @@ def cmd_dev(args: argparse.Namespace) -> None:
         dev.run(dev.DevOptions(data_dir=Path(args.data_dir).resolve(),
                                admin_host=args.admin_host, admin_port=args.admin_port,
                                gateway_port=args.gateway_port,
-                               upstream_port=args.upstream_port), runner)
+                               upstream_port=args.upstream_port,
+                               database_url=args.database_url, redis_url=args.redis_url),
+                runner)
 
 
 def _port(text: str) -> int:
@@ -216,6 +216,29 @@ def _workers(text: str) -> int:
     return int(text)
 
 
+def _database_url(text: str) -> str:
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError("must be a postgresql:// URL")
+    return text
+
+
+def _redis_url(text: str) -> str:
+    from gateway import redisurl
+
+    try:
+        return redisurl.check(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _store_flags(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--database-url", type=_database_url, metavar="URL",
+                         help=f"PostgreSQL (postgresql://user:password@host:port/db); {what}")
+    command.add_argument("--redis-url", type=_redis_url, metavar="URL",
+                         help="Redis: redis://host:port/db, or redis+cluster://host:port"
+                         f"[,host:port...] for a Redis Cluster; {what}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="keystile", description="API-key gateway and admin API")
     sub = top.add_subparsers(dest="command", required=True)
@@ -226,12 +249,14 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--admin-port", type=_port, default=8081)
     dev.add_argument("--gateway-port", type=_port, default=8080, help="the gateway listener")
     dev.add_argument("--upstream-port", type=_port, default=9000, help="the demo echo upstream")
+    _store_flags(dev, "instead of the embedded one")
     dev.set_defaults(func=cmd_dev)
 
     admin = sub.add_parser("admin", help="serve the admin API")
     admin.add_argument("--config", help="TOML configuration file")
     admin.add_argument("--host", help="overrides [admin] host")
     admin.add_argument("--port", type=_port, help="overrides [admin] port")
+    _store_flags(admin, "overrides database_url / redis_url and the environment")
     admin.set_defaults(func=cmd_admin)
 
     gateway = sub.add_parser("gateway", help="serve the gateway (the authenticating proxy)")
@@ -240,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
                          help="worker processes sharing the port (overrides [gateway] workers)")
     gateway.add_argument("--host", help="overrides [gateway] host")
     gateway.add_argument("--port", type=_port, help="overrides [gateway] port")
+    _store_flags(gateway, "overrides database_url / redis_url and the environment")
     gateway.set_defaults(func=cmd_gateway)
 
     rekey = sub.add_parser("rekey", help="re-seal recoverable keys under a new encryption key "

@@ -1,5 +1,6 @@
 """``keystile dev``: the whole stack on one machine — embedded PostgreSQL and Redis under
-the data folder, migrations, a demo organisation, the echo upstream and the admin API."""
+the data folder (or external stores given by ``--database-url`` / ``--redis-url``, e.g. a
+Redis Cluster), migrations, a demo organisation, the echo upstream and the admin API."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
-from redis.asyncio import Redis
 
 from admin_api.accesslog import AccessLogger
 from admin_api.app import create_app as create_admin_app
@@ -20,11 +20,13 @@ from admin_api.migrate import migrate
 from gateway.accesslog import AccessLogger as GatewayAccessLogger
 from gateway.app import create_app as create_gateway_app
 from gateway.database import connect
+from gateway.redisclient import create_redis
 from gateway.secretbox import new_key, parse_key
 from gateway.settings import MIN_TOKEN_LEN, AdminSettings, ConfigError, Settings, load
 from keystile import echo, serving
 from keystile.bootstrap import DEMO_PROVIDER, DemoKeys, ensure_customer_key, ensure_demo
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, write_secret
+from keystile.redact import redact
 
 DEV_CONFIG = Path(__file__).resolve().parents[1] / "config" / "dev.toml"
 DEV_UPSTREAM = "http://127.0.0.1:9000"
@@ -38,6 +40,8 @@ class DevOptions:
     admin_port: int
     gateway_port: int
     upstream_port: int
+    database_url: str | None = None  # external PostgreSQL instead of the embedded one
+    redis_url: str | None = None  # external Redis (or Redis Cluster) instead of the embedded
 
 
 def operator_token(data_dir: Path) -> str:
@@ -54,8 +58,9 @@ def operator_token(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def banner(opts: DevOptions, token: str, demo: DemoKeys, customer: str, pg: EmbeddedPostgres,
-           redis: EmbeddedRedis) -> str:
+def banner(opts: DevOptions, token: str, demo: DemoKeys, customer: str, postgres: str,
+           redis: str) -> str:
+    """``postgres`` and ``redis``: the store URLs as they may be shown."""
     admin = f"http://{opts.admin_host}:{opts.admin_port}"
     gateway = f"http://127.0.0.1:{opts.gateway_port}"
     nuxera_jwt = demo_jwt(jwt_secret(opts.data_dir))
@@ -67,8 +72,8 @@ Keystile dev stack is up (Ctrl-C stops everything).
   gateway        {gateway}   (routes: /echo needs a key, /public does not)
   admin API      {admin}   (OpenAPI: {admin}/openapi.json)
   echo upstream  http://127.0.0.1:{opts.upstream_port}
-  PostgreSQL     {pg.url}
-  Redis          {redis.url}
+  PostgreSQL     {postgres}
+  Redis          {redis}
   data folder    {opts.data_dir}
   metrics        {gateway}/metrics (gateway), {admin}/metrics (admin, operator token)
   logs           this terminal: one JSON line per request (keystile.access), never a key
@@ -158,11 +163,11 @@ def dev_settings(opts: DevOptions, token: str, database_url: str, redis_url: str
         "routes": routes})
 
 
-async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
-                 redis: EmbeddedRedis) -> None:
-    settings = dev_settings(opts, token, pg.url, redis.url)
-    conn = await connect(pg.url)
-    client = Redis.from_url(redis.url)
+async def _serve(opts: DevOptions, token: str, database_url: str, redis_url: str,
+                 shown: tuple[str, str]) -> None:
+    settings = dev_settings(opts, token, database_url, redis_url)
+    conn = await connect(database_url)
+    client = create_redis(redis_url, settings.stores)
     try:
         await migrate(conn)
         demo = await ensure_demo(conn, Changes())
@@ -182,7 +187,7 @@ async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
                          opts.gateway_port, GatewayAccessLogger),
     ])
     try:
-        print(banner(opts, token, demo, customer, pg, redis), flush=True)
+        print(banner(opts, token, demo, customer, *shown), flush=True)
         await stop.wait()
         print("stopping…", flush=True)
     finally:
@@ -192,12 +197,22 @@ async def _serve(opts: DevOptions, token: str, pg: EmbeddedPostgres,
 def run(opts: DevOptions, runner: asyncio.Runner) -> None:
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     token = operator_token(opts.data_dir)  # a bad token fails before anything starts
-    pg = EmbeddedPostgres(opts.data_dir / "postgres")
-    redis = EmbeddedRedis(opts.data_dir / "redis")
+    pg = None if opts.database_url else EmbeddedPostgres(opts.data_dir / "postgres")
+    redis = None if opts.redis_url else EmbeddedRedis(opts.data_dir / "redis")
     try:
-        pg.start()
-        redis.start()
-        runner.run(_serve(opts, token, pg, redis))
+        if pg is not None:
+            pg.start()
+        if redis is not None:
+            redis.start()
+        # The embedded stores' URLs are shown whole (local, for the examples); others never
+        # with their password.
+        database_url = pg.url if pg is not None else str(opts.database_url)
+        redis_url = redis.url if redis is not None else str(opts.redis_url)
+        shown = (pg.url if pg is not None else redact(database_url),
+                 redis.url if redis is not None else redact(redis_url))
+        runner.run(_serve(opts, token, database_url, redis_url, shown))
     finally:
-        redis.stop()
-        pg.stop()
+        if redis is not None:
+            redis.stop()
+        if pg is not None:
+            pg.stop()

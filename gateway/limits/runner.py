@@ -10,12 +10,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from gateway.limits.plan import Plan
 from gateway.limits.script import LATE, LIMITS, NEED_SEED
-from gateway.redisclient import at_most_once
+from gateway.redisclient import Store, at_most_once
 from gateway.redisclock import RedisClock
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ Late = Callable[[Plan, Any], Awaitable[None]]
 
 
 class ScriptRunner:
-    def __init__(self, redis: Redis, late: Late) -> None:
+    def __init__(self, redis: Store, late: Late) -> None:
         self.redis = redis
         self.script = redis.register_script(LIMITS)
         self.clock = RedisClock()

@@ -29,6 +29,8 @@ change), ``f`` forget the lifetime and quota counts (re-seeded from PostgreSQL n
 
 from __future__ import annotations
 
+from string import Template
+
 BUCKETS = 60  # per window: the early-refusal bound is one bucket, 1/BUCKETS of the window
 # Lifetime and quota counts outlive their last use by a day, then are re-seeded from
 # PostgreSQL (the source of truth) by the next request that needs them.
@@ -45,8 +47,8 @@ LATE = -2  # the script ran after the request's deadline: it spent nothing
 FIXED_ARGS = 11
 SEED_ARGS = (7, 8)  # where the seeds go (0-based indices into ARGV)
 
-LIMITS = """
-local BUCKETS, COUNTS_TTL, VERSION = %(buckets)d, %(ttl)d, 3
+LIMITS = Template("""
+local BUCKETS, COUNTS_TTL, VERSION = $buckets, $ttl, 3
 local MAX_SLOT = 4294967295
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local unpack_at, pack = struct.unpack, struct.pack
@@ -148,7 +150,7 @@ local quota_start = tonumber(ARGV[7])
 local usage_seed, quota_seed = ARGV[8], ARGV[9]
 
 local function slot(win, idx, raw)
-  local k = idx %% win.m
+  local k = idx % win.m
   local v = win.slots[k]
   if v == nil then
     v = 0
@@ -159,7 +161,7 @@ local function slot(win, idx, raw)
 end
 
 local function set_slot(win, idx, v)
-  local k = idx %% win.m
+  local k = idx % win.m
   if win.touched == nil then win.touched = {} end
   if win.slots[k] == nil or not win.written or not win.written[k] then
     win.written = win.written or {}
@@ -222,7 +224,7 @@ local function add(win, units, raw)
 end
 
 -- Read every subject and what the plan asks of it.
-local subjects, arg = {}, %(fixed)d + 1
+local subjects, arg = {}, $fixed + 1
 for i = 1, #KEYS do
   local n = tonumber(ARGV[arg])
   local counts = i == 1 and (usage_limit >= 0 or quota_limit >= 0 or mode == 'r')
@@ -375,4 +377,4 @@ for k = 1, index do
   out[6 + 2 * k] = math.abs(r)
 end
 return out
-""" % {"buckets": BUCKETS, "ttl": COUNTS_TTL_MS, "fixed": FIXED_ARGS}
+""").substitute(buckets=BUCKETS, ttl=COUNTS_TTL_MS, fixed=FIXED_ARGS)

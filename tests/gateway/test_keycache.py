@@ -4,6 +4,7 @@ the worker cache after the first request, and an unknown one is remembered brief
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,7 +12,10 @@ import redis.asyncio
 from aiohttp.test_utils import TestClient
 
 from gateway import keycache, keyformat
-from gateway.keycache import HASH_KEY
+from gateway.database import create_pool
+from gateway.keycache import HASH_KEY, RECORD_FIELD
+from gateway.redisclient import create_redis
+from gateway.settings import StoreSettings
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 
@@ -22,7 +26,7 @@ async def _redis_calls(stores: Stores) -> int:
         stats = await client.info("commandstats")
     finally:
         await client.aclose()
-    return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_get", "cmdstat_evalsha",
+    return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_hmget", "cmdstat_evalsha",
                                                                "cmdstat_eval"))
 
 
@@ -65,12 +69,13 @@ async def test_a_record_is_shared_through_redis(gateway: TestClient, admin: Admi
     assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
     client = redis.asyncio.Redis.from_url(stores.redis_url)
     try:
-        cached = await client.get(HASH_KEY.format(keyformat.hash_key(key["key"]).hex()))
+        name = HASH_KEY.format(keyformat.hash_key(key["key"]).hex())
+        cached = await client.hget(name, RECORD_FIELD)
         assert cached is not None and key["id"].encode() in cached
         assert key["key"].encode() not in cached  # the record, never the secret
         await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
         # The admin change removed the shared record at once.
-        assert await client.get(HASH_KEY.format(keyformat.hash_key(key["key"]).hex())) is None
+        assert await client.hget(name, RECORD_FIELD) is None
     finally:
         await client.aclose()
 
@@ -130,3 +135,32 @@ def test_an_unknown_key_is_remembered_only_for_negative_ttl(
     assert cache.get(b"d") is False  # known to be unknown
     clock[0] += 0.2
     assert cache.get(b"d") is None  # forgotten: the next request looks it up
+
+
+async def test_a_lookup_racing_an_admin_change_cannot_share_the_old_record(
+        admin: Admin, org: dict[str, Any], stores: Stores) -> None:
+    """A lookup reads Redis (nothing shared), then PostgreSQL; an admin change (a revoke)
+    lands in between; the lookup's write-back must not put the pre-revoke record into Redis,
+    where every worker would find it."""
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    digest = keyformat.hash_key(key["key"])
+    pool = await create_pool(stores.database_url, StoreSettings())
+    redis = create_redis(stores.redis_url, StoreSettings())
+    try:
+        lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), redis, pool, 60)
+        record, _, generation = await lookup._from_redis(digest)
+        assert record is None and generation is not None
+        before, expires = await lookup._from_postgres(digest)
+        assert before is not None and before.status == "active"
+        await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+        await lookup._share(digest, before, expires, generation, datetime.now(UTC))
+        name = HASH_KEY.format(digest.hex())
+        assert await redis.hget(name, RECORD_FIELD) is None
+        # A lookup begun after the change shares what PostgreSQL says now.
+        after = await lookup.find(digest)
+        assert after is not None and after.status == "revoked"
+        shared = await redis.hget(name, RECORD_FIELD)
+        assert shared is not None and b'"revoked"' in shared
+    finally:
+        await redis.aclose()
+        await pool.close()

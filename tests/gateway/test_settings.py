@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from gateway import redisurl
 from gateway.settings import ConfigError, load
 
 
@@ -72,3 +74,32 @@ def test_route_prefixes_lose_their_trailing_slash(tmp_path: Path) -> None:
     path = tmp_path / "routes.toml"
     path.write_text('[[routes]]\nprefix = "/admin/"\nupstream = "http://127.0.0.1:1"\n')
     assert load(path, {}).routes[0].prefix == "/admin"
+
+
+@pytest.mark.parametrize("url", [
+    "redis://h:6379/2", "rediss://u:p@h:6380/0", "unix:///run/redis.sock",
+    "redis+cluster://10.0.0.1:7000", "redis+cluster://u:p%40ss@a:7000,b:7001,[::1]:7002/0",
+    "rediss+cluster://a:7000",
+])
+def test_redis_urls_for_one_node_and_for_a_cluster(url: str) -> None:
+    assert load(None, {"KEYSTILE_REDIS_URL": url}).redis_url == url
+
+
+def test_a_cluster_url_parses_to_seed_nodes_and_credentials() -> None:
+    parsed = redisurl.parse_cluster("redis+cluster://u:p%40ss@a:7000,b:7001,[::1]:7002")
+    assert parsed.nodes == (("a", 7000), ("b", 7001), ("::1", 7002))
+    assert (parsed.username, parsed.password, parsed.tls) == ("u", "p@ss", False)
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("redis+cluster://a:7000/3", "only database 0"),
+    ("redis+cluster://a:7000,b", "'b' is not host:port"),
+    ("redis+cluster://", "is not host:port"),
+    ("redis+cluster://a:99999", "is not host:port"),
+    ("redis+cluster://a:7000?timeout=1", "no query"),
+    ("http://a:6379", "redis+cluster://host:port"),
+])
+def test_malformed_redis_urls_say_what_to_write(url: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)) as caught:
+        load(None, {"KEYSTILE_REDIS_URL": url})
+    assert "redis_url" in str(caught.value)

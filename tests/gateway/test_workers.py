@@ -24,14 +24,15 @@ ROUNDS = 40  # fresh connections per check, spread over the workers by the kerne
 
 
 async def _start_gateway(cli: Cli, stores: Stores, upstream: Upstream,  # noqa: F811
-                         tmp_path: Path, scopes: str = "", gateway: str = ""
+                         tmp_path: Path, scopes: str = "", gateway: str = "",
+                         args: tuple[str, ...] = ()
                          ) -> tuple[subprocess.Popen[str], int, Path]:
     """``keystile gateway --workers 2`` with one route /svc to the upstream, once listening."""
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(f'[gateway]\nport = {port}\n{gateway}\n[[routes]]\nprefix = "/svc"\n'
                       f'upstream = "{upstream.url}"\n{scopes}\n')
-    proc = cli.start("gateway", "--config", str(config), "--workers", "2",
+    proc = cli.start("gateway", "--config", str(config), "--workers", "2", *args,
                      env={"KEYSTILE_DATABASE_URL": stores.database_url,
                           "KEYSTILE_REDIS_URL": stores.redis_url})
     await asyncio.to_thread(cli.read_until, proc, f"listening on http://127.0.0.1:{port}")

@@ -82,6 +82,12 @@ def test_more_misconfigurations_are_one_line(cli: Cli, stores: Stores, tmp_path:
                             env={"KEYSTILE_ADMIN_TOKEN": TOKEN}), "admin must be a table")
     _one_line_error(cli.run("dev", "--data-dir", str(tmp_path / "d"),
                             env={"KEYSTILE_ADMIN_TOKEN": "short"}), "at least 16")
+    result = cli.run("gateway", "--redis-url", "redis+cluster://u:hunter2@a:7000/1")
+    assert result.returncode == 2 and "only database 0" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    result = cli.run("admin", "--database-url", "mysql://u:hunter2@a/db")
+    assert result.returncode == 2 and "postgresql://" in result.stderr
+    assert "hunter2" not in result.stderr
     result = cli.run("admin", "--port", "70000")
     assert result.returncode == 2 and "not a TCP port" in result.stderr
     assert "Traceback" not in result.stderr
@@ -136,3 +142,23 @@ def test_rekey_reseals_recoverable_keys(cli: Cli, stores: Stores) -> None:
     assert "re-sealed 1 recoverable key" in result.stdout
     box = asyncio.run(sealed())
     assert open_(parse_key(new), "key_rekeyAAAAAAAAAAAAAAAAA", box) == "SECRETSECRET1234"
+
+
+def test_store_flags_override_the_environment_and_reach_a_cluster(
+        cli: Cli, stores: Stores, cluster_url: str) -> None:
+    """``--redis-url`` / ``--database-url`` win over KEYSTILE_*; the start-up check reaches a
+    cluster too, and an unreachable one is one line without its password."""
+    port = free_port()
+    proc = cli.start("admin", "--port", str(port), "--redis-url", cluster_url,
+                     "--database-url", stores.database_url,
+                     env={"KEYSTILE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x",
+                          "KEYSTILE_REDIS_URL": "redis://127.0.0.1:1/0",
+                          "KEYSTILE_ADMIN_TOKEN": TOKEN})
+    cli.read_until(proc, f"listening on http://127.0.0.1:{port}")
+    code, _ = cli.stop(proc)
+    assert code == 0
+    dead = f"redis+cluster://u:hunter2@127.0.0.1:{free_port()}"
+    result = cli.run("admin", "--redis-url", dead, "--database-url", stores.database_url,
+                     env={"KEYSTILE_ADMIN_TOKEN": TOKEN})
+    _one_line_error(result, "cannot reach Redis at redis+cluster://u:***@127.0.0.1:")
+    assert "hunter2" not in result.stderr

@@ -14,6 +14,7 @@ from typing import Any
 
 from keystile.dev import READY
 from keystile.embedded import free_port
+from tests.conftest import Stores
 from tests.keystile.conftest import Cli
 
 
@@ -147,3 +148,26 @@ def test_dev_reports_a_busy_port_in_one_line(cli: Cli, tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+
+
+def test_dev_uses_external_stores_given_as_flags(cli: Cli, tmp_path: Path, stores: Stores,
+                                                 cluster_url: str) -> None:
+    """``--database-url`` and ``--redis-url`` (here a Redis Cluster) replace the embedded
+    stores: none is started, and a key created through the admin API works at the
+    gateway."""
+    data = tmp_path / "data"
+    admin_port, upstream_port, gateway_port = free_port(), free_port(), free_port()
+    proc = cli.start("dev", "--data-dir", str(data), "--admin-port", str(admin_port),
+                     "--upstream-port", str(upstream_port), "--gateway-port", str(gateway_port),
+                     "--database-url", stores.database_url, "--redis-url", cluster_url,
+                     env={"KEYSTILE_ADMIN_TOKEN": ""})
+    banner = cli.read_until(proc, READY)
+    assert _field(banner, "Redis") == cluster_url
+    postgres = _field(banner, "PostgreSQL")
+    assert ":***@" in postgres and stores.database_url.split("@")[0] not in banner
+    assert not (data / "postgres").exists() and not (data / "redis").exists()
+    status, body = _call(f"http://127.0.0.1:{gateway_port}/echo/hi",
+                         {"X-API-Key": _field(banner, "sub key")})
+    assert status == 200, body
+    code, _ = cli.stop(proc)
+    assert code == 0
