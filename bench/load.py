@@ -17,8 +17,8 @@ a million requests) and the limit-state memory of one key after a million spends
 
 Results: printed, and written to bench/results/latest.json, latest.md and latest.png.
 
-    .venv/bin/python bench/load.py            # the full run (under 10 minutes)
-    .venv/bin/python bench/load.py --quick    # under a minute
+    .venv/bin/python bench/load.py            # the full run (13 to 21 minutes)
+    .venv/bin/python bench/load.py --quick    # under two minutes
     .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers
 """
 
@@ -518,7 +518,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the 1-minute version")
+    parser.add_argument("--quick", action="store_true", help="the 2-minute version")
     parser.add_argument("--seconds", type=float, help="measured seconds per setup")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per setup")
     parser.add_argument("--keys", type=int, help="valid keys in the rotation")
