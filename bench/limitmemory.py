@@ -98,11 +98,12 @@ async def _round(limiter: Limiter, record: KeyRecord, count: int) -> int:
     return sum(1 for d in decisions if not d.allowed)
 
 
-async def run(pg_url: str, redis_url: str, spends: int, limit_s: float) -> dict[str, Any]:
-    """``{"limit_memory": {spends: bytes}, "limit_memory_run": {...}}``; stops at ``spends``
-    or after ``limit_s`` seconds, whichever comes first (the last checkpoint is then what
-    was reached)."""
-    checkpoints = [c for c in CHECKPOINTS if c < spends] + [spends]
+async def run(pg_url: str, redis_url: str, spends: int, limit_s: float,
+              checkpoints: tuple[int, ...] = CHECKPOINTS) -> dict[str, Any]:
+    """``{"limit_memory": {spends: bytes}, "limit_memory_run": {...}}`` at each checkpoint
+    below ``spends`` and at ``spends``; stops after ``limit_s`` seconds if not done by then
+    (the last checkpoint is then what was reached)."""
+    stops = [c for c in checkpoints if c < spends] + [spends]
     org, digest = await _new_key(pg_url)
     stores = StoreSettings()
     redis = create_redis(redis_url, stores)  # the gateway's client, as the limiter expects
@@ -120,7 +121,7 @@ async def run(pg_url: str, redis_url: str, spends: int, limit_s: float) -> dict[
         began = time.perf_counter()
         refused = await _round(limiter, record, 1)
         spending_s, done = time.perf_counter() - began, 1
-        for checkpoint in checkpoints:
+        for checkpoint in stops:
             while done < checkpoint and time.monotonic() - started < limit_s:
                 count = min(CONCURRENCY, checkpoint - done)
                 began = time.perf_counter()

@@ -288,7 +288,7 @@ def _limit_keys(client: redis.Redis) -> list[bytes]:
     return list(client.scan_iter(match=limitmemory.LIMIT_KEYS, count=1000))
 
 
-def _limit_state(client: redis.Redis) -> tuple[int, int]:
+def limit_state(client: redis.Redis) -> tuple[int, int]:
     """Bytes (``MEMORY USAGE``, every element counted) and count of the limit-state keys."""
     keys = _limit_keys(client)
     total = 0
@@ -385,7 +385,7 @@ def measure(stack: Stack, setup: Setup, warmup: float, seconds: float, connectio
     redis_cpu = _redis_cpu(client) - redis_cpu
     calls = _redis_calls(client) - calls
     trips = _round_trips(setup) - trips
-    state_bytes, state_keys = _limit_state(client) if setup.metrics_url else (None, None)
+    state_bytes, state_keys = limit_state(client) if setup.metrics_url else (None, None)
     client.close()
     for spy in spies:
         spy.wait(seconds + 30)
