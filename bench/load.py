@@ -4,19 +4,21 @@
     B1  nginx as a plain keep-alive reverse proxy to B0
     B2  nginx with a static ``map`` of the same keys (401 for any other), proxying to B0
     B3  a bare aiohttp pass-through proxy to B0, no checks (bench/bareproxy.py)
-    K1  Keystile, limits_mode = "exact": key, scope, 3 rate-limit windows and a quota
+    K1  Keystile, limits_mode = "exact": key, scope, 3 rate-limit windows of the key, an
+        owner window, an organisation window, a daily quota and a lifetime usage limit
     K2  Keystile, limits_mode = "fast": the same checks, limits spent in batches
 
 Every proxy runs 2 processes; wrk runs one thread pinned to one core and rotates the valid
 keys, 1% invalid ones and a few keys whose quota runs out. Each setup gets the same warm-up
 and the same measured duration. Then two cases: the key-table scale case (cache-miss lookups
-with 1,000 vs 1,000,000 keys in PostgreSQL) and the soak (RSS of the workers before and after
-a million requests).
+with 1,000 vs 1,000,000 keys in PostgreSQL), the soak (RSS of the workers before and after
+a million requests) and the limit-state memory of one key after a million spends
+(bench/limitmemory.py).
 
 Results: printed, and written to bench/results/latest.json, latest.md and latest.png.
 
-    .venv/bin/python bench/load.py            # the full run (under 10 minutes)
-    .venv/bin/python bench/load.py --quick    # under a minute
+    .venv/bin/python bench/load.py            # the full run (13 to 21 minutes)
+    .venv/bin/python bench/load.py --quick    # under two minutes
     .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers
 """
 
@@ -48,7 +50,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import report, scale, tools
+from bench import limitmemory, report, scale, tools
 from bench.seed import seed_keys
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
@@ -276,6 +278,36 @@ def _redis_calls(client: redis.Redis) -> int:
     return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
 
 
+def _redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (all its threads, user and system)."""
+    stats = client.info("cpu")
+    return float(stats["used_cpu_sys"]) + float(stats["used_cpu_user"])
+
+
+def _limit_keys(client: redis.Redis) -> list[bytes]:
+    return list(client.scan_iter(match=limitmemory.LIMIT_KEYS, count=1000))
+
+
+def limit_state(client: redis.Redis) -> tuple[int, int]:
+    """Bytes (``MEMORY USAGE``, every element counted) and count of the limit-state keys."""
+    keys = _limit_keys(client)
+    total = 0
+    for at in range(0, len(keys), 1000):
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys[at:at + 1000]:
+                pipe.memory_usage(key, samples=0)
+            total += sum(int(n or 0) for n in pipe.execute())  # None: expired meanwhile
+    return total, len(keys)
+
+
+def forget_limits(client: redis.Redis) -> None:
+    """Drops every limit counter, so each Keystile setup's limit state is its own. Lifetime
+    usage and quotas come back from PostgreSQL (the gateway re-seeds what Redis lost)."""
+    keys = _limit_keys(client)
+    for at in range(0, len(keys), 1000):
+        client.unlink(*keys[at:at + 1000])
+
+
 def _metric(setup: Setup, sample: str) -> float:
     """One sample of Keystile's /metrics (summed over its workers), e.g.
     ``keystile_redis_round_trips_total`` or ``keystile_key_cache_total{result="worker"}``."""
@@ -345,12 +377,15 @@ def measure(stack: Stack, setup: Setup, warmup: float, seconds: float, connectio
     client = redis.Redis.from_url(stack.redis_url)
     procs = setup.processes()
     calls, trips, cpu = _redis_calls(client), _round_trips(setup), _cpu_seconds(procs)
+    redis_cpu = _redis_cpu(client)
     spies = _profile(setup, profile_to, seconds) if profile_to else []
     with _peak_rss(setup.workers()) as peaks:
         got = wrk(setup.port, stack.script, seconds, connections)
     cpu = _cpu_seconds(procs) - cpu
+    redis_cpu = _redis_cpu(client) - redis_cpu
     calls = _redis_calls(client) - calls
     trips = _round_trips(setup) - trips
+    state_bytes, state_keys = limit_state(client) if setup.metrics_url else (None, None)
     client.close()
     for spy in spies:
         spy.wait(seconds + 30)
@@ -366,9 +401,12 @@ def measure(stack: Stack, setup: Setup, warmup: float, seconds: float, connectio
         "p99_ms": got.p99_us / 1000,
         "max_ms": got.max_us / 1000,
         "cpu_us_per_req": round(cpu * 1e6 / per, 1),
+        "redis_cpu_us_per_req": round(redis_cpu * 1e6 / per, 1),
         "redis_cmds_per_req": round(calls / per, 3),
         "redis_round_trips_per_req": round(trips / per, 4) if setup.metrics_url else 0.0,
         "rss_mb": round(max(peaks.values()) / 2**20, 1),
+        "redis_limit_state_bytes": state_bytes,  # Keystile only: at the end of the setup
+        "redis_limit_state_keys": state_keys,
         "requests": requests,
         "statuses": statuses,
     }
@@ -407,7 +445,8 @@ def soak(stack: Stack, setup: Setup, total: int, connections: int, chunk_s: floa
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
-    """K/B1, K/B2, K/B3 requests/s; K/B3 CPU per request; K's p99 over B0's."""
+    """K/B1, K/B2, K/B3 requests/s; K/B3 CPU per request; the Redis server's CPU per request
+    of K over B3's CPU per request; K's p99 over B0's."""
     out: dict[str, float] = {}
     for k in ("K1", "K2"):
         if k not in results:
@@ -418,6 +457,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         if "B3" in results:
             out[f"{k}/B3_cpu"] = round(results[k]["cpu_us_per_req"]
                                        / results["B3"]["cpu_us_per_req"], 3)
+            out[f"{k}/B3_redis_cpu"] = round(results[k]["redis_cpu_us_per_req"]
+                                             / results["B3"]["cpu_us_per_req"], 3)
         if "B0" in results:
             out[f"{k}-B0_p99_ms"] = round(results[k]["p99_ms"] - results["B0"]["p99_ms"], 3)
     return out
@@ -437,6 +478,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in args.setups:
             profile = RESULTS / "profiles" if name in args.profile else None
             if name.startswith("K"):
+                with redis.Redis.from_url(store.url) as client:
+                    forget_limits(client)
                 prewarmed[name] = prewarm(stack, stack.setups[name], args.connections)
             results[name] = measure(stack, stack.setups[name], args.warmup, args.seconds,
                                     args.connections, profile)
@@ -455,6 +498,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["soak"] = soak(stack, stack.setups[soaked], args.soak_requests,
                                    args.connections, args.seconds, args.warmup)
             print("soak:", results["soak"], flush=True)
+        if args.limit_spends:
+            results.update(asyncio.run(limitmemory.run(
+                pg.url, store.url, args.limit_spends, args.limit_minutes * 60)))
+            print("limit memory:", results["limit_memory"], results["limit_memory_run"],
+                  flush=True)
     finally:
         if stack is not None:
             stop(stack)
@@ -470,7 +518,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the 1-minute version")
+    parser.add_argument("--quick", action="store_true", help="the 2-minute version")
     parser.add_argument("--seconds", type=float, help="measured seconds per setup")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per setup")
     parser.add_argument("--keys", type=int, help="valid keys in the rotation")
@@ -481,6 +529,10 @@ def main() -> None:
     parser.add_argument("--soak-requests", type=int, help="0: skip the soak")
     parser.add_argument("--soak-setup", default="auto",
                         help="K1, K2, or auto: the faster of the two in this run")
+    parser.add_argument("--limit-spends", type=int,
+                        help="spends on one key for the limit-memory check (0: skip)")
+    parser.add_argument("--limit-minutes", type=float,
+                        help="the limit-memory check stops after this long")
     parser.add_argument("--profile", default="", help="setups to py-spy, e.g. K1,K2")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -492,6 +544,10 @@ def main() -> None:
     if args.soak_requests is None:
         args.soak_requests = 10_000 if quick else 1_000_000
     args.keys = args.keys if args.keys is not None else (1_000 if quick else 10_000)
+    if args.limit_spends is None:
+        args.limit_spends = limitmemory.QUICK_SPENDS if quick else limitmemory.SPENDS
+    if args.limit_minutes is None:
+        args.limit_minutes = limitmemory.QUICK_MINUTES if quick else limitmemory.MINUTES
     args.setups = [s for s in args.setups.split(",") if s]
     args.profile = [s for s in args.profile.split(",") if s]
     results = run(args)

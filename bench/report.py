@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-COLUMNS = (("rps", "req/s", "{:,.0f}"), ("p50_ms", "p50 ms", "{:.2f}"),
-           ("p99_ms", "p99 ms", "{:.2f}"), ("max_ms", "max ms", "{:.1f}"),
-           ("cpu_us_per_req", "CPU µs/req", "{:.0f}"),
-           ("redis_cmds_per_req", "Redis cmds/req", "{:.2f}"),
-           ("redis_round_trips_per_req", "Redis round trips/req", "{:.3f}"),
-           ("rss_mb", "peak RSS/worker MB", "{:.0f}"))
+
+def _kib(n: float) -> str:
+    return f"{n / 1024:,.0f}"
+
+
+COLUMNS: tuple[tuple[str, str, str | Callable[[Any], str]], ...] = (
+    ("rps", "req/s", "{:,.0f}"), ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"), ("max_ms", "max ms", "{:.1f}"),
+    ("cpu_us_per_req", "CPU µs/req", "{:.0f}"),
+    ("redis_cpu_us_per_req", "Redis CPU µs/req", "{:.0f}"),
+    ("redis_cmds_per_req", "Redis cmds/req", "{:.2f}"),
+    ("redis_round_trips_per_req", "Redis round trips/req", "{:.3f}"),
+    ("rss_mb", "peak RSS/worker MB", "{:.0f}"),
+    ("redis_limit_state_bytes", "limit state in Redis KiB", _kib))
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str | Callable[[Any], str]) -> str:
+    """A figure as the table shows it; "–" where the setup has none (no limit state in the
+    baselines, no field in results of older runs)."""
+    value = row.get(key)
+    if value is None:
+        return "–"
+    return fmt.format(value) if isinstance(fmt, str) else fmt(value)
 
 
 def _statuses(row: dict[str, Any]) -> str:
@@ -18,7 +36,7 @@ def _statuses(row: dict[str, Any]) -> str:
 
 
 def line(name: str, row: dict[str, Any]) -> str:
-    cells = ", ".join(f"{title} {fmt.format(row[key])}" for key, title, fmt in COLUMNS)
+    cells = ", ".join(f"{title} {_cell(row, key, fmt)}" for key, title, fmt in COLUMNS)
     return f"{name} ({row['title']}): {cells}; statuses {_statuses(row)}"
 
 
@@ -31,7 +49,7 @@ def markdown(results: dict[str, Any]) -> str:
     out = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for name in setups(results):
         row = results[name]
-        cells = " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS)
+        cells = " | ".join(_cell(row, key, fmt) for key, _, fmt in COLUMNS)
         out.append(f"| {name} {row['title']} | {cells} | {_statuses(row)} |")
     if results.get("ratios"):
         out += ["", "| ratio | value |", "|---|---|"]
@@ -48,6 +66,13 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["", f"Soak ({s['setup']}, {s['requests']:,} requests in {s['seconds']} s): "
                 f"worker RSS {s['rss_start_mb']} MB after warm-up, {s['rss_end_mb']} MB "
                 f"after; largest growth {s['max_growth_pct']}%."]
+    if results.get("limit_memory"):
+        m, r = results["limit_memory"], results["limit_memory_run"]
+        sizes = "; ".join(f"after {int(n):,}: {b:,} bytes" for n, b in m.items())
+        out += ["", f"Limit state of one key in Redis (windows 1 s / 60 s / 3600 s, a daily "
+                f"quota, a lifetime limit; {r['spends_per_s']:,.0f} spends/s through the "
+                f"limiter, {r['refused']} refused{', stopped early' if r['stopped_early'] else ''}"
+                f"): {sizes} (goal: at most {r['goal_bytes']:,} bytes)."]
     run = results.get("run")
     if run:
         out += ["", f"{run['keys']:,} keys, {run['connections']} connections, "

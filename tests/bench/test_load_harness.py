@@ -1,6 +1,6 @@
 """`make bench` (bench/load.py) runs end to end with tiny durations: every setup, the scale
-and soak cases, and the three result files. Numbers are not judged here — the benchmark
-prints them."""
+and soak cases, the limit-memory check, and the three result files. Numbers are not judged
+here — the benchmark prints them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import psutil
 ROOT = Path(__file__).parents[2]
 SETUPS = ("B0", "B1", "B2", "B3", "K1", "K2")
 FIELDS = {"rps", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_req", "redis_cmds_per_req",
-          "rss_mb", "statuses", "requests"}
+          "redis_cpu_us_per_req", "redis_limit_state_bytes", "rss_mb", "statuses", "requests"}
 
 
 def test_the_load_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_the_load_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "load.py"), "--seconds", "1", "--warmup", "1",
          "--keys", "300", "--scale-keys", "3000", "--scale-samples", "50",
-         "--soak-requests", "300", "--out", str(tmp_path)],
+         "--soak-requests", "300", "--limit-spends", "12000", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
@@ -39,10 +39,17 @@ def test_the_load_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
     for name in ("K1", "K2"):
         assert {"200", "401", "429"} <= set(results[name]["statuses"]), results[name]
         assert results[name]["redis_cmds_per_req"] > 0
-    assert {"K1/B1_rps", "K1/B2_rps", "K1/B3_rps", "K1/B3_cpu", "K2/B3_cpu"} <= set(
-        results["ratios"])
+        assert results[name]["redis_cpu_us_per_req"] > 0
+        assert results[name]["redis_limit_state_bytes"] > 0
+    assert results["B1"]["redis_limit_state_bytes"] is None  # no limits, no limit state
+    assert {"K1/B1_rps", "K1/B2_rps", "K1/B3_rps", "K1/B3_cpu", "K2/B3_cpu",
+            "K1/B3_redis_cpu"} <= set(results["ratios"])
     assert results["scale"]["large_keys"] == 3000 and results["scale"]["small"]["p99_ms"] > 0
     assert results["soak"]["requests"] >= 300 and results["soak"]["rss_end_mb"]
+    # The limit-memory check stops at each checkpoint below its total, then at the total.
+    assert set(results["limit_memory"]) == {"10000", "12000"}
+    assert all(size > 0 for size in results["limit_memory"].values())
+    assert results["limit_memory_run"]["refused"] == 0
     table = (tmp_path / "latest.md").read_text()
     assert all(f"| {name} " in table for name in SETUPS)
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
