@@ -29,8 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from admin_api.migrate import migrate
@@ -38,8 +36,8 @@ from gateway import keyformat
 from gateway.database import connect, create_pool
 from gateway.keycache import KeyLookup, LocalCache
 from gateway.keyrecord import KeyRecord
-from gateway.limits import Limiter
-from gateway.redisclient import create_redis
+from gateway.limits.exact import Limiter
+from gateway.redisclient import Store, create_redis
 from gateway.settings import StoreSettings
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -80,7 +78,7 @@ async def _new_key(pg_url: str) -> tuple[str, bytes]:
     return org, keyformat.hash_key(raw)
 
 
-async def state_bytes(redis: Redis, org: str) -> tuple[int, int]:
+async def state_bytes(redis: Store, org: str) -> tuple[int, int]:
     """Bytes and count of the organisation's limit-state keys in Redis."""
     keys = [key async for key in redis.scan_iter(match=f"ks:{{{org}}}*", count=1000)]
     async with redis.pipeline(transaction=False) as pipe:
