@@ -1,14 +1,18 @@
 """The one Lua script that judges and spends a request's limits, atomically, in Redis.
 
 State: ONE binary string per *subject* — a key, its owner, its organisation, or a dialect's
-user: a version byte, the lifetime count, quota period start and quota count (-1 when not
-kept); then per window its length in ms, its newest bucket, the units in its ring, the
-bucket before which all are empty, and the ring: ``ceil(window_ms / width) + 1`` buckets of
-``width = ceil(window_ms / BUCKETS)`` ms, a 32-bit count each (saturating: a full bucket only
-counts more, never less). Its size depends on the number of windows only — under 290 bytes
-each — whatever the traffic. A request decodes only the headers and the buckets it needs,
-and the new state is the old one with those few bytes replaced: decoding or re-encoding
-every bucket would cost Redis several times more CPU.
+user. First a header, read and written with one ``struct`` call: a version byte, the number of
+windows, the lifetime count, quota period start and quota count (-1 when not kept), and per
+window its length in ms, its newest bucket and that bucket's units, the units in the whole
+window, and the first bucket that may hold units. Then each window's ring of older buckets:
+``ceil(window_ms / width) + 1`` of ``width = ceil(window_ms / BUCKETS)`` ms, a 32-bit count
+each (saturating: a full bucket only counts more, never less). Its size depends on the number
+of windows only — under 290 bytes each — whatever the traffic.
+
+Why this layout: Lua in Redis is slow at building strings and tables, and a request usually
+lands in the newest bucket of every window. Then only the header changes, and the new state is
+the new header followed by the old rings, copied as they are; a ring is patched only when its
+window moves on to a new bucket (once per bucket width).
 
 The guarantee (README "How exact the limits are"): a request is admitted only if the units in
 every bucket that overlaps ``(now - window, now]`` plus its own fit the limit. Every unit
@@ -48,34 +52,52 @@ FIXED_ARGS = 11
 SEED_ARGS = (7, 8)  # where the seeds go (0-based indices into ARGV)
 
 LIMITS = Template("""
-local BUCKETS, COUNTS_TTL, VERSION = $buckets, $ttl, 3
+local BUCKETS, COUNTS_TTL, VERSION = $buckets, $ttl, 5
 local MAX_SLOT = 4294967295
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
-local unpack_at, pack = struct.unpack, struct.pack
+local unpack_at, pack, rep, sub = struct.unpack, struct.pack, string.rep, string.sub
 local mode = ARGV[1]
 
--- A window's bucket width and the size of its ring.
+-- A window's bucket width and the number of buckets in its ring.
 local function geometry(w)
   local g = ceil(w / BUCKETS)
   return g, ceil(w / g) + 1
 end
 
--- A state: its raw string, counts, and windows {w, g, m, head, sum, tail, ring (where its
--- buckets start in raw, nil for a new window), cleared (every stored bucket is 0), slots
--- (buckets read or written: ring index -> units), touched (ring indexes written)}.
-local function parse(raw)
-  if not raw or #raw < 25 or string.byte(raw, 1) ~= VERSION then return nil end
-  local _, life, qstart, qused, pos = unpack_at('<Bddd', raw)
-  local state = {raw = raw, life = life, qstart = qstart, qused = qused, wins = {}, order = {}}
-  while pos <= #raw do
-    local w, head, sum, tail, ring = unpack_at('<dddd', raw, pos)
-    local g, m = geometry(w)
-    pos = ring + 4 * m
-    if w < 1 or pos > #raw + 1 then return nil end
-    state.wins[w] = {w = w, g = g, m = m, head = head, sum = sum, tail = tail, ring = ring,
-                     slots = {}}
-    state.order[#state.order + 1] = w
+local function header_format(n) return '<BBddd' .. rep('ddddd', n) end
+
+-- A subject's state: h, the header's values (window k's start at h[1 + 5k]); raw, the stored
+-- string; d, per window k its ring's offset in raw (d[3k - 2], false once all zeros), bucket
+-- width (d[3k - 1]) and ring size (d[3k]); and the ring buckets written in this call (patch:
+-- k * 64 + bucket -> units).
+local function state_of(h, raw)
+  return {h = h, n = h[2], stored = h[2], raw = raw, d = {}, patch = nil, ring0 = #raw + 1}
+end
+
+-- The window of length w, if the state has one.
+local function find(st, w)
+  local h = st.h
+  for k = 1, st.n do
+    if h[1 + 5 * k] == w then return k end
   end
+  return nil
+end
+
+local function parse(raw)
+  if not raw or #raw < 26 or string.byte(raw, 1) ~= VERSION then return nil end
+  local n = string.byte(raw, 2)
+  local h = {unpack_at(header_format(n), raw)}
+  local pos = h[#h]
+  h[#h] = nil
+  local state = state_of(h, raw)
+  state.ring0 = pos
+  local d = state.d
+  for k = 1, n do
+    local g, m = geometry(h[1 + 5 * k])
+    d[3 * k - 2], d[3 * k - 1], d[3 * k] = pos, g, m
+    pos = pos + 4 * m
+  end
+  if pos ~= #raw + 1 then return nil end
   return state
 end
 
@@ -85,57 +107,81 @@ local function load(key)
   return nil
 end
 
-local function new_state()
-  return {raw = '', life = -1, qstart = -1, qused = -1, wins = {}, order = {}}
-end
+local function new_state() return state_of({VERSION, 0, -1, -1, -1}, '') end
 
--- The state with these windows, in this order: the stored bytes, with the buckets that were
--- written replaced.
-local function encode(state, kept)
-  local raw = state.raw
-  local parts = {pack('<Bddd', VERSION, state.life, state.qstart, state.qused)}
-  for _, win in ipairs(kept) do
-    parts[#parts + 1] = pack('<dddd', win.w, win.head, win.sum, win.tail)
-    local stored = win.ring and not win.cleared
-    local at = 0
-    local touched = win.touched or {}
-    table.sort(touched)
-    for _, k in ipairs(touched) do
-      if k > at then
-        parts[#parts + 1] = stored and string.sub(raw, win.ring + 4 * at, win.ring + 4 * k - 1)
-                            or string.rep('\\0', 4 * (k - at))
-      end
-      parts[#parts + 1] = pack('<I4', win.slots[k])
-      at = k + 1
+-- Window k's ring as bytes, with the buckets written in this call.
+local function ring_bytes(st, k)
+  local m, at, p = st.d[3 * k], st.d[3 * k - 2], st.patch
+  local base = nil
+  if at then base = sub(st.raw, at, at + 4 * m - 1) end
+  local slots = {}
+  if p then
+    for key in pairs(p) do
+      if floor(key / 64) == k then slots[#slots + 1] = key % 64 end
     end
-    if at < win.m then
-      parts[#parts + 1] = stored and string.sub(raw, win.ring + 4 * at, win.ring + 4 * win.m - 1)
-                          or string.rep('\\0', 4 * (win.m - at))
+  end
+  if #slots == 0 then return base or rep('\\0', 4 * m) end
+  table.sort(slots)
+  local parts, from = {}, 0
+  for _, s in ipairs(slots) do
+    if s > from then
+      parts[#parts + 1] = base and sub(base, 4 * from + 1, 4 * s) or rep('\\0', 4 * (s - from))
     end
+    parts[#parts + 1] = pack('<I4', p[k * 64 + s])
+    from = s + 1
+  end
+  if from < m then
+    parts[#parts + 1] = base and sub(base, 4 * from + 1, 4 * m) or rep('\\0', 4 * (m - from))
   end
   return table.concat(parts)
 end
 
-local function stored_windows(state)
-  local kept = {}
-  for _, w in ipairs(state.order) do kept[#kept + 1] = state.wins[w] end
-  return kept
+-- The state with windows `keep` (in this order) as a string. Usually only the header
+-- changed: then the stored rings follow it as they are.
+local function encode(st, keep)
+  local h = st.h
+  local same = #keep == st.stored
+  for i, k in ipairs(keep) do
+    if not same then break end
+    same = k == i
+  end
+  if same then
+    local header = pack(header_format(#keep), unpack(h, 1, 5 + 5 * #keep))
+    if not st.patch and not st.anycleared then return header .. sub(st.raw, st.ring0) end
+    local parts = {header}
+    for k = 1, #keep do parts[#parts + 1] = ring_bytes(st, k) end
+    return table.concat(parts)
+  end
+  local fresh, rings = {VERSION, #keep, h[3], h[4], h[5]}, {}
+  for i, k in ipairs(keep) do
+    local b = 1 + 5 * k
+    for j = 0, 4 do fresh[#fresh + 1] = h[b + j] end
+    rings[i] = ring_bytes(st, k)
+  end
+  return pack(header_format(#keep), unpack(fresh)) .. table.concat(rings)
+end
+
+local function all_windows(st)
+  local keep = {}
+  for k = 1, st.stored do keep[k] = k end
+  return keep
 end
 
 if mode == 'a' or mode == 'f' then  -- an operator's change to the lifetime/quota counts
   local state = load(KEYS[1])
   if not state then return 0 end
+  local h = state.h
   if mode == 'f' then
-    state.life, state.qstart, state.qused = -1, -1, -1
-  elseif state.life >= 0 then
+    h[3], h[4], h[5] = -1, -1, -1
+  elseif h[3] >= 0 then
     local value = tonumber(ARGV[3])
-    if ARGV[2] == 'set' then state.life = value
-    elseif ARGV[2] == 'increment' then state.life = state.life + value
-    else state.life = max(state.life - value, 0) end
+    if ARGV[2] == 'set' then h[3] = value
+    elseif ARGV[2] == 'increment' then h[3] = h[3] + value
+    else h[3] = max(h[3] - value, 0) end
   else
     return 0
   end
-  redis.call('SET', KEYS[1], encode(state, stored_windows(state)), 'KEEPTTL')
+  redis.call('SET', KEYS[1], encode(state, all_windows(state)), 'KEEPTTL')
   return 1
 end
 
@@ -149,84 +195,93 @@ local usage_limit, quota_limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 local quota_start = tonumber(ARGV[7])
 local usage_seed, quota_seed = ARGV[8], ARGV[9]
 
-local function slot(win, idx, raw)
-  local k = idx % win.m
-  local v = win.slots[k]
-  if v == nil then
-    v = 0
-    if win.ring and not win.cleared then v = unpack_at('<I4', raw, win.ring + 4 * k) end
-    win.slots[k] = v
-  end
-  return v
+-- The units of bucket idx of window k's ring (a bucket older than the newest).
+local function bucket(st, k, idx)
+  local s = idx % st.d[3 * k]
+  local p = st.patch
+  if p and p[k * 64 + s] then return p[k * 64 + s] end
+  local at = st.d[3 * k - 2]
+  if not at then return 0 end
+  return (unpack_at('<I4', st.raw, at + 4 * s))
 end
 
-local function set_slot(win, idx, v)
-  local k = idx % win.m
-  if win.touched == nil then win.touched = {} end
-  if win.slots[k] == nil or not win.written or not win.written[k] then
-    win.written = win.written or {}
-    if not win.written[k] then
-      win.written[k] = true
-      win.touched[#win.touched + 1] = k
-    end
-  end
-  win.slots[k] = v
+local function set_bucket(st, k, idx, units)
+  if not st.patch then st.patch = {} end
+  st.patch[k * 64 + idx % st.d[3 * k]] = units
 end
 
-local function new_window(w)
-  local g, m = geometry(w)
-  local head = floor(now / g)
-  return {w = w, g = g, m = m, head = head, sum = 0, tail = head, slots = {}}
-end
-
--- Units in the buckets that overlap (now - w, now]: the ring, less its older buckets.
-local function counted(win, raw)
-  local lo = floor((now - win.w) / win.g)
-  if win.head < lo then return 0, lo end
-  local sum = win.sum
-  for idx = win.head - win.m + 1, lo - 1 do sum = sum - slot(win, idx, raw) end
+-- Units in the buckets that overlap (now - w, now]: the window's, less its older buckets.
+local function counted(st, k)
+  local h, b = st.h, 1 + 5 * k
+  local head, lo = h[b + 1], floor((now - h[b]) / st.d[3 * k - 1])
+  if head < lo then return 0, lo end
+  local sum = h[b + 3]
+  for idx = head - st.d[3 * k] + 1, lo - 1 do sum = sum - bucket(st, k, idx) end
   return max(sum, 0), lo
 end
 
 -- In ms from now: when the oldest counted buckets holding `units` stop overlapping the
--- window (units 1: the oldest non-empty one). Every bucket older than the window's `tail`
--- is known empty, and the walk moves it up: short, whatever the traffic.
-local function frees(win, lo, units, raw)
+-- window (units 1: the oldest non-empty one). Every bucket older than the window's first
+-- that may hold units is empty, and the walk moves that mark up: short, whatever the
+-- traffic.
+local function frees(st, k, lo, units)
+  local h, b = st.h, 1 + 5 * k
+  local w, g, head = h[b], st.d[3 * k - 1], h[b + 1]
   local freed = 0
-  for idx = max(lo, win.tail, win.head - win.m + 1), win.head do
-    local here = slot(win, idx, raw)
-    if freed == 0 then win.tail = here == 0 and idx + 1 or idx end
+  for idx = max(lo, h[b + 4], head - st.d[3 * k] + 1), head do
+    local here
+    if idx == head then here = h[b + 2] else here = bucket(st, k, idx) end
+    if freed == 0 then h[b + 4] = here == 0 and idx + 1 or idx end
     freed = freed + here
-    if freed >= units then return (idx + 1) * win.g + win.w - now end
+    if freed >= units then return (idx + 1) * g + w - now end
   end
-  return win.w
+  return w
 end
 
--- Adds units to the current bucket (or to a newer one if the clock went back, e.g. after a
--- failover), first emptying the buckets the ring reuses.
-local function add(win, units, raw)
-  local cur = floor(now / win.g)
-  if win.sum <= 0 then win.tail = max(win.head, cur) end
-  if cur - win.head >= win.m then
-    win.cleared, win.slots, win.touched, win.written, win.sum = true, {}, nil, nil, 0
-  else
-    for idx = win.head + 1, cur do
-      local old = slot(win, idx, raw)
-      if old ~= 0 then
-        win.sum = win.sum - old
-        set_slot(win, idx, 0)
+-- Adds units to the current bucket (or to the newest if the clock went back, e.g. after a
+-- failover). Moving on to a new bucket puts the newest one into the ring and drops from the
+-- window the buckets that left it.
+local function add(st, k, units)
+  local h, b, m = st.h, 1 + 5 * k, st.d[3 * k]
+  local cur, head = floor(now / st.d[3 * k - 1]), h[b + 1]
+  if h[b + 3] <= 0 then h[b + 4] = max(head, cur) end
+  if cur > head then
+    if cur - head >= m then
+      st.d[3 * k - 2], st.anycleared = false, true
+      if st.patch then
+        for s = 0, m - 1 do st.patch[k * 64 + s] = nil end
       end
+      h[b + 3] = 0
+    else
+      local sum = h[b + 3]
+      for idx = head - m + 1, cur - m do sum = sum - bucket(st, k, idx) end
+      set_bucket(st, k, head, h[b + 2])
+      for idx = head + 1, cur - 1 do set_bucket(st, k, idx, 0) end
+      h[b + 3] = sum
     end
+    h[b + 1], h[b + 2] = cur, 0
   end
-  win.head = max(win.head, cur)
-  set_slot(win, win.head, min(slot(win, win.head, raw) + units, MAX_SLOT))
-  win.sum = win.sum + units
+  h[b + 2] = min(h[b + 2] + units, MAX_SLOT)
+  h[b + 3] = h[b + 3] + units
+end
+
+local function add_window(st, w)
+  local k = st.n + 1
+  local g, m = geometry(w)
+  local head, h, b = floor(now / g), st.h, 1 + 5 * k
+  h[b], h[b + 1], h[b + 2], h[b + 3], h[b + 4] = w, head, 0, 0, head
+  st.n, st.d[3 * k - 2], st.d[3 * k - 1], st.d[3 * k] = k, false, g, m
+  return k
 end
 
 -- Read every subject and what the plan asks of it.
 local subjects, arg = {}, $fixed + 1
+local LIMIT, LENGTH = {}, {}  -- each planned window's limit and length, by ARGV position
 for i = 1, #KEYS do
   local n = tonumber(ARGV[arg])
+  for k = arg + 1, arg + 2 * n, 2 do
+    LIMIT[k], LENGTH[k] = tonumber(ARGV[k]), tonumber(ARGV[k + 1])
+  end
   local counts = i == 1 and (usage_limit >= 0 or quota_limit >= 0 or mode == 'r')
   local state = nil
   if n > 0 or counts then state = load(KEYS[i]) end
@@ -237,26 +292,30 @@ end
 if mode == 'r' then  -- give back a spend: out of the buckets it went to
   local at = tonumber(ARGV[10])
   for i, s in ipairs(subjects) do
-    local state = s.state
-    if state then
-      for k = 0, s.n - 1 do
-        local win = state.wins[tonumber(ARGV[s.first + 2 * k + 1])]
-        if win then
-          local idx = min(floor(at / win.g), win.head)
-          if idx > win.head - win.m then
-            local taken = min(slot(win, idx, state.raw), cost)
-            set_slot(win, idx, slot(win, idx, state.raw) - taken)
-            win.sum = max(win.sum - taken, 0)
+    local st = s.state
+    if st then
+      local h = st.h
+      for j = 0, s.n - 1 do
+        local k = find(st, LENGTH[s.first + 2 * j])
+        if k then
+          local b = 1 + 5 * k
+          local idx, head = floor(at / st.d[3 * k - 1]), h[b + 1]
+          local taken = 0
+          if idx >= head then
+            taken = min(h[b + 2], cost)
+            h[b + 2] = h[b + 2] - taken
+          elseif idx > head - st.d[3 * k] then
+            taken = min(bucket(st, k, idx), cost)
+            set_bucket(st, k, idx, bucket(st, k, idx) - taken)
           end
+          h[b + 3] = max(h[b + 3] - taken, 0)
         end
       end
       if i == 1 then
-        if usage_limit >= 0 and state.life >= 0 then state.life = max(state.life - cost, 0) end
-        if quota_limit >= 0 and state.qstart == quota_start then
-          state.qused = max(state.qused - cost, 0)
-        end
+        if usage_limit >= 0 and h[3] >= 0 then h[3] = max(h[3] - cost, 0) end
+        if quota_limit >= 0 and h[4] == quota_start then h[5] = max(h[5] - cost, 0) end
       end
-      redis.call('SET', s.key, encode(state, stored_windows(state)), 'KEEPTTL')
+      redis.call('SET', s.key, encode(st, all_windows(st)), 'KEEPTTL')
     end
   end
   return 0
@@ -267,22 +326,23 @@ local key = subjects[1]
 local seeded = false
 local used, qused = 0, 0
 local state = key.state or new_state()
+local kh = state.h
 if usage_limit >= 0 then
-  if state.life < 0 then
+  if kh[3] < 0 then
     if mode == 'p' then used = ''
     elseif usage_seed == '' then return {-1}
-    else state.life, seeded = tonumber(usage_seed), true end
+    else kh[3], seeded = tonumber(usage_seed), true end
   end
-  if used ~= '' then used = state.life end
+  if used ~= '' then used = kh[3] end
 end
 if quota_limit >= 0 then
   -- A request of a period that has just ended counts toward the newer one (stricter).
-  if state.qstart < quota_start then
+  if kh[4] < quota_start then
     if mode == 'p' then qused = ''
     elseif quota_seed == '' then return {-1}
-    else state.qstart, state.qused, seeded = quota_start, tonumber(quota_seed), true end
+    else kh[4], kh[5], seeded = quota_start, tonumber(quota_seed), true end
   end
-  if qused ~= '' then qused = state.qused end
+  if qused ~= '' then qused = kh[5] end
 end
 key.state = state
 
@@ -290,20 +350,20 @@ local verdict, retry, blocking = 0, 0, 0
 local out = {0, 0, used, qused, 0, 0}
 local index = 0
 for _, s in ipairs(subjects) do
-  local raw = s.state and s.state.raw
-  for k = 0, s.n - 1 do
+  local st = s.state
+  for j = 0, s.n - 1 do
     index = index + 1
-    local limit, w = tonumber(ARGV[s.first + 2 * k]), tonumber(ARGV[s.first + 2 * k + 1])
-    local win = s.state and s.state.wins[w]
+    local limit, w = LIMIT[s.first + 2 * j], LENGTH[s.first + 2 * j]
+    local k = st and find(st, w)
     local inside, lo, reset = 0, 0, w
-    if win then
-      inside, lo = counted(win, raw)
-      if inside > 0 then reset = frees(win, lo, 1, raw) end
+    if k then
+      inside, lo = counted(st, k)
+      if inside > 0 then reset = frees(st, k, lo, 1) end
     end
     if mode == 's' and inside + need > limit then
       if verdict == 0 then verdict = 1 end
       local wait = w
-      if need <= limit then wait = frees(win, lo, inside + need - limit, raw) end
+      if need <= limit then wait = frees(st, k, lo, inside + need - limit) end
       if wait > retry then retry, blocking = wait, index end
     end
     out[5 + 2 * index] = limit - inside
@@ -313,7 +373,7 @@ end
 out[7 + 2 * index] = now
 
 if mode == 'p' then
-  for k = 1, index do out[6 + 2 * k] = math.abs(out[6 + 2 * k]) end
+  for j = 1, index do out[6 + 2 * j] = math.abs(out[6 + 2 * j]) end
   return out
 end
 
@@ -324,57 +384,52 @@ end
 if verdict == 0 and usage_limit >= 0 and used + need > usage_limit then verdict = 3 end
 local spend = (verdict == 0 or not enforce) and cost > 0
 if spend then
-  if usage_limit >= 0 then used = used + cost; state.life = used end
-  if quota_limit >= 0 then qused = qused + cost; state.qused = qused end
+  if usage_limit >= 0 then used = used + cost; kh[3] = used end
+  if quota_limit >= 0 then qused = qused + cost; kh[5] = qused end
 end
-if usage_limit < 0 then state.life = -1 end
-if quota_limit < 0 then state.qstart, state.qused = -1, -1 end
+if usage_limit < 0 then kh[3] = -1 end
+if quota_limit < 0 then kh[4], kh[5] = -1, -1 end
 
 for i, s in ipairs(subjects) do
   if spend and not s.state then s.state = new_state() end
-  if (spend or (i == 1 and seeded)) and s.state then
-    local st = s.state
-    local planned, fresh, ttl = {}, {}, 0
-    for k = 0, s.n - 1 do
-      local w = tonumber(ARGV[s.first + 2 * k + 1])
+  local st = s.state
+  if (spend or (i == 1 and seeded)) and st then
+    local planned, ttl = {}, 0
+    for j = 0, s.n - 1 do
+      local w = LENGTH[s.first + 2 * j]
       if not planned[w] then
         planned[w] = true
-        local win = st.wins[w]
-        if spend then
-          if not win then
-            win = new_window(w)
-            fresh[#fresh + 1] = win
-          end
-          add(win, cost, st.raw)
-        end
+        if spend then add(st, find(st, w) or add_window(st, w), cost) end
       end
     end
     -- Stored windows stay while planned, or while they can still count (an older view of
     -- the limits); new ones follow.
-    local kept = {}
-    for _, w in ipairs(st.order) do
-      local win = st.wins[w]
-      if planned[w] or win.head >= floor((now - w) / win.g) then kept[#kept + 1] = win end
+    local h, keep = st.h, {}
+    for k = 1, st.n do
+      local b = 1 + 5 * k
+      local g = st.d[3 * k - 1]
+      if k > st.stored or planned[h[b]] or h[b + 1] >= floor((now - h[b]) / g) then
+        keep[#keep + 1] = k
+        ttl = max(ttl, h[b] + g)
+      end
     end
-    for _, win in ipairs(fresh) do kept[#kept + 1] = win end
-    for _, win in ipairs(kept) do ttl = max(ttl, win.w + win.g) end
-    if st.life >= 0 or st.qstart >= 0 then ttl = max(ttl, COUNTS_TTL) end
-    if ttl > 0 then redis.call('SET', s.key, encode(st, kept), 'PX', ttl) end
+    if h[3] >= 0 or h[4] >= 0 then ttl = max(ttl, COUNTS_TTL) end
+    if ttl > 0 then redis.call('SET', s.key, encode(st, keep), 'PX', ttl) end
   end
 end
 
 out[1], out[2], out[3], out[4], out[6] = verdict, retry, used, qused, blocking
 out[5] = spend and 1 or 0
-for k = 1, index do
-  local r = out[6 + 2 * k]
+for j = 1, index do
+  local r = out[6 + 2 * j]
   if spend then
-    out[5 + 2 * k] = out[5 + 2 * k] - cost
+    out[5 + 2 * j] = out[5 + 2 * j] - cost
     if r < 0 then  -- the window was empty: it frees room when this spend leaves it
       local g = geometry(-r)
       r = (floor(now / g) + 1) * g - r - now
     end
   end
-  out[6 + 2 * k] = math.abs(r)
+  out[6 + 2 * j] = math.abs(r)
 end
 return out
 """).substitute(buckets=BUCKETS, ttl=COUNTS_TTL_MS, fixed=FIXED_ARGS)
