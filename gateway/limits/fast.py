@@ -26,32 +26,21 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
-import time
-from collections import OrderedDict
 from datetime import UTC, date, datetime
 
 from redis.exceptions import RedisError
 
 from gateway.keyrecord import KeyRecord
 from gateway.limits import periods
-from gateway.limits.decision import ALLOWED, QUOTA, USAGE, Decision
+from gateway.limits.decision import Decision
 from gateway.limits.exact import Limiter
+from gateway.limits.lessons import Lessons, Subject
 from gateway.limits.seeds import Pending
 from gateway.metrics import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
-REMEMBERED = 100_000  # keys whose last decision a worker keeps (for headers); LRU beyond
 SYNC_CHUNK = 200  # keys per pipeline: a big sync must not hold the event loop for long
-USAGE_RECHECK_S = 1.0  # a spent lifetime allowance is asked about again this often
-
-Subject = tuple[str, int]  # (name of the limit, units this worker may admit unsynced)
-
-# A request admitted here before Redis has told this worker anything about its key.
-_ADMITTED = Decision(verdict=ALLOWED, retry_after_s=None, windows=[], usage_limit=None,
-                     usage_used=None, quota_limit=None, quota_used=None, quota_period=None,
-                     quota_reset_s=None, spent=True, local=True)
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,10 +61,7 @@ class FastLimiter:
         self._batch: dict[str, int] = {}  # subject -> units admitted locally this interval
         self._queued: dict[str, _Queued] = {}  # key id -> what to send at the next sync
         self._sending: dict[str, int] = {}  # key id -> units of the sync in flight
-        # subject -> (until, units that were left, the refusal)
-        self._blocked: dict[str, tuple[float, int, Decision]] = {}
-        self._tight: set[str] = set()  # subjects too close to their limit to admit locally
-        self._last: OrderedDict[str, Decision] = OrderedDict()  # key id -> last from Redis
+        self._lessons = Lessons()  # what Redis's answers taught this worker
 
     def pending(self, key_id: str, since: date) -> tuple[int, int]:
         """What a re-seed of lost counters must add to PostgreSQL's figures: the usage not yet
@@ -106,12 +92,13 @@ class FastLimiter:
             return None  # Redis failed at the last sync: the failure policies decide
         subjects = self.subjects(record, now)
         need = max(cost, 1)  # a cost-0 request is still refused by an exhausted limit
-        if enforce and self._blocked:
-            refusal = self._refusal(subjects, need)
+        lessons = self._lessons
+        if enforce:
+            refusal = lessons.refusal(subjects, need)
             if refusal is not None:
                 return refusal
         for subject, allowance in subjects:
-            if subject in self._tight or self._batch.get(subject, 0) + need > allowance:
+            if lessons.tight(subject) or self._batch.get(subject, 0) + need > allowance:
                 return None
         for subject, _ in subjects:
             self._batch[subject] = self._batch.get(subject, 0) + cost
@@ -121,74 +108,12 @@ class FastLimiter:
         else:
             queued.units += cost
             queued.record, queued.enforce = record, queued.enforce and enforce
-        return self._admitted(record)
-
-    def _refusal(self, subjects: list[Subject], need: int) -> Decision | None:
-        """Redis refused a request on one of these limits, and this one needs more than was
-        left then: refused here. One that needs less asks Redis."""
-        clock = time.monotonic()
-        for subject, _ in subjects:
-            blocked = self._blocked.get(subject)
-            if blocked is None:
-                continue
-            until, room, refusal = blocked
-            if clock < until and need > room:
-                retry = max(math.ceil(until - clock), 1)
-                return dataclasses.replace(refusal, retry_after_s=retry, spent=False,
-                                           refund=None, local=True)
-            if clock >= until:
-                del self._blocked[subject]
-            self._tight.add(subject)  # room again, maybe: the next request asks Redis
-        return None
-
-    def _admitted(self, record: KeyRecord) -> Decision:
-        """The key as Redis last saw it (for the headers), admitted here."""
-        return self._last.get(record.id) or _ADMITTED
+        return lessons.admitted(record)
 
     def learn(self, record: KeyRecord, decision: Decision, now: datetime,
               synced: bool = False) -> None:
-        """What Redis said of ``record``. Only a refusal on the exact path (judged with the
-        current record and the request's own cost) refuses later requests here; a sync only
-        marks limits that are close as ones to ask Redis about."""
-        clock = time.monotonic()
-        subjects = self.subjects(record, now)
-        room: list[int] = [s.remaining for s in decision.windows]
-        if record.quota:
-            room.append((decision.quota_limit or 0) - (decision.quota_used or 0))
-        if record.usage_limit is not None:
-            room.append((decision.usage_limit or 0) - (decision.usage_used or 0))
-        for (subject, allowance), left in zip(subjects, room, strict=True):
-            if left < max(allowance, 1):
-                self._tight.add(subject)
-            else:
-                self._tight.discard(subject)
-        if not decision.allowed and not synced:
-            blocking = self._blocking(record, decision, subjects)
-            if blocking is not None:
-                wait = (decision.retry_after_s if decision.verdict != USAGE
-                        else USAGE_RECHECK_S)
-                left = room[[s for s, _ in subjects].index(blocking)]
-                self._blocked[blocking] = (clock + float(wait or 1), max(left, 0), decision)
-        if decision.allowed:
-            self._last[record.id] = dataclasses.replace(decision, spent=True, at=None,
-                                                        refund=None, local=True)
-            self._last.move_to_end(record.id)
-        else:
-            self._last.pop(record.id, None)
-        if len(self._last) > REMEMBERED:
-            self._last.popitem(last=False)
-
-    @staticmethod
-    def _blocking(record: KeyRecord, decision: Decision, subjects: list[Subject]
-                  ) -> str | None:
-        windows = len(decision.windows)
-        if decision.verdict == QUOTA:
-            return subjects[windows][0]
-        if decision.verdict == USAGE:
-            return subjects[-1][0]
-        if decision.blocking is not None:
-            return subjects[decision.windows.index(decision.blocking)][0]
-        return None
+        """What Redis said of ``record``: see ``Lessons.learn``."""
+        self._lessons.learn(record, decision, self.subjects(record, now), synced)
 
     def give_back(self, record: KeyRecord, cost: int, now: datetime) -> None:
         """A locally admitted request is refunded: if it is still queued, it is not sent."""
@@ -200,22 +125,8 @@ class FastLimiter:
             self._batch[subject] = max(self._batch.get(subject, 0) - cost, 0)
 
     def forget(self, kind: str = "all", ident: str = "") -> None:
-        """An admin change was announced: what this worker learnt of that key (or that
-        organisation, or anything) may be stale."""
-        if kind == "key":
-            stale = [s for s in (*self._blocked, *self._tight) if f":{ident}" in s]
-            self._last.pop(ident, None)
-        elif kind == "org":
-            stale = [s for s in (*self._blocked, *self._tight) if f"{{{ident}}}" in s]
-            self._last.clear()  # headers only: they come back at the next sync
-        else:
-            self._blocked.clear()
-            self._tight.clear()
-            self._last.clear()
-            return
-        for subject in stale:
-            self._blocked.pop(subject, None)
-            self._tight.discard(subject)
+        """An admin change was announced: see ``Lessons.forget``."""
+        self._lessons.forget(kind, ident)
 
     async def sync(self) -> None:
         """Sends what was admitted since the last sync: one round trip per ``SYNC_CHUNK``
