@@ -128,6 +128,14 @@ def _received(log: Path) -> Counter[str]:
     return Counter(line.strip() for line in log.read_text().splitlines() if line.strip())
 
 
+def exact(received: int, usage_count: int | None, burst: Counter[int],
+          limit: int = USAGE_LIMIT) -> bool:
+    """One limited key's verdict: exactly ``limit`` requests reached the upstream, PostgreSQL
+    counts the same, and the burst did meet the limit (429s) with nothing but 200s and 429s."""
+    others = sum(n for status, n in burst.items() if status not in (200, 429))
+    return received == usage_count == limit and burst[429] > 0 and others == 0
+
+
 async def check(pg_url: str, port: int, org: ClusterOrg, log: Path) -> dict[str, Any]:
     """The burst on the limited keys, then what reached the upstream and PostgreSQL."""
     burst = await _burst(port, org.limited)
@@ -142,9 +150,7 @@ async def check(pg_url: str, port: int, org: ClusterOrg, log: Path) -> dict[str,
                      "upstream_received": received[key_id],
                      "pg_usage_count": usage.get(key_id), "burst_200": statuses[200],
                      "burst_429": statuses[429], "burst_other": other})
-        # Exactly the limit got through, PostgreSQL agrees, and the burst did meet the limit.
-        correct = correct and (received[key_id] == usage.get(key_id) == USAGE_LIMIT
-                               and statuses[429] > 0 and other == 0)
+        correct = correct and exact(received[key_id], usage.get(key_id), statuses)
     return {"correct": correct,
             "correctness": {"limited_keys": len(keys), "usage_limit": USAGE_LIMIT,
                             "burst_per_key": BURST, "keys": keys}}
