@@ -23,7 +23,7 @@ masters, and given per master (``redis_masters``).
 
 Results: printed, and written to bench/results/latest.json, latest.md and latest.png.
 
-    .venv/bin/python bench/load.py            # the full run (13 to 21 minutes)
+    .venv/bin/python bench/load.py            # the full run (15 to 23 minutes)
     .venv/bin/python bench/load.py --quick    # under two minutes
     .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers
 """
