@@ -7,6 +7,9 @@
     K1  Keystile, limits_mode = "exact": key, scope, 3 rate-limit windows of the key, an
         owner window, an organisation window, a daily quota and a lifetime usage limit
     K2  Keystile, limits_mode = "fast": the same checks, limits spent in batches
+    KC  K1's checks on a Redis Cluster (3 masters, 3 replicas) for ONE organisation with
+        10,000 keys (1,000 with --quick): the figures per master, and a check that a few of
+        its keys with a small lifetime limit admit exactly that limit (bench/cluster.py)
 
 Every proxy runs 2 processes; wrk runs one thread pinned to one core and rotates the valid
 keys, 1% invalid ones and a few keys whose quota runs out. Each setup gets the same warm-up
@@ -15,9 +18,12 @@ with 1,000 vs 1,000,000 keys in PostgreSQL), the soak (RSS of the workers before
 a million requests) and the limit-state memory of one key after a million spends
 (bench/limitmemory.py).
 
+KC's wrk rotates only that organisation's keys; its Redis figures are summed over the cluster's
+masters, and given per master (``redis_masters``).
+
 Results: printed, and written to bench/results/latest.json, latest.md and latest.png.
 
-    .venv/bin/python bench/load.py            # the full run (13 to 21 minutes)
+    .venv/bin/python bench/load.py            # the full run (15 to 23 minutes)
     .venv/bin/python bench/load.py --quick    # under two minutes
     .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers
 """
@@ -50,12 +56,12 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import limitmemory, report, scale, tools
+from bench import cluster, limitmemory, report, scale, tools
 from bench.seed import seed_keys
-from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster, free_port
 
 RESULTS = Path(__file__).parent / "results"
-SETUPS = ("B0", "B1", "B2", "B3", "K1", "K2")
+SETUPS = ("B0", "B1", "B2", "B3", "K1", "K2", "KC")
 LOAD_CORE = 0  # wrk runs here; the servers may use any core
 
 WRK_SCRIPT = """
@@ -96,6 +102,8 @@ class Setup:
     port: int
     root: subprocess.Popen[bytes]
     metrics_url: str | None = None  # Keystile's /metrics, for its Redis round trips
+    script: Path | None = None  # its own wrk script (rotation), if not the stack's
+    redis_urls: dict[int, str] = field(default_factory=dict)  # its Redis nodes (KC: masters)
 
     def processes(self) -> list[psutil.Process]:
         parent = psutil.Process(self.root.pid)
@@ -116,6 +124,19 @@ class Stack:
     redis_url: str
     script: Path
     setups: dict[str, Setup] = field(default_factory=dict)
+
+
+def _script(stack: Stack, setup: Setup) -> Path:
+    return setup.script or stack.script
+
+
+def _write_script(work: Path, name: str, keys: list[str]) -> Path:
+    """A wrk script rotating ``keys`` (in a file next to it)."""
+    keys_file = work / f"{name}.txt"
+    keys_file.write_text("\n".join(keys) + "\n")
+    script = work / f"{name}.lua"
+    script.write_text(WRK_SCRIPT % {"keys": keys_file})
+    return script
 
 
 def _started(proc: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
@@ -193,11 +214,7 @@ def start(work: Path, key_count: int, pg: EmbeddedPostgres, redis_url: str,
     invalid = [f"ks_{os.urandom(16).hex()}" for _ in range(max(key_count // 100, 1))]
     rotation = valid + exhausting + invalid
     random.shuffle(rotation)  # invalid and exhausting keys spread through the rotation
-    keys_file = work / "keys.txt"
-    keys_file.write_text("\n".join(rotation) + "\n")
-    script = work / "keys.lua"
-    script.write_text(WRK_SCRIPT % {"keys": keys_file})
-    stack = Stack(work, pg, redis_url, script)
+    stack = Stack(work, pg, redis_url, _write_script(work, "keys", rotation))
     try:
         _start_setups(stack, names, valid + exhausting, pg, redis_url)
     except BaseException:
@@ -235,6 +252,27 @@ def _start_setups(stack: Stack, names: list[str], keys: list[str], pg: EmbeddedP
         proc, port = _gateway(work, name, upstream, pg.url, redis_url, mode)
         add(name, Setup(name, f"Keystile, limits_mode {mode}", port, proc,
                         f"http://127.0.0.1:{port}/metrics"))
+
+
+def start_cluster_setup(stack: Stack, store: EmbeddedRedisCluster, key_count: int
+                        ) -> tuple[cluster.ClusterOrg, Path]:
+    """KC: one organisation of ``key_count`` keys, its own upstream (which logs what the
+    limited keys got through) and Keystile in exact mode on ``store``. Returns the
+    organisation and the upstream's log."""
+    org = asyncio.run(cluster.seed(stack.pg.url, key_count))
+    rotation = list(org.keys)
+    random.shuffle(rotation)  # the limited keys somewhere in the rotation
+    http, server, log = cluster.upstream_config(stack.work, org)
+    upstream = free_port()
+    stack.setups["KC-upstream"] = Setup("KC-upstream", "nginx return 200, logging limited keys",
+                                        upstream, _nginx(stack.work, "kc-upstream", upstream,
+                                                         None, server, http))
+    proc, port = _gateway(stack.work, "KC", upstream, stack.pg.url, store.url, "exact")
+    stack.setups["KC"] = Setup(
+        "KC", f"Keystile exact, Redis Cluster, 1 org × {key_count:,} keys", port, proc,
+        f"http://127.0.0.1:{port}/metrics", _write_script(stack.work, "kc-keys", rotation),
+        cluster.master_urls(store))
+    return org, log
 
 
 def stop(stack: Stack) -> None:
@@ -333,7 +371,7 @@ def prewarm(stack: Stack, setup: Setup, connections: int, limit_s: float = 90) -
     while time.monotonic() - started < limit_s:
         before = sum(_metric(setup, m) for m in misses)
         # More connections than measured with: cold lookups wait on the stores, not the CPU.
-        requests = wrk(setup.port, stack.script, 2, connections * 4).requests
+        requests = wrk(setup.port, _script(stack, setup), 2, connections * 4).requests
         if sum(_metric(setup, m) for m in misses) - before < 0.01 * requests:
             break
     return round(time.monotonic() - started, 1)
@@ -373,24 +411,33 @@ def _cpu_seconds(procs: list[psutil.Process]) -> float:
 
 def measure(stack: Stack, setup: Setup, warmup: float, seconds: float, connections: int,
             profile_to: Path | None = None) -> dict[str, Any]:
-    wrk(setup.port, stack.script, warmup, connections)
-    client = redis.Redis.from_url(stack.redis_url)
+    """One setup's figures. Redis's are summed over the setup's Redis nodes (the one Redis,
+    or a cluster's masters; then also given per master in ``redis_masters``)."""
+    script = _script(stack, setup)
+    wrk(setup.port, script, warmup, connections)
+    clients = {port: redis.Redis.from_url(url)
+               for port, url in (setup.redis_urls or {0: stack.redis_url}).items()}
     procs = setup.processes()
-    calls, trips, cpu = _redis_calls(client), _round_trips(setup), _cpu_seconds(procs)
-    redis_cpu = _redis_cpu(client)
+    trips, cpu = _round_trips(setup), _cpu_seconds(procs)
+    calls = {port: _redis_calls(c) for port, c in clients.items()}
+    redis_cpu = {port: _redis_cpu(c) for port, c in clients.items()}
     spies = _profile(setup, profile_to, seconds) if profile_to else []
     with _peak_rss(setup.workers()) as peaks:
-        got = wrk(setup.port, stack.script, seconds, connections)
+        got = wrk(setup.port, script, seconds, connections)
     cpu = _cpu_seconds(procs) - cpu
-    redis_cpu = _redis_cpu(client) - redis_cpu
-    calls = _redis_calls(client) - calls
+    redis_cpu = {port: _redis_cpu(c) - redis_cpu[port] for port, c in clients.items()}
+    calls = {port: _redis_calls(c) - calls[port] for port, c in clients.items()}
     trips = _round_trips(setup) - trips
-    state_bytes, state_keys = limit_state(client) if setup.metrics_url else (None, None)
-    client.close()
+    states = {port: limit_state(c) if setup.metrics_url else (None, None)
+              for port, c in clients.items()}
+    for client in clients.values():
+        client.close()
     for spy in spies:
         spy.wait(seconds + 30)
     requests = got.requests
     per = max(requests, 1)
+    state_bytes = (sum(b or 0 for b, _ in states.values()) if setup.metrics_url else None)
+    state_keys = (sum(k or 0 for _, k in states.values()) if setup.metrics_url else None)
     statuses = dict(sorted(got.statuses.items()))
     if got.socket_errors:
         statuses["socket_errors"] = got.socket_errors
@@ -401,15 +448,20 @@ def measure(stack: Stack, setup: Setup, warmup: float, seconds: float, connectio
         "p99_ms": got.p99_us / 1000,
         "max_ms": got.max_us / 1000,
         "cpu_us_per_req": round(cpu * 1e6 / per, 1),
-        "redis_cpu_us_per_req": round(redis_cpu * 1e6 / per, 1),
-        "redis_cmds_per_req": round(calls / per, 3),
+        "redis_cpu_us_per_req": round(sum(redis_cpu.values()) * 1e6 / per, 1),
+        "redis_cmds_per_req": round(sum(calls.values()) / per, 3),
         "redis_round_trips_per_req": round(trips / per, 4) if setup.metrics_url else 0.0,
         "rss_mb": round(max(peaks.values()) / 2**20, 1),
         "redis_limit_state_bytes": state_bytes,  # Keystile only: at the end of the setup
         "redis_limit_state_keys": state_keys,
         "requests": requests,
         "statuses": statuses,
-    }
+    } | ({"redis_masters": {
+        port: {"redis_cpu_us_per_req": round(redis_cpu[port] * 1e6 / per, 1),
+               "redis_cmds_per_req": round(calls[port] / per, 3),
+               "redis_limit_state_bytes": states[port][0],
+               "redis_limit_state_keys": states[port][1]}
+        for port in clients}} if setup.redis_urls else {})
 
 
 def _profile(setup: Setup, folder: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
@@ -429,12 +481,12 @@ def soak(stack: Stack, setup: Setup, total: int, connections: int, chunk_s: floa
     """``total`` requests in chunks of ``chunk_s``; worker RSS after the warm-up and at the
     end."""
     prewarm(stack, setup, connections)
-    wrk(setup.port, stack.script, warmup_s, connections)
+    wrk(setup.port, _script(stack, setup), warmup_s, connections)
     workers = setup.workers()
     start_rss = {p.pid: p.memory_info().rss for p in workers}
     sent, started = 0, time.monotonic()
     while sent < total:
-        sent += wrk(setup.port, stack.script, chunk_s, connections).requests
+        sent += wrk(setup.port, _script(stack, setup), chunk_s, connections).requests
     end_rss = {p.pid: p.memory_info().rss for p in workers}
     growth = max(end_rss[pid] / start_rss[pid] - 1 for pid in start_rss)
     return {"setup": setup.name, "requests": sent,
@@ -448,7 +500,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     """K/B1, K/B2, K/B3 requests/s; K/B3 CPU per request; the Redis server's CPU per request
     of K over B3's CPU per request; K's p99 over B0's."""
     out: dict[str, float] = {}
-    for k in ("K1", "K2"):
+    for k in ("K1", "K2", "KC"):
         if k not in results:
             continue
         for b in ("B1", "B2", "B3"):
@@ -461,7 +513,21 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
                                              / results["B3"]["cpu_us_per_req"], 3)
         if "B0" in results:
             out[f"{k}-B0_p99_ms"] = round(results[k]["p99_ms"] - results["B0"]["p99_ms"], 3)
+    if "KC" in results and "K1" in results:  # the cluster against the one Redis, exact both
+        out["KC/K1_rps"] = round(results["KC"]["rps"] / results["K1"]["rps"], 3)
     return out
+
+
+def _cluster_figures(stack: Stack, store: EmbeddedRedisCluster, org: cluster.ClusterOrg,
+                     upstream_log: Path, row: dict[str, Any], key_count: int
+                     ) -> dict[str, Any]:
+    """KC's extras: its figures per master, the organisation's one marked (one organisation,
+    one slot, one master), and the check of its limited keys."""
+    home = cluster.org_master(store)
+    masters = cluster.spread(row["redis_masters"], cluster.slot_counts(store), home)
+    checked = asyncio.run(cluster.check(stack.pg.url, stack.setups["KC"].port, org,
+                                        upstream_log))
+    return {"org_keys": key_count, "redis_masters": masters, **checked}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -469,20 +535,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pg = EmbeddedPostgres(work / "pg", durable=False).start()
     store = EmbeddedRedis(work / "redis", durable=False).start()
     stack: Stack | None = None
+    redis_cluster: EmbeddedRedisCluster | None = None
+    kc: tuple[cluster.ClusterOrg, Path] | None = None  # KC's organisation, upstream log
     results: dict[str, Any] = {}
     prewarmed: dict[str, float] = {}
     began = time.monotonic()
     try:
         soakable = ["K1", "K2"] if args.soak_setup == "auto" else [args.soak_setup]
         stack = start(work, args.keys, pg, store.url, [*args.setups, *soakable])
+        if "KC" in args.setups:
+            redis_cluster = EmbeddedRedisCluster(work / "cluster").start()
+            kc = start_cluster_setup(stack, redis_cluster, args.cluster_keys)
         for name in args.setups:
             profile = RESULTS / "profiles" if name in args.profile else None
-            if name.startswith("K"):
+            if name in ("K1", "K2"):  # KC's cluster serves KC alone: it starts with none
                 with redis.Redis.from_url(store.url) as client:
                     forget_limits(client)
+            if name.startswith("K"):
                 prewarmed[name] = prewarm(stack, stack.setups[name], args.connections)
             results[name] = measure(stack, stack.setups[name], args.warmup, args.seconds,
                                     args.connections, profile)
+            if name == "KC" and redis_cluster is not None and kc is not None:
+                results[name] |= _cluster_figures(stack, redis_cluster, *kc, results[name],
+                                                  args.cluster_keys)
             print(report.line(name, results[name]), flush=True)
         results["ratios"] = ratios(results)
         print("ratios:", results["ratios"], flush=True)
@@ -506,10 +581,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if stack is not None:
             stop(stack)
+        if redis_cluster is not None:
+            redis_cluster.stop()
         store.stop()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
     results["run"] = {"seconds": round(time.monotonic() - began, 1), "keys": args.keys,
+                      "cluster_keys": args.cluster_keys if "KC" in args.setups else None,
                       "prewarm_s": prewarmed,
                       "connections": args.connections, "warmup_s": args.warmup,
                       "measured_s": args.seconds, "cpus": os.cpu_count()}
@@ -522,6 +600,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="measured seconds per setup")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per setup")
     parser.add_argument("--keys", type=int, help="valid keys in the rotation")
+    parser.add_argument("--cluster-keys", type=int,
+                        help="keys of KC's one organisation on the Redis Cluster")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--scale-keys", type=int, help="the large key table (0: skip)")
@@ -544,6 +624,8 @@ def main() -> None:
     if args.soak_requests is None:
         args.soak_requests = 10_000 if quick else 1_000_000
     args.keys = args.keys if args.keys is not None else (1_000 if quick else 10_000)
+    if args.cluster_keys is None:
+        args.cluster_keys = 1_000 if quick else 10_000
     if args.limit_spends is None:
         args.limit_spends = limitmemory.QUICK_SPENDS if quick else limitmemory.SPENDS
     if args.limit_minutes is None:

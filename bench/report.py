@@ -37,7 +37,30 @@ def _statuses(row: dict[str, Any]) -> str:
 
 def line(name: str, row: dict[str, Any]) -> str:
     cells = ", ".join(f"{title} {_cell(row, key, fmt)}" for key, title, fmt in COLUMNS)
-    return f"{name} ({row['title']}): {cells}; statuses {_statuses(row)}"
+    out = f"{name} ({row['title']}): {cells}; statuses {_statuses(row)}"
+    if "correct" in row:
+        out += "\n  " + "\n  ".join(cluster_lines(row))
+    return out
+
+
+def cluster_lines(row: dict[str, Any]) -> list[str]:
+    """KC's figures per master, and its correctness check."""
+    out = []
+    for m in row["redis_masters"]:
+        out.append(f"master :{m['port']} ({m['slots']:,} slots"
+                   f"{', the organisation’s' if m['serves_org'] else ''}): Redis CPU "
+                   f"{m['redis_cpu_us_per_req']:.0f} µs/req, {m['redis_cmds_per_req']:.2f} "
+                   f"cmds/req, limit state {m['redis_limit_state_bytes'] or 0:,} bytes in "
+                   f"{m['redis_limit_state_keys'] or 0:,} keys")
+    c = row["correctness"]
+    keys = c["keys"]
+    out.append(
+        f"correct: {str(row['correct']).lower()} — {c['limited_keys']} keys with usage_limit "
+        f"{c['usage_limit']}, a burst of {c['burst_per_key']} each after the load: upstream "
+        f"received {[k['upstream_received'] for k in keys]}, usage_count in PostgreSQL "
+        f"{[k['pg_usage_count'] for k in keys]}, burst 200s {[k['burst_200'] for k in keys]}, "
+        f"429s {[k['burst_429'] for k in keys]}")
+    return out
 
 
 def setups(results: dict[str, Any]) -> list[str]:
@@ -54,6 +77,12 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("ratios"):
         out += ["", "| ratio | value |", "|---|---|"]
         out += [f"| {k} | {v} |" for k, v in results["ratios"].items()]
+    kc = results.get("KC")
+    if kc and "correct" in kc:
+        out += ["", f"KC: one organisation of {kc['org_keys']:,} keys on a Redis Cluster of 3 "
+                "masters (+ 3 replicas); its limit state shares the organisation's hash tag, "
+                "so one slot on one master holds it all. Per master:", ""]
+        out += [f"- {text}" for text in cluster_lines(kc)]
     if results.get("scale"):
         s = results["scale"]
         out += ["", f"Key-table scale (cache-miss lookups, {s['samples']} each): "

@@ -21,30 +21,38 @@ KEYS_PER_OWNER = 10  # owners share their window between a few keys, as customer
 SMALL_QUOTA = {"limit": 3, "period": "day"}
 
 
-async def add_org(conn: Connection) -> None:
+async def add_org(conn: Connection, org: str = ORG) -> None:
     await conn.execute("INSERT INTO orgs (id, name, provider_id, key_prefix, rate_limits) "
-                       "VALUES ($1, 'bench', 'bench', 'ks', $2) ON CONFLICT DO NOTHING",
-                       ORG, ORG_WINDOWS)
+                       "VALUES ($1, 'bench', $1, 'ks', $2) ON CONFLICT DO NOTHING",
+                       org, ORG_WINDOWS)
 
 
 async def insert_keys(conn: Connection, count: int, quota: dict[str, object]) -> list[str]:
     """``count`` keys with the bench's scopes and limits, ``KEYS_PER_OWNER`` to an owner
     with its own rate limit; returns the raw keys."""
+    return [raw for _, raw in await insert_key_rows(conn, count, quota)]
+
+
+async def insert_key_rows(conn: Connection, count: int, quota: dict[str, object],
+                          org: str = ORG, usage_limit: int = USAGE_LIMIT
+                          ) -> list[tuple[str, str]]:
+    """As ``insert_keys``, in ``org`` with ``usage_limit``; returns (key id, raw key)
+    pairs."""
     raws = [keyformat.generate("ks") for _ in range(count)]
     rows = [(keyformat.new_id("key"), raw) for raw in raws]
     batch = keyformat.random_base62(8)  # owners of one call are not another call's
     owners = [f"owner-{batch}-{i // KEYS_PER_OWNER}" for i in range(count)]
     await conn.executemany(
         "INSERT INTO owner_limits (org_id, owner_id, rate_limits) VALUES ($1, $2, $3)",
-        [(ORG, owner, OWNER_WINDOWS) for owner in sorted(set(owners))])
+        [(org, owner, OWNER_WINDOWS) for owner in sorted(set(owners))])
     await conn.executemany(
         "INSERT INTO keys (id, org_id, owner_id, prefix, key_prefix, scopes, rate_limits, "
         "quota, usage_limit) VALUES ($1, $2, $3, $4, 'ks', '{svc:read}', $5, $6, $7)",
-        [(key_id, ORG, owner, keyformat.display_prefix(raw), WINDOWS, quota, USAGE_LIMIT)
+        [(key_id, org, owner, keyformat.display_prefix(raw), WINDOWS, quota, usage_limit)
          for (key_id, raw), owner in zip(rows, owners, strict=True)])
     await conn.executemany("INSERT INTO key_secrets (hash, key_id) VALUES ($1, $2)",
                            [(keyformat.hash_key(raw), key_id) for key_id, raw in rows])
-    return raws
+    return rows
 
 
 async def seed_keys(url: str, count: int) -> tuple[list[str], list[str]]:
