@@ -39,7 +39,7 @@ class Decision:
     at: datetime | None = None  # when the units were spent (a refund books them back there)
     blocking: WindowState | None = None  # the window that refused, if one did
     # What giving the spend back takes: the script's keys and arguments.
-    refund: tuple[list[str], list[int | str]] | None = field(default=None, repr=False)
+    refund: tuple[list[str], list[str | bytes]] | None = field(default=None, repr=False)
     local: bool = False  # decided by this worker alone (limits_mode fast), not by Redis
     clock_ms: int | None = None  # Redis's clock when the script judged the request
 

@@ -20,7 +20,16 @@ from redis.exceptions import RedisError
 from gateway.keyrecord import KeyRecord
 from gateway.limits import periods
 from gateway.limits.decision import ALLOWED, Decision, Window
-from gateway.limits.plan import Plan, Shape, deadline_ms, decide, key_state, plan, state_key
+from gateway.limits.plan import (
+    Plan,
+    Shape,
+    deadline_ms,
+    decide,
+    key_state,
+    packed,
+    plan,
+    state_key,
+)
 from gateway.limits.plan import window_states as states_of
 from gateway.limits.runner import ScriptRunner
 from gateway.limits.script import LATE, NEED_SEED
@@ -123,10 +132,10 @@ class Limiter:
     async def hit(self, tag: str, subject: str, windows: list[Window], now: datetime
                   ) -> Decision:
         """One request against rate windows of any subject (e.g. a dialect's user)."""
-        args: list[int | str] = ["s", 1, "1", 0, -1, -1, 0, "", "", 0, 0, len(windows)]
+        numbers = [1, 1, 0, -1, -1, 0, 0, 0, len(windows)]
         for window in windows:
-            args += [window.limit, window.window_s * 1000]
-        result = await self.runner.call([state_key(tag, subject)], args)
+            numbers += [window.limit, window.window_s * 1000]
+        result = await self.runner.call([state_key(tag, subject)], ["s", "", "", packed(numbers)])
         verdict, retry_ms = int(result[0]), int(result[1])
         return Decision(verdict=verdict, windows=states_of(windows, result), usage_limit=None,
                         usage_used=None, quota_limit=None, quota_used=None,
@@ -163,7 +172,7 @@ class Limiter:
     async def adjust_usage(self, record: KeyRecord, op: str, value: int) -> None:
         """Applies ``op`` (set | increment | decrement) to the live lifetime count (if Redis
         has none, the next request seeds it from PostgreSQL, which already has the change)."""
-        await self.runner.call([key_state(record)], ["a", op, value])
+        await self.runner.call([key_state(record)], ["a", op, str(value)])
 
 
 def stale_counts(before: KeyRecord, after: KeyRecord) -> list[str]:

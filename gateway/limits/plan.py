@@ -4,6 +4,7 @@ slot), the arguments it is given, and its answer turned into a Decision."""
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,14 @@ from typing import Any
 from gateway.keyrecord import KeyRecord
 from gateway.limits import periods
 from gateway.limits.decision import QUOTA, RATE, Decision, Window, WindowState, windows_of
-from gateway.limits.script import FIXED_ARGS, SEED_ARGS
+from gateway.limits.script import AT, FIXED_NUMBERS
+
+Args = list[str | bytes]  # the script's ARGV: mode, the two seeds, the packed numbers
+
+
+def packed(numbers: list[int]) -> bytes:
+    """The plan's numbers as the script reads them: little-endian doubles."""
+    return struct.pack(f"<{len(numbers)}d", *numbers)
 
 
 def state_key(tag: str, subject: str) -> str:
@@ -69,11 +77,23 @@ class Plan:
     now: datetime
     windows: list[Window]
     keys: list[str]
-    args: list[int | str]
+    mode: str
+    numbers: list[int]
     quota_end: datetime | None
+    seeds: tuple[str, str] = ("", "")
+
+    @property
+    def args(self) -> Args:
+        return [self.mode, *self.seeds, packed(self.numbers)]
 
     def seed(self, used: int, period_used: int) -> None:
-        self.args[SEED_ARGS[0]], self.args[SEED_ARGS[1]] = str(used), str(period_used)
+        self.seeds = (str(used), str(period_used))
+
+    def refund_args(self, clock_ms: int) -> Args:
+        """Giving back this spend, made when Redis's clock read ``clock_ms``."""
+        numbers = list(self.numbers)
+        numbers[AT] = clock_ms
+        return ["r", "", "", packed(numbers)]
 
 
 def plan(shape: Shape, cost: int, enforce: bool, now: datetime, deadline_ms: int = 0,
@@ -82,15 +102,15 @@ def plan(shape: Shape, cost: int, enforce: bool, now: datetime, deadline_ms: int
     quota_start = quota_end = None
     if record.quota:
         quota_start, quota_end = periods.bounds(str(record.quota["period"]), now)
-    args: list[int | str] = [
-        mode, cost, "1" if enforce else "0", deadline_ms,
+    numbers = [
+        cost, 1 if enforce else 0, deadline_ms,
         record.usage_limit if record.usage_limit is not None else -1,
         int(record.quota["limit"]) if record.quota else -1,
-        int(quota_start.timestamp()) if quota_start else 0, "", "", 0,
+        int(quota_start.timestamp()) if quota_start else 0, 0,
         int(quota_end.timestamp()) if quota_end else 0,
         *shape.window_args]
-    assert len(args) == FIXED_ARGS + len(shape.window_args)
-    return Plan(record, cost, now, shape.windows, shape.keys, args, quota_end)
+    assert len(numbers) == FIXED_NUMBERS + len(shape.window_args)
+    return Plan(record, cost, now, shape.windows, shape.keys, mode, numbers, quota_end)
 
 
 def window_states(windows: list[Window], result: list[Any]) -> list[WindowState]:
@@ -106,9 +126,7 @@ def decide(plan: Plan, result: list[Any]) -> Decision:
     clock_ms = int(result[-1])
     refund = None
     if spent:
-        refund_args = list(plan.args)
-        refund_args[0], refund_args[9] = "r", clock_ms
-        refund = (plan.keys, refund_args)
+        refund = (plan.keys, plan.refund_args(clock_ms))
     return Decision(
         verdict=verdict,
         retry_after_s=max(-(-retry_ms // 1000), 1) if verdict in (RATE, QUOTA) else None,

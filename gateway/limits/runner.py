@@ -31,7 +31,7 @@ class ScriptRunner:
         self._waiting: list[tuple[Plan, asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def call(self, keys: list[str], args: list[int | str]) -> Any:
+    async def call(self, keys: list[str], args: list[str | bytes]) -> Any:
         """The script once, on its own (it is loaded again if Redis forgot it)."""
         sent = time.time()
         with at_most_once():

@@ -43,13 +43,15 @@ COUNTS_TTL_MS = 86_400_000
 NEED_SEED = -1  # lifetime or quota count unknown to Redis: run again with seeds
 LATE = -2  # the script ran after the request's deadline: it spent nothing
 
-# ARGV: mode, cost, enforce, deadline_ms, usage_limit, quota_limit, quota_start_s,
-# usage_seed, quota_seed, at_ms (refund: Redis time of the spend), quota_end_s (when the
-# period ends: a quota refusal's Retry-After), then for each KEYS[i]:
-# its number of windows and each window's (limit, window_ms). KEYS[1] is the subject that
-# holds the lifetime and quota counts (the key's own state).
-FIXED_ARGS = 11
-SEED_ARGS = (7, 8)  # where the seeds go (0-based indices into ARGV)
+# ARGV: mode, usage_seed, quota_seed ('' when none), then the plan's numbers packed as
+# little-endian doubles (one argument, unpacked with one call: a Redis script pays for every
+# argument and every tonumber): cost, enforce (1/0), deadline_ms, usage_limit, quota_limit,
+# quota_start_s, at_ms (refund: Redis time of the spend), quota_end_s (a quota refusal's
+# Retry-After), then for each KEYS[i] its number of windows and each window's (limit,
+# window_ms). KEYS[1] is the subject that holds the lifetime and quota counts (the key's own
+# state). Adjust: ARGV = 'a', op, value; forget: ARGV = 'f'.
+FIXED_NUMBERS = 8
+AT = 6  # where at_ms goes among the numbers (0-based)
 
 LIMITS = Template("""
 local BUCKETS, COUNTS_TTL, VERSION = $buckets, $ttl, 5
@@ -187,13 +189,12 @@ end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
-local deadline = tonumber(ARGV[4])
+local V = {unpack_at('<' .. rep('d', #ARGV[4] / 8), ARGV[4])}
+local cost, enforce, deadline = V[1], V[2] == 1, V[3]
 if deadline > 0 and now > deadline then return {-2, now} end
-local cost, enforce = tonumber(ARGV[2]), ARGV[3] == '1'
 local need = max(cost, 1)  -- a cost-0 request is still refused by an exhausted limit
-local usage_limit, quota_limit = tonumber(ARGV[5]), tonumber(ARGV[6])
-local quota_start = tonumber(ARGV[7])
-local usage_seed, quota_seed = ARGV[8], ARGV[9]
+local usage_limit, quota_limit, quota_start = V[4], V[5], V[6]
+local usage_seed, quota_seed = ARGV[2], ARGV[3]
 
 -- The units of bucket idx of window k's ring (a bucket older than the newest).
 local function bucket(st, k, idx)
@@ -276,12 +277,8 @@ end
 
 -- Read every subject and what the plan asks of it.
 local subjects, arg = {}, $fixed + 1
-local LIMIT, LENGTH = {}, {}  -- each planned window's limit and length, by ARGV position
 for i = 1, #KEYS do
-  local n = tonumber(ARGV[arg])
-  for k = arg + 1, arg + 2 * n, 2 do
-    LIMIT[k], LENGTH[k] = tonumber(ARGV[k]), tonumber(ARGV[k + 1])
-  end
+  local n = V[arg]
   local counts = i == 1 and (usage_limit >= 0 or quota_limit >= 0 or mode == 'r')
   local state = nil
   if n > 0 or counts then state = load(KEYS[i]) end
@@ -290,13 +287,13 @@ for i = 1, #KEYS do
 end
 
 if mode == 'r' then  -- give back a spend: out of the buckets it went to
-  local at = tonumber(ARGV[10])
+  local at = V[7]
   for i, s in ipairs(subjects) do
     local st = s.state
     if st then
       local h = st.h
       for j = 0, s.n - 1 do
-        local k = find(st, LENGTH[s.first + 2 * j])
+        local k = find(st, V[s.first + 2 * j + 1])
         if k then
           local b = 1 + 5 * k
           local idx, head = floor(at / st.d[3 * k - 1]), h[b + 1]
@@ -353,7 +350,7 @@ for _, s in ipairs(subjects) do
   local st = s.state
   for j = 0, s.n - 1 do
     index = index + 1
-    local limit, w = LIMIT[s.first + 2 * j], LENGTH[s.first + 2 * j]
+    local limit, w = V[s.first + 2 * j], V[s.first + 2 * j + 1]
     local k = st and find(st, w)
     local inside, lo, reset = 0, 0, w
     if k then
@@ -379,7 +376,7 @@ end
 
 if verdict == 0 and quota_limit >= 0 and qused + need > quota_limit then
   verdict = 2
-  retry = tonumber(ARGV[11]) * 1000 - now  -- the period's end
+  retry = V[8] * 1000 - now  -- the period's end
 end
 if verdict == 0 and usage_limit >= 0 and used + need > usage_limit then verdict = 3 end
 local spend = (verdict == 0 or not enforce) and cost > 0
@@ -396,7 +393,7 @@ for i, s in ipairs(subjects) do
   if (spend or (i == 1 and seeded)) and st then
     local planned, ttl = {}, 0
     for j = 0, s.n - 1 do
-      local w = LENGTH[s.first + 2 * j]
+      local w = V[s.first + 2 * j + 1]
       if not planned[w] then
         planned[w] = true
         if spend then add(st, find(st, w) or add_window(st, w), cost) end
@@ -432,4 +429,4 @@ for j = 1, index do
   out[6 + 2 * j] = math.abs(r)
 end
 return out
-""").substitute(buckets=BUCKETS, ttl=COUNTS_TTL_MS, fixed=FIXED_ARGS)
+""").substitute(buckets=BUCKETS, ttl=COUNTS_TTL_MS, fixed=FIXED_NUMBERS)

