@@ -82,7 +82,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "            return False", GATEWAY),
     # Limits.
     Mutant("rate limit off by one", "gateway/limits/script.py",
-           "if inside + need > limit then", "if inside + need > limit + 1 then", LIMITS),
+           "and inside + need > limit then", "and inside + need > limit + 1 then", LIMITS),
     Mutant("quota off by one", "gateway/limits/script.py",
            "qused + need > quota_limit then", "qused + need > quota_limit + 1 then", LIMITS),
     Mutant("lifetime limit off by one", "gateway/limits/script.py",
