@@ -131,10 +131,12 @@ MUTANTS: tuple[Mutant, ...] = (
     # The bucketed windows: counting only the buckets wholly inside the window over-admits;
     # counting one bucket more than needed refuses too early.
     Mutant("oldest overlapping bucket not counted", "gateway/limits/script.py",
-           "for idx = win.head - win.m + 1, lo - 1 do", "for idx = win.head - win.m + 1, lo do",
+           "for idx = head - st.d[3 * k] + 1, lo - 1 do",
+           "for idx = head - st.d[3 * k] + 1, lo do",
            LIMITS),
     Mutant("one bucket too many counted", "gateway/limits/script.py",
-           "for idx = win.head - win.m + 1, lo - 1 do", "for idx = win.head - win.m + 1, lo - 2 do",
+           "for idx = head - st.d[3 * k] + 1, lo - 1 do",
+           "for idx = head - st.d[3 * k] + 1, lo - 2 do",
            LIMITS),
     Mutant("prefix match ignores segment boundary", "gateway/paths.py",
            'return path == prefix or path.startswith(prefix.rstrip("/") + "/")',

@@ -13,7 +13,7 @@ from typing import Any
 from gateway.keyrecord import KeyRecord
 from gateway.limits import periods
 from gateway.limits.decision import QUOTA, RATE, Decision, Window, WindowState, windows_of
-from gateway.limits.script import AT, FIXED_NUMBERS
+from gateway.limits.script import AT, DEADLINE, FIXED_NUMBERS, PERIOD_KINDS
 
 Args = list[str | bytes]  # the script's ARGV: mode, the two seeds, the packed numbers
 
@@ -92,23 +92,26 @@ class Plan:
     def refund_args(self, clock_ms: int) -> Args:
         """Giving back this spend, made when Redis's clock read ``clock_ms``."""
         numbers = list(self.numbers)
-        numbers[AT] = clock_ms
+        numbers[AT], numbers[DEADLINE] = clock_ms, 0  # a refund is never too late
         return ["r", "", "", packed(numbers)]
 
 
 def plan(shape: Shape, cost: int, enforce: bool, now: datetime, deadline_ms: int = 0,
          mode: str = "s") -> Plan:
     record = shape.record
-    quota_start = quota_end = None
+    quota_period = quota_end_s = 0
+    quota_end = None
     if record.quota:
-        quota_start, quota_end = periods.bounds(str(record.quota["period"]), now)
+        period = str(record.quota["period"])
+        quota_start, quota_end = periods.bounds(period, now)
+        # The period's identity: its start and its kind (a day and a week may start together).
+        quota_period = int(quota_start.timestamp()) * 4 + PERIOD_KINDS[period]
+        quota_end_s = int(quota_end.timestamp())
     numbers = [
         cost, 1 if enforce else 0, deadline_ms,
         record.usage_limit if record.usage_limit is not None else -1,
         int(record.quota["limit"]) if record.quota else -1,
-        int(quota_start.timestamp()) if quota_start else 0, 0,
-        int(quota_end.timestamp()) if quota_end else 0,
-        *shape.window_args]
+        quota_period, 0, quota_end_s, *shape.window_args]
     assert len(numbers) == FIXED_NUMBERS + len(shape.window_args)
     return Plan(record, cost, now, shape.windows, shape.keys, mode, numbers, quota_end)
 

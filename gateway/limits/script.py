@@ -19,8 +19,8 @@ every bucket that overlaps ``(now - window, now]`` plus its own fit the limit. E
 admitted in any window-long span lies in such a bucket of the span's last admission, so no
 span ever holds more than ``limit`` — never over. The buckets reach back at most one bucket
 width before the window, so a request is refused only when the units admitted in the last
-``window + window / BUCKETS`` plus its own exceed the limit: at most one bucket (1/60 of the
-window) early, never late.
+``window + ceil(window / BUCKETS)`` ms plus its own exceed the limit: at most one bucket (1/60
+of the window, rounded up to a millisecond) early, never late.
 
 A subject's keys share its organisation's hash tag, so one request touches one cluster slot:
 TIME, then a GET and at most a SET (``PX``: the state goes once no bucket can count) per
@@ -40,21 +40,28 @@ BUCKETS = 60  # per window: the early-refusal bound is one bucket, 1/BUCKETS of 
 # PostgreSQL (the source of truth) by the next request that needs them.
 COUNTS_TTL_MS = 86_400_000
 
+# Windows a subject's limits no longer name are kept while they can still count (another
+# worker may still judge with the older limits), but only this many: the state stays bounded
+# however often the limits change.
+EXTRA_WINDOWS = 10
+
 NEED_SEED = -1  # lifetime or quota count unknown to Redis: run again with seeds
 LATE = -2  # the script ran after the request's deadline: it spent nothing
 
 # ARGV: mode, usage_seed, quota_seed ('' when none), then the plan's numbers packed as
 # little-endian doubles (one argument, unpacked with one call: a Redis script pays for every
 # argument and every tonumber): cost, enforce (1/0), deadline_ms, usage_limit, quota_limit,
-# quota_start_s, at_ms (refund: Redis time of the spend), quota_end_s (a quota refusal's
-# Retry-After), then for each KEYS[i] its number of windows and each window's (limit,
-# window_ms). KEYS[1] is the subject that holds the lifetime and quota counts (the key's own
-# state). Adjust: ARGV = 'a', op, value; forget: ARGV = 'f'.
+# quota_period (its start in s × 4 + its kind: 1 day, 2 week, 3 month), at_ms (refund:
+# Redis time of the spend), quota_end_s (a quota refusal's Retry-After), then for each
+# KEYS[i] its number of windows and each window's (limit, window_ms). KEYS[1] is the subject
+# that holds the lifetime and quota counts (the key's own state). Adjust: ARGV = 'a', op,
+# value; forget: ARGV = 'f'.
 FIXED_NUMBERS = 8
-AT = 6  # where at_ms goes among the numbers (0-based)
+DEADLINE, AT = 2, 6  # where deadline_ms and at_ms go among the numbers (0-based)
+PERIOD_KINDS = {"day": 1, "week": 2, "month": 3}
 
 LIMITS = Template("""
-local BUCKETS, COUNTS_TTL, VERSION = $buckets, $ttl, 5
+local BUCKETS, COUNTS_TTL, VERSION, EXTRA = $buckets, $ttl, 6, $extra
 local MAX_SLOT = 4294967295
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local unpack_at, pack, rep, sub = struct.unpack, struct.pack, string.rep, string.sub
@@ -191,9 +198,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local V = {unpack_at('<' .. rep('d', #ARGV[4] / 8), ARGV[4])}
 local cost, enforce, deadline = V[1], V[2] == 1, V[3]
-if deadline > 0 and now > deadline then return {-2, now} end
+if mode ~= 'r' and deadline > 0 and now > deadline then return {-2, now} end
 local need = max(cost, 1)  -- a cost-0 request is still refused by an exhausted limit
-local usage_limit, quota_limit, quota_start = V[4], V[5], V[6]
+local usage_limit, quota_limit, quota_period = V[4], V[5], V[6]
 local usage_seed, quota_seed = ARGV[2], ARGV[3]
 
 -- The units of bucket idx of window k's ring (a bucket older than the newest).
@@ -291,9 +298,11 @@ if mode == 'r' then  -- give back a spend: out of the buckets it went to
   for i, s in ipairs(subjects) do
     local st = s.state
     if st then
-      local h = st.h
+      local h, done = st.h, {}
       for j = 0, s.n - 1 do
-        local k = find(st, V[s.first + 2 * j + 1])
+        local w = V[s.first + 2 * j + 1]
+        local k = not done[w] and find(st, w)
+        done[w] = true
         if k then
           local b = 1 + 5 * k
           local idx, head = floor(at / st.d[3 * k - 1]), h[b + 1]
@@ -310,7 +319,7 @@ if mode == 'r' then  -- give back a spend: out of the buckets it went to
       end
       if i == 1 then
         if usage_limit >= 0 and h[3] >= 0 then h[3] = max(h[3] - cost, 0) end
-        if quota_limit >= 0 and h[4] == quota_start then h[5] = max(h[5] - cost, 0) end
+        if quota_limit >= 0 and h[4] == quota_period then h[5] = max(h[5] - cost, 0) end
       end
       redis.call('SET', s.key, encode(st, all_windows(st)), 'KEEPTTL')
     end
@@ -333,11 +342,14 @@ if usage_limit >= 0 then
   if used ~= '' then used = kh[3] end
 end
 if quota_limit >= 0 then
-  -- A request of a period that has just ended counts toward the newer one (stricter).
-  if kh[4] < quota_start then
+  -- The count is of this period (its start and kind), or of one that starts after this one
+  -- ends: a request whose host's clock lags counts toward the newer period (stricter).
+  -- Any other (an older period, or one of another kind: the quota was changed) is re-seeded.
+  local stored = kh[4]
+  if stored ~= quota_period and not (stored >= 0 and floor(stored / 4) >= V[8]) then
     if mode == 'p' then qused = ''
     elseif quota_seed == '' then return {-1}
-    else kh[4], kh[5], seeded = quota_start, tonumber(quota_seed), true end
+    else kh[4], kh[5], seeded = quota_period, tonumber(quota_seed), true end
   end
   if qused ~= '' then qused = kh[5] end
 end
@@ -400,12 +412,22 @@ for i, s in ipairs(subjects) do
       end
     end
     -- Stored windows stay while planned, or while they can still count (an older view of
-    -- the limits); new ones follow.
-    local h, keep = st.h, {}
+    -- the limits: the newest EXTRA of those); new ones follow.
+    local h, keep, older = st.h, {}, 0
+    for k = 1, st.stored do
+      local b = 1 + 5 * k
+      if not planned[h[b]] and h[b + 1] >= floor((now - h[b]) / st.d[3 * k - 1]) then
+        older = older + 1
+      end
+    end
     for k = 1, st.n do
       local b = 1 + 5 * k
       local g = st.d[3 * k - 1]
-      if k > st.stored or planned[h[b]] or h[b + 1] >= floor((now - h[b]) / g) then
+      local kept = k > st.stored or planned[h[b]]
+      if not kept and h[b + 1] >= floor((now - h[b]) / g) then
+        kept, older = older <= EXTRA, older - 1
+      end
+      if kept then
         keep[#keep + 1] = k
         ttl = max(ttl, h[b] + g)
       end
@@ -429,4 +451,4 @@ for j = 1, index do
   out[6 + 2 * j] = math.abs(r)
 end
 return out
-""").substitute(buckets=BUCKETS, ttl=COUNTS_TTL_MS, fixed=FIXED_NUMBERS)
+""").substitute(buckets=BUCKETS, ttl=COUNTS_TTL_MS, fixed=FIXED_NUMBERS, extra=EXTRA_WINDOWS)

@@ -63,7 +63,7 @@ class Upstream:
         if request.path.startswith("/svc/gate"):
             self.arrived.set()
             await self.gate.wait()
-        if request.path.startswith("/svc/slow"):
+        if request.path.startswith(("/svc/slow", "/refund/slow")):
             await asyncio.sleep(1.5)
         body = await request.read()
         self.seen.append({"method": request.method, "path": request.raw_path,

@@ -5,11 +5,13 @@ never refused while the last window and one bucket before it held room."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import redis.asyncio
 from aiohttp.test_utils import TestClient
 
@@ -21,7 +23,7 @@ from gateway.limits.script import BUCKETS
 from gateway.state import DEPS
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
-from tests.gateway.conftest import limit_state_bytes
+from tests.gateway.conftest import eventually, limit_state_bytes
 
 HUGE = 10**9  # limits that never refuse: the state is what is measured
 WINDOWS_1S_60S_3600S = [{"limit": HUGE, "window_s": w} for w in (1, 60, 3600)]
@@ -135,3 +137,55 @@ async def test_an_adversary_bursting_at_bucket_edges_never_gets_more_than_the_li
     # And the adversary did get close to the limit (the counter is not simply strict).
     # (at most a bucket early: here a bucket can hold one burst of 12).
     assert max(admitted_in(t - window_ms, t) for t in admitted) >= limit - 12
+
+
+async def test_two_limits_of_one_length_are_given_back_once(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    key = await admin.key(org["id"], rate_limits=[{"limit": 10, "window_s": 60},
+                                                  {"limit": 100, "window_s": 60}])
+    headers = {"X-API-Key": key["key"]}
+    for _ in range(3):
+        assert (await gateway.get("/maybe/x", headers=headers)).status == 200
+    assert (await gateway.get("/refund/x?status=502", headers=headers)).status == 502
+    usage = await admin.call("GET", f"/v1/keys/{key['id']}/usage", expect=200)
+    assert [w["remaining"] for w in usage["rate_limits"]] == [7, 97]  # 4 spent, 1 given back
+
+
+async def test_limits_changed_again_and_again_keep_the_state_bounded(
+        gateway: TestClient, admin: Admin, org: dict[str, Any], stores: Stores) -> None:
+    """Windows the limits no longer name are kept while they can still count (a worker may
+    still judge with the older limits), but only the newest few."""
+    key = await admin.key(org["id"], rate_limits=[{"limit": 100, "window_s": 60}])
+    headers = {"X-API-Key": key["key"]}
+    for window_s in range(61, 77):
+        await admin.call("PATCH", f"/v1/keys/{key['id']}",
+                         json={"rate_limits": [{"limit": 100, "window_s": window_s}]},
+                         expect=200)
+
+        async def judged_by_the_new_limits(policy: str = f"100;w={window_s}") -> bool:
+            resp = await gateway.get("/maybe/x", headers=headers)
+            return resp.headers.get("RateLimit-Policy") == policy
+        await eventually(judged_by_the_new_limits)
+    # 17 windows of about 280 bytes were named in turn; the key keeps its own and 10 more.
+    assert await limit_state_bytes(stores.redis_url, org["id"]) <= 11 * 300 + 200
+
+
+async def test_a_quota_changed_to_a_longer_period_is_counted_afresh(
+        gateway: TestClient, admin: Admin) -> None:
+    """A worker still holding the daily quota seeds today's count; the monthly (or weekly)
+    quota that replaced it must not take that count for its own."""
+    today = datetime.now(UTC).date()
+    period, since = ("month", today.replace(day=1)) if today.day > 1 else (
+        "week", today - timedelta(days=today.weekday()))
+    if since == today:
+        pytest.skip("the week and the month both start today")
+    org = await admin.org("periods")
+    key = await admin.key(org["id"], quota={"limit": 100, "period": "day"})
+    daily = await _record(gateway, key["key"])
+    await admin.db.execute("INSERT INTO key_usage_daily (key_id, day, count) "
+                           "VALUES ($1, $2, 90), ($1, $3, 5)", key["id"], since, today)
+    limiter: Limiter = gateway.server.app[DEPS].limiter
+    now = datetime.now(UTC)
+    assert (await limiter.spend(daily, 1, True, now)).quota_used == 6  # today's 5, and 1
+    longer = dataclasses.replace(daily, quota={"limit": 100, "period": period})
+    assert (await limiter.spend(longer, 1, True, now)).quota_used == 96  # 90 + 5, and 1

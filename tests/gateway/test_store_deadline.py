@@ -132,3 +132,19 @@ async def test_a_fresh_workers_first_spends_are_not_charged_late_either(
     assert after == [200]
     resp = await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})
     assert resp.headers["RateLimit-Remaining"] == str(1000 - 2)  # only the two served
+
+
+async def test_a_refund_long_after_the_store_deadline_still_gives_the_units_back(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    """The upstream fails (502) after 1.5 s, three times the store deadline: the route gives
+    the units back all the same (a refund is never too late)."""
+    key = await admin.key(org["id"], usage_limit=100,
+                          rate_limits=[{"limit": 10, "window_s": 60}])
+    headers = {"X-API-Key": key["key"]}
+    assert (await gateway.get("/maybe/x", headers=headers)).status == 200
+    started = time.monotonic()
+    resp = await gateway.get("/refund/slow?status=502", headers=headers)
+    assert resp.status == 502 and time.monotonic() - started > 3 * TIMEOUT_S
+    usage = await admin.call("GET", f"/v1/keys/{key['id']}/usage", expect=200)
+    assert usage["rate_limits"][0]["remaining"] == 9  # only the first request is charged
+    assert usage["usage_remaining"] == 99
