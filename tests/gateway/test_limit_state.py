@@ -90,6 +90,17 @@ async def test_a_request_runs_at_most_8_redis_commands(
     assert per_request <= 8, per_request
 
 
+async def _redis_offset_ms(redis_url: str) -> float:
+    """Redis's clock minus ours, in ms (to within a round trip)."""
+    control = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        sent = time.time()
+        seconds, micros = await control.time()
+        return float(seconds * 1000 + micros / 1000 - sent * 1000)
+    finally:
+        await control.aclose()
+
+
 async def _burst_at(limiter: Limiter, record: KeyRecord, redis_ms: float, offset_ms: float,
                     n: int) -> list[Decision]:
     """``n`` spends sent together when Redis's clock reads about ``redis_ms``."""
@@ -108,13 +119,7 @@ async def test_an_adversary_bursting_at_bucket_edges_never_gets_more_than_the_li
     key = await admin.key(org["id"], rate_limits=[{"limit": limit, "window_s": 1}])
     record = await _record(gateway, key["key"])
     limiter: Limiter = gateway.server.app[DEPS].limiter
-    control = redis.asyncio.Redis.from_url(stores.redis_url)
-    try:
-        sent = time.time()
-        seconds, micros = await control.time()
-        offset_ms = seconds * 1000 + micros / 1000 - sent * 1000  # Redis's clock minus ours
-    finally:
-        await control.aclose()
+    offset_ms = await _redis_offset_ms(stores.redis_url)
     decisions: list[Decision] = []
     start = (time.time() * 1000 + offset_ms) // width * width + 5 * width
     # Bursts just before and just after bucket edges, and a window after earlier bursts,
@@ -137,6 +142,40 @@ async def test_an_adversary_bursting_at_bucket_edges_never_gets_more_than_the_li
     # And the adversary did get close to the limit (the counter is not simply strict).
     # (at most a bucket early: here a bucket can hold one burst of 12).
     assert max(admitted_in(t - window_ms, t) for t in admitted) >= limit - 12
+
+
+async def test_the_oldest_overlapping_bucket_still_counts(
+        gateway: TestClient, admin: Admin, stores: Stores) -> None:
+    """A burst at the end of a bucket, one more request a few buckets later (the first bucket
+    is then an older one, in the ring), then a burst one window after the first, when its
+    bucket is the oldest the window overlaps: the first burst is still inside the window, so
+    every request of the last one is refused."""
+    limit, window_ms = 20, 3000
+    width = math.ceil(window_ms / BUCKETS)  # 50 ms: room for the client's timing to wander
+    org = await admin.org("oldest")
+    limiter: Limiter = gateway.server.app[DEPS].limiter
+    offset_ms = await _redis_offset_ms(stores.redis_url)
+    judged = 0
+    for _ in range(5):  # a busy machine may miss the moment: try again with a fresh key
+        key = await admin.key(org["id"], rate_limits=[{"limit": limit, "window_s": 3}])
+        record = await _record(gateway, key["key"])
+        bucket = (time.time() * 1000 + offset_ms) // width + 3
+        first = await _burst_at(limiter, record, bucket * width + width - 15, offset_ms,
+                                limit - 1)
+        later = await _burst_at(limiter, record, (bucket + 5) * width, offset_ms, 1)
+        second = await _burst_at(limiter, record, bucket * width + window_ms + 5, offset_ms,
+                                 limit)
+        assert all(d.allowed for d in first + later)
+        first_ms = [d.clock_ms for d in first if d.clock_ms is not None]
+        # Those of the second burst whose window still holds the whole first one.
+        inside = [d for d in second if d.clock_ms is not None
+                  and d.clock_ms - window_ms < min(first_ms)
+                  and (d.clock_ms - window_ms) // width == bucket]
+        if {t // width for t in first_ms} == {bucket} and inside:
+            assert not any(d.allowed for d in inside), [d.clock_ms for d in inside]
+            judged += 1
+            break
+    assert judged, "the bursts never met the moment they were aimed at"
 
 
 async def test_two_limits_of_one_length_are_given_back_once(
