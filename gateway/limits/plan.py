@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -147,7 +148,8 @@ def decide(plan: Plan, result: list[Any]) -> Decision:
         clock_ms=clock_ms)
 
 
-def deadline_ms(clock_to_redis_ms: Any, deadline: float | None, margin_s: float) -> int:
+def deadline_ms(clock_to_redis_ms: Callable[[float], int], deadline: float | None,
+                margin_s: float) -> int:
     """A request's deadline in Redis's clock, less the time its answer needs to travel back
     (at most a tenth of what is left, so a short deadline still leaves room)."""
     if deadline is None:
