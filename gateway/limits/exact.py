@@ -80,7 +80,8 @@ class Limiter:
         result = await self.runner.together(todo)
         if int(result[0]) == NEED_SEED:
             todo.seed(*(await seeds_of(self.pool, [record], now, pending))[0])
-            result = await self.runner.call(todo.keys, todo.args)
+            # Batched again, so a spend the request gave up on (503) is given back too.
+            result = await self.runner.together(todo)
         if int(result[0]) == LATE:
             raise TooLate()
         return decide(todo, result)
