@@ -235,7 +235,7 @@ async def update(request: web.Request, principal: Principal, key_id: str, body: 
         if key.is_default and fields.get("owner_id", key.owner_id) != key.owner_id:
             fields["is_default"] = audited["is_default"] = False  # a default is its owner's
         updated = await keys.update(conn, key.id, fields)
-        stale = (stale_counts(key, updated)
+        stale = (stale_counts(key)
                  if "usage_limit" in fields or "quota" in fields else [])
         await changes.key(conn, key.id, stale)
         await _record(conn, request, principal, "key.update", key, audited)
@@ -252,7 +252,7 @@ async def delete(request: web.Request, principal: Principal, key_id: str) -> Non
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, key_id)
-        await changes.key(conn, key.id, stale_counts(key, key))
+        await changes.key(conn, key.id, stale_counts(key))
         await keys.delete(conn, key.id)
         await _record(conn, request, principal, "key.delete", key, {})
     await changes.announce(request.app[POOL], request.app[REDIS])

@@ -26,9 +26,11 @@ from gateway.limits.plan import (
     deadline_ms,
     decide,
     key_state,
+    leading_numbers,
     packed,
     plan,
     state_key,
+    subject_numbers,
 )
 from gateway.limits.plan import window_states as states_of
 from gateway.limits.runner import ScriptRunner
@@ -133,9 +135,7 @@ class Limiter:
     async def hit(self, tag: str, subject: str, windows: list[Window], now: datetime
                   ) -> Decision:
         """One request against rate windows of any subject (e.g. a dialect's user)."""
-        numbers = [1, 1, 0, -1, -1, 0, 0, 0, len(windows)]
-        for window in windows:
-            numbers += [window.limit, window.window_s * 1000]
+        numbers = leading_numbers(1, True) + subject_numbers(windows)
         result = await self.runner.call([state_key(tag, subject)], ["s", "", "", packed(numbers)])
         verdict, retry_ms = int(result[0]), int(result[1])
         return Decision(verdict=verdict, windows=states_of(windows, result), usage_limit=None,
@@ -176,9 +176,9 @@ class Limiter:
         await self.runner.call([key_state(record)], ["a", op, str(value)])
 
 
-def stale_counts(before: KeyRecord, after: KeyRecord) -> list[str]:
-    """After a change of ``usage_limit`` or ``quota`` (or a deletion): the states whose
+def stale_counts(record: KeyRecord) -> list[str]:
+    """After a change of ``usage_limit`` or ``quota`` (or a deletion): the key's state, whose
     lifetime and quota counts stopped moving while a limit was absent, so must not be
     trusted again; they are forgotten (``forget``) and re-seeded from PostgreSQL on the next
     request, while the rate windows in the same state keep counting."""
-    return sorted({key_state(before), key_state(after)})
+    return [key_state(record)]

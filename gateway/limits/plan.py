@@ -24,6 +24,20 @@ def packed(numbers: list[int]) -> bytes:
     return struct.pack(f"<{len(numbers)}d", *numbers)
 
 
+def leading_numbers(cost: int, enforce: bool, deadline_ms: int = 0, usage_limit: int = -1,
+                    quota_limit: int = -1, quota_period: int = 0, quota_end_s: int = 0
+                    ) -> list[int]:
+    """The numbers every spend starts with, in the script's order (-1: no such limit; the
+    7th, at_ms, is set only to give a spend back)."""
+    return [cost, 1 if enforce else 0, deadline_ms, usage_limit, quota_limit, quota_period, 0,
+            quota_end_s]
+
+
+def subject_numbers(windows: list[Window]) -> list[int]:
+    """One subject's windows as the script reads them: how many, then (limit, ms) each."""
+    return [len(windows), *(a for w in windows for a in (w.limit, w.window_s * 1000))]
+
+
 def state_key(tag: str, subject: str) -> str:
     """A subject's packed limit state; ``tag`` (the organisation) is the cluster hash tag."""
     return f"ks:{{{tag}}}:l:{subject}"
@@ -56,8 +70,7 @@ class Shape:
             mine = [w for w in windows if w.scope == scope]
             if mine or scope == "key":
                 keys.append(key)
-                args.append(len(mine))
-                args += [a for w in mine for a in (w.limit, w.window_s * 1000)]
+                args += subject_numbers(mine)
         names = [f"{subjects[w.scope]}:{w.window_s}" for w in windows]
         return cls(record, windows, keys, args, names)
 
@@ -108,11 +121,11 @@ def plan(shape: Shape, cost: int, enforce: bool, now: datetime, deadline_ms: int
         # The period's identity: its start and its kind (a day and a week may start together).
         quota_period = int(quota_start.timestamp()) * 4 + PERIOD_KINDS[period]
         quota_end_s = int(quota_end.timestamp())
-    numbers = [
-        cost, 1 if enforce else 0, deadline_ms,
+    numbers = leading_numbers(
+        cost, enforce, deadline_ms,
         record.usage_limit if record.usage_limit is not None else -1,
         int(record.quota["limit"]) if record.quota else -1,
-        quota_period, 0, quota_end_s, *shape.window_args]
+        quota_period, quota_end_s) + shape.window_args
     assert len(numbers) == FIXED_NUMBERS + len(shape.window_args)
     return Plan(record, cost, now, shape.windows, shape.keys, mode, numbers, quota_end)
 
