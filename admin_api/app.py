@@ -52,6 +52,7 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     stop.set()
     await flusher
     await drainer
+    await app[LIMITER].aclose()
 
 
 @web.middleware

@@ -149,6 +149,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await session.close()
+        await limiter.aclose()
         await redis.aclose()
         await pool.close()
 

@@ -124,6 +124,9 @@ class Limiter:
     async def learn_clock(self) -> None:
         await self.runner.learn_clock()
 
+    async def aclose(self) -> None:
+        await self.runner.aclose()
+
     async def refund(self, decision: Decision) -> None:
         """Gives back what ``decision`` spent (e.g. the upstream failed)."""
         if decision.refund is None:

@@ -10,15 +10,22 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from gateway.limits.plan import Plan
 from gateway.limits.script import LATE, LIMITS, NEED_SEED
 from gateway.redisclient import Store, at_most_once
 from gateway.redisclock import RedisClock
+from gateway.redispipe import RedisPipe
 
 log = logging.getLogger(__name__)
 
+PIPE_TIMEOUT_S = 5.0  # when the client was made without a socket timeout
+# Giving up the multiplexed connection fails every spend in flight on it, so it waits longer
+# than a request does (the store timeout): a request in a stall is answered 503 at its own
+# deadline, never judged per worker because another request's spend timed out first.
+PIPE_PATIENCE = 2.0
 Late = Callable[[Plan, Any], Awaitable[None]]
 
 
@@ -30,6 +37,11 @@ class ScriptRunner:
         self._late = late  # gives back what a request that stopped waiting was charged
         self._waiting: list[tuple[Plan, asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+        # One node: spends go on the worker's multiplexed connection. A cluster routes each
+        # script by its keys' slot, which redis-py's cluster pipeline does.
+        self.pipe = (RedisPipe(redis.connection_pool, PIPE_PATIENCE * float(
+            redis.connection_pool.connection_kwargs.get("socket_timeout") or PIPE_TIMEOUT_S))
+            if isinstance(redis, Redis) else None)
 
     async def call(self, keys: list[str], args: list[str | bytes]) -> Any:
         """The script once, on its own (it is loaded again if Redis forgot it)."""
@@ -98,11 +110,16 @@ class ScriptRunner:
 
     async def _pipelined(self, plans: list[Plan]) -> list[Any]:
         sent = time.time()
-        with at_most_once():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for plan in plans:
-                    pipe.evalsha(self.script.sha, len(plan.keys), *plan.keys, *plan.args)
-                results = list(await pipe.execute(raise_on_error=False))
+        if self.pipe is not None:
+            results = await self.pipe.execute([
+                ("EVALSHA", self.script.sha, len(plan.keys), *plan.keys, *plan.args)
+                for plan in plans])
+        else:
+            with at_most_once():
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for plan in plans:
+                        pipe.evalsha(self.script.sha, len(plan.keys), *plan.keys, *plan.args)
+                    results = list(await pipe.execute(raise_on_error=False))
         received = time.time()
         for result in results:
             self._observe(result, sent, received)
@@ -113,6 +130,10 @@ class ScriptRunner:
         if isinstance(result, list) and len(result) >= 2 and int(result[0]) != NEED_SEED:
             self.clock.observe(int(result[-1]), sent,
                                time.time() if received is None else received)
+
+    async def aclose(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.aclose()
 
     async def learn_clock(self) -> None:
         """Reads Redis's clock once, so the first spends of a fresh worker carry a deadline
