@@ -23,6 +23,7 @@ from multiprocessing.synchronize import Event
 from aiohttp import web
 from prometheus_client import multiprocess
 
+from gateway import logsink
 from gateway.accesslog import AccessLogger
 from gateway.app import create_app
 from gateway.connections import GuardedRunner, Limits
@@ -63,10 +64,7 @@ async def _worker_main(settings: Settings, ready: Event) -> None:
 
 
 def _worker(settings: Settings, ready: Event) -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Fields the format does not show, not worth looking up for every access log line.
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = logsink.install()
     die_with_parent(signal.SIGTERM)  # a killed supervisor leaves no orphan serving the port
     try:
         import uvloop
@@ -79,6 +77,7 @@ def _worker(settings: Settings, ready: Event) -> None:
             runner.run(_worker_main(settings, ready))
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
     except Exception as exc:  # a worker reports why it could not serve, in one line
+        handler.flush()  # what it logged first comes first
         print(f"keystile gateway worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
 
