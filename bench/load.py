@@ -4,12 +4,16 @@
     B1  nginx as a plain keep-alive reverse proxy to B0
     B2  nginx with a static ``map`` of the same keys (401 for any other), proxying to B0
     B3  a bare aiohttp pass-through proxy to B0, no checks (bench/bareproxy.py)
+    B4  Keystile itself (K1's gateway and workers) on a route with auth = "none" and no
+        limits, called without keys: its own forwarding, every check skipped
     K1  Keystile, limits_mode = "exact": key, scope, 3 rate-limit windows of the key, an
         owner window, an organisation window, a daily quota and a lifetime usage limit
     K2  Keystile, limits_mode = "fast": the same checks, limits spent in batches
     KC  K1's checks on a Redis Cluster (3 masters, 3 replicas) for ONE organisation with
         10,000 keys (1,000 with --quick): the figures per master, and a check that a few of
         its keys with a small lifetime limit admit exactly that limit (bench/cluster.py)
+    B1@1, B3@1, K1@1  B1's, B3's and K1's processes again at 1 connection (closed loop): the
+        service time of one request, where at 16 connections latency is mostly queueing
 
 Every proxy runs 2 processes; wrk runs one thread pinned to one core and rotates the valid
 keys, 1% invalid ones and a few keys whose quota runs out. Each setup gets the same warm-up
@@ -21,11 +25,15 @@ a million requests) and the limit-state memory of one key after a million spends
 KC's wrk rotates only that organisation's keys; its Redis figures are summed over the cluster's
 masters, and given per master (``redis_masters``).
 
-Results: printed, and written to bench/results/latest.json, latest.md and latest.png.
+Results: printed, and written to bench/results/last-run/ (git-ignored): latest.json,
+latest.md (the machine, issue 14's goals, the ratios, then the figures) and latest.png;
+--save (a full run only) also copies them to the committed bench/results/latest.*.
 
-    .venv/bin/python bench/load.py            # the full run (15 to 23 minutes)
-    .venv/bin/python bench/load.py --quick    # under two minutes
-    .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers
+    .venv/bin/python bench/load.py            # the full run (15 to 25 minutes)
+    .venv/bin/python bench/load.py --quick    # a few minutes
+    .venv/bin/python bench/load.py --save     # the full run, kept for the README
+    .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers and break
+                                                  # their CPU down by stage (bench/breakdown.py)
 """
 
 from __future__ import annotations
