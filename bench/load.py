@@ -628,8 +628,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                             title=f"{setup.title}, {connections} connection"
                                             + ("s" if connections > 1 else ""))
             profile = args.out / "profiles" if name in args.profile else None
-            # KC's cluster serves KC alone: it starts with none. The @1 runs keep what their
-            # setup left (their few requests would otherwise re-seed counters as they go).
+            # KC's cluster serves KC alone: it starts with none. The @1 runs keep what the
+            # setups before left (their few requests would otherwise re-seed counters as they
+            # go, and measure PostgreSQL).
             if name in ("B4", "K1", "K2"):
                 with redis.Redis.from_url(store.url) as client:
                     forget_limits(client)

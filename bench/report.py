@@ -154,7 +154,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     names = setups(results)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    colours = ["#888888" if n.startswith("B") else "#2f6db5" for n in names]
+    colours = ["#2f6db5" if results[n]["title"].startswith("Keystile") else "#888888"
+               for n in names]  # B4 is Keystile too
     for axis, key, title in ((left, "rps", "requests/s (higher is better)"),
                              (right, "cpu_us_per_req",
                               "CPU µs per request, proxy processes (lower is better)")):
