@@ -153,7 +153,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = setups(results)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 1.2 * len(names)), 4))
     colours = ["#2f6db5" if results[n]["title"].startswith("Keystile") else "#888888"
                for n in names]  # B4 is Keystile too
     for axis, key, title in ((left, "rps", "requests/s (higher is better)"),
@@ -163,6 +163,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         bars = axis.bar(names, values, color=colours)
         axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
         axis.set_title(title, fontsize=10)
+        axis.tick_params(axis="x", labelsize=8, labelrotation=30)
         axis.spines[["top", "right"]].set_visible(False)
     fig.suptitle("Keystile (blue) against nginx and a bare aiohttp proxy (grey), one run")
     fig.tight_layout()
