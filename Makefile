@@ -23,10 +23,12 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-## bench: Keystile against nginx and a bare aiohttp proxy (bench/results/latest.{json,md,png});
-## QUICK=1 for the one-minute version. wrk and nginx come unpacked from Debian's packages.
+## bench: Keystile against nginx and a bare aiohttp proxy, results in bench/results/last-run/
+## (git-ignored); QUICK=1 for the few-minute version; SAVE=1 (a full run only) also copies
+## them to the committed bench/results/latest.{json,md,png}. wrk and nginx come unpacked
+## from Debian's packages.
 bench: $(STAMP)
-	$(BIN)/python bench/load.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/load.py $(if $(QUICK),--quick,) $(if $(SAVE),--save,)
 
 ## bench-propagation: how fast key changes reach every worker
 bench-propagation: $(STAMP)

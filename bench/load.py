@@ -4,12 +4,16 @@
     B1  nginx as a plain keep-alive reverse proxy to B0
     B2  nginx with a static ``map`` of the same keys (401 for any other), proxying to B0
     B3  a bare aiohttp pass-through proxy to B0, no checks (bench/bareproxy.py)
+    B4  Keystile itself (K1's gateway and workers) on a route with auth = "none" and no
+        limits, called without keys: its own forwarding, every check skipped
     K1  Keystile, limits_mode = "exact": key, scope, 3 rate-limit windows of the key, an
         owner window, an organisation window, a daily quota and a lifetime usage limit
     K2  Keystile, limits_mode = "fast": the same checks, limits spent in batches
     KC  K1's checks on a Redis Cluster (3 masters, 3 replicas) for ONE organisation with
         10,000 keys (1,000 with --quick): the figures per master, and a check that a few of
         its keys with a small lifetime limit admit exactly that limit (bench/cluster.py)
+    B1@1, B3@1, K1@1  B1's, B3's and K1's processes again at 1 connection (closed loop): the
+        service time of one request, where at 16 connections latency is mostly queueing
 
 Every proxy runs 2 processes; wrk runs one thread pinned to one core and rotates the valid
 keys, 1% invalid ones and a few keys whose quota runs out. Each setup gets the same warm-up
@@ -21,11 +25,15 @@ a million requests) and the limit-state memory of one key after a million spends
 KC's wrk rotates only that organisation's keys; its Redis figures are summed over the cluster's
 masters, and given per master (``redis_masters``).
 
-Results: printed, and written to bench/results/latest.json, latest.md and latest.png.
+Results: printed, and written to bench/results/last-run/ (git-ignored): latest.json,
+latest.md (the machine, issue 14's goals, the ratios, then the figures) and latest.png;
+--save (a full run only) also copies them to the committed bench/results/latest.*.
 
-    .venv/bin/python bench/load.py            # the full run (15 to 23 minutes)
-    .venv/bin/python bench/load.py --quick    # under two minutes
-    .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers
+    .venv/bin/python bench/load.py            # the full run (15 to 25 minutes)
+    .venv/bin/python bench/load.py --quick    # a few minutes
+    .venv/bin/python bench/load.py --save     # the full run, kept for the README
+    .venv/bin/python bench/load.py --profile K1   # also py-spy the K1 workers and break
+                                                  # their CPU down by stage (bench/breakdown.py)
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import platform
 import random
 import re
 import shutil
@@ -56,12 +66,14 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import cluster, limitmemory, report, scale, tools
+from bench import breakdown, cluster, limitmemory, report, scale, tools
 from bench.seed import seed_keys
 from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster, free_port
 
-RESULTS = Path(__file__).parent / "results"
-SETUPS = ("B0", "B1", "B2", "B3", "K1", "K2", "KC")
+RESULTS = Path(__file__).parent / "results"  # latest.*: the full run the README quotes
+LAST_RUN = RESULTS / "last-run"  # every run's results (git-ignored)
+SAVED = ("latest.json", "latest.md", "latest.png")
+SETUPS = ("B0", "B1", "B2", "B3", "B4", "K1", "K2", "KC", "B1@1", "B3@1", "K1@1")
 LOAD_CORE = 0  # wrk runs here; the servers may use any core
 
 WRK_SCRIPT = """
@@ -72,7 +84,8 @@ init = function(args) i = tonumber(args[1]) end  -- each run starts somewhere el
 statuses = {}
 request = function()
   i = i + 1
-  return wrk.format("GET", "/svc/item", {["X-API-Key"] = keys[(i %% #keys) + 1]})
+  if #keys == 0 then return wrk.format("GET", "%(path)s") end  -- B4: a route without keys
+  return wrk.format("GET", "%(path)s", {["X-API-Key"] = keys[(i %% #keys) + 1]})
 end
 response = function(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
@@ -130,12 +143,13 @@ def _script(stack: Stack, setup: Setup) -> Path:
     return setup.script or stack.script
 
 
-def _write_script(work: Path, name: str, keys: list[str]) -> Path:
-    """A wrk script rotating ``keys`` (in a file next to it)."""
+def _write_script(work: Path, name: str, keys: list[str], path: str = "/svc/item") -> Path:
+    """A wrk script requesting ``path`` with ``keys`` in rotation (in a file next to it; none:
+    no key sent)."""
     keys_file = work / f"{name}.txt"
-    keys_file.write_text("\n".join(keys) + "\n")
+    keys_file.write_text("".join(f"{key}\n" for key in keys))
     script = work / f"{name}.lua"
-    script.write_text(WRK_SCRIPT % {"keys": keys_file})
+    script.write_text(WRK_SCRIPT % {"keys": keys_file, "path": path})
     return script
 
 
@@ -193,13 +207,21 @@ def _key_map(keys: list[str]) -> str:
             f"  map $http_x_api_key $known_key {{\n    default 0;\n{entries}\n  }}")
 
 
+OPEN_PATH = "/open/item"  # B4's route on K1's gateway: no credential, so no checks at all
+
+
 def _gateway(work: Path, name: str, upstream: int, pg_url: str, redis_url: str, mode: str
              ) -> tuple[subprocess.Popen[bytes], int]:
+    """Keystile with 2 workers: ``/svc`` takes keys with the scope ``svc:read`` (and their
+    limits); ``/open`` (B4) takes anyone, so every check is skipped and only Keystile's own
+    forwarding is left."""
     port = free_port()
     config = work / f"gateway-{name}.toml"
+    origin = f'upstream = "http://127.0.0.1:{upstream}"\n'
     config.write_text(f'[gateway]\nport = {port}\nworkers = 2\nlimits_mode = "{mode}"\n\n'
-                      f'[[routes]]\nprefix = "/svc"\nupstream = "http://127.0.0.1:{upstream}"\n'
-                      'scopes = { GET = ["svc:read"] }\n')
+                      f'[[routes]]\nprefix = "/svc"\n{origin}'
+                      'scopes = { GET = ["svc:read"] }\n\n'
+                      f'[[routes]]\nprefix = "/open"\n{origin}auth = "none"\n')
     env = {**os.environ, "KEYSTILE_DATABASE_URL": pg_url, "KEYSTILE_REDIS_URL": redis_url}
     proc = subprocess.Popen([sys.executable, "-m", "keystile.cli", "gateway", "--config",
                              str(config)], env=env, stdout=subprocess.DEVNULL,
@@ -247,11 +269,15 @@ def _start_setups(stack: Stack, names: list[str], keys: list[str], pg: EmbeddedP
         _started(bare, port)
         add("B3", Setup("B3", "bare aiohttp proxy (no checks)", port, bare))
     for name, mode in (("K1", "exact"), ("K2", "fast")):
-        if name not in names:
+        if name not in names and not (name == "K1" and "B4" in names):
             continue
         proc, port = _gateway(work, name, upstream, pg.url, redis_url, mode)
         add(name, Setup(name, f"Keystile, limits_mode {mode}", port, proc,
                         f"http://127.0.0.1:{port}/metrics"))
+    if "B4" in names:  # K1's processes, measured while K1's route rests
+        k1 = stack.setups["K1"]
+        add("B4", Setup("B4", "Keystile's own forwarding (auth none, no limits)", k1.port,
+                        k1.root, k1.metrics_url, _write_script(work, "open", [], OPEN_PATH)))
 
 
 def start_cluster_setup(stack: Stack, store: EmbeddedRedisCluster, key_count: int
@@ -276,15 +302,16 @@ def start_cluster_setup(stack: Stack, store: EmbeddedRedisCluster, key_count: in
 
 
 def stop(stack: Stack) -> None:
-    for setup in stack.setups.values():
+    roots = list({id(s.root): s.root for s in stack.setups.values()}.values())  # B4 is K1's
+    for root in roots:
         with contextlib.suppress(ProcessLookupError):
-            setup.root.send_signal(signal.SIGTERM)
-    for setup in stack.setups.values():
+            root.send_signal(signal.SIGTERM)
+    for root in roots:
         try:
-            setup.root.wait(15)
+            root.wait(15)
         except subprocess.TimeoutExpired:
-            setup.root.kill()
-            setup.root.wait()
+            root.kill()
+            root.wait()
 
 
 @dataclass
@@ -465,8 +492,11 @@ def measure(stack: Stack, setup: Setup, warmup: float, seconds: float, connectio
 
 
 def _profile(setup: Setup, folder: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
-    """py-spy records each worker for the measured run (speedscope files in ``folder``)."""
+    """py-spy records each worker for the measured run (speedscope files in ``folder``,
+    replacing the setup's files of an earlier run)."""
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(f"{setup.name}-*.json"):
+        old.unlink()
     spy = Path(sys.executable).parent / "py-spy"
     return [subprocess.Popen([str(spy), "record", "--pid", str(proc.pid), "--duration",
                               str(int(seconds)), "--rate", "250", "--format", "speedscope",
@@ -498,8 +528,14 @@ def soak(stack: Stack, setup: Setup, total: int, connections: int, chunk_s: floa
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
     """K/B1, K/B2, K/B3 requests/s; K/B3 CPU per request; the Redis server's CPU per request
-    of K over B3's CPU per request; K's p99 over B0's."""
+    of K over B3's CPU per request, and K's gateway + Redis CPU over B3's; K1 over B4 (the
+    checks against Keystile's own forwarding); K2's p99 over K1's; K's p99 over B0's; and
+    the service-time overhead at one connection, K1@1's p50 and p99 less B3@1's."""
     out: dict[str, float] = {}
+
+    def cpu(name: str) -> float:
+        return float(results[name]["cpu_us_per_req"])
+
     for k in ("K1", "K2", "KC"):
         if k not in results:
             continue
@@ -507,14 +543,51 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
             if b in results:
                 out[f"{k}/{b}_rps"] = round(results[k]["rps"] / results[b]["rps"], 3)
         if "B3" in results:
-            out[f"{k}/B3_cpu"] = round(results[k]["cpu_us_per_req"]
-                                       / results["B3"]["cpu_us_per_req"], 3)
-            out[f"{k}/B3_redis_cpu"] = round(results[k]["redis_cpu_us_per_req"]
-                                             / results["B3"]["cpu_us_per_req"], 3)
+            out[f"{k}/B3_cpu"] = round(cpu(k) / cpu("B3"), 3)
+            out[f"{k}/B3_redis_cpu"] = round(results[k]["redis_cpu_us_per_req"] / cpu("B3"), 3)
+            out[f"{k}+redis/B3_cpu"] = round(
+                (cpu(k) + results[k]["redis_cpu_us_per_req"]) / cpu("B3"), 3)
+        if "B4" in results:
+            out[f"{k}/B4_cpu"] = round(cpu(k) / cpu("B4"), 3)
         if "B0" in results:
             out[f"{k}-B0_p99_ms"] = round(results[k]["p99_ms"] - results["B0"]["p99_ms"], 3)
+    if "B4" in results and "B3" in results:  # Keystile's forwarding against aiohttp's
+        out["B4/B3_cpu"] = round(cpu("B4") / cpu("B3"), 3)
+    if "K2" in results and "K1" in results:
+        out["K2_p99/K1_p99"] = round(results["K2"]["p99_ms"] / results["K1"]["p99_ms"], 3)
     if "KC" in results and "K1" in results:  # the cluster against the one Redis, exact both
         out["KC/K1_rps"] = round(results["KC"]["rps"] / results["K1"]["rps"], 3)
+    if "K1@1" in results and "B3@1" in results:
+        for q in ("p50", "p99"):
+            out[f"K1@1-B3@1_{q}_ms"] = round(results["K1@1"][f"{q}_ms"]
+                                             - results["B3@1"][f"{q}_ms"], 3)
+    return out
+
+
+# Issue 14's goals: (what, the ratio judged, "<=" or ">=", target).
+GOALS: tuple[tuple[str, str, str, float], ...] = (
+    ("K1 gateway CPU per request ≤ 1.3 × B3", "K1/B3_cpu", "<=", 1.3),
+    ("K1 gateway + Redis server CPU per request ≤ 1.5 × B3", "K1+redis/B3_cpu", "<=", 1.5),
+    ("K2 (fast mode) gateway CPU per request ≤ 1.15 × B3", "K2/B3_cpu", "<=", 1.15),
+    ("K1 CPU per request ≤ 1.6 × B4 (all checks ≤ 60% of Keystile's own forwarding)",
+     "K1/B4_cpu", "<=", 1.6),
+    ("K1 requests/s ≥ 0.8 × B3", "K1/B3_rps", ">=", 0.8),
+    ("K2 p99 ≤ 1.2 × K1 p99", "K2_p99/K1_p99", "<=", 1.2),
+    ("at 1 connection, K1's p50 at most 0.3 ms above B3's", "K1@1-B3@1_p50_ms", "<=", 0.3),
+    ("at 1 connection, K1's p99 at most 1 ms above B3's", "K1@1-B3@1_p99_ms", "<=", 1.0),
+)
+
+
+def goals(measured: dict[str, float]) -> list[dict[str, Any]]:
+    """Each goal with its target, the measured ratio and whether it was reached (None: the
+    run lacked a setup the ratio needs)."""
+    out = []
+    for what, ratio, op, target in GOALS:
+        value = measured.get(ratio)
+        reached = (None if value is None
+                   else value <= target if op == "<=" else value >= target)
+        out.append({"goal": what, "ratio": ratio, "op": op, "target": target,
+                    "value": value, "reached": reached})
     return out
 
 
@@ -542,24 +615,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     began = time.monotonic()
     try:
         soakable = ["K1", "K2"] if args.soak_setup == "auto" else [args.soak_setup]
-        stack = start(work, args.keys, pg, store.url, [*args.setups, *soakable])
+        bases = [parse_setup(name, args.connections)[0] for name in args.setups]
+        stack = start(work, args.keys, pg, store.url, [*bases, *soakable])
         if "KC" in args.setups:
             redis_cluster = EmbeddedRedisCluster(work / "cluster").start()
             kc = start_cluster_setup(stack, redis_cluster, args.cluster_keys)
         for name in args.setups:
-            profile = RESULTS / "profiles" if name in args.profile else None
-            if name in ("K1", "K2"):  # KC's cluster serves KC alone: it starts with none
+            base, connections = parse_setup(name, args.connections)
+            setup = stack.setups[base]
+            if name != base:  # B1@1, B3@1, K1@1: the same processes, one connection
+                setup = dataclasses.replace(setup, name=name,
+                                            title=f"{setup.title}, {connections} connection"
+                                            + ("s" if connections > 1 else ""))
+            profile = args.out / "profiles" if name in args.profile else None
+            # KC's cluster serves KC alone: it starts with none. The @1 runs keep what the
+            # setups before left (their few requests would otherwise re-seed counters as they
+            # go, and measure PostgreSQL).
+            if name in ("B4", "K1", "K2"):
                 with redis.Redis.from_url(store.url) as client:
                     forget_limits(client)
             if name.startswith("K"):
-                prewarmed[name] = prewarm(stack, stack.setups[name], args.connections)
-            results[name] = measure(stack, stack.setups[name], args.warmup, args.seconds,
-                                    args.connections, profile)
+                prewarmed[name] = prewarm(stack, setup, args.connections)
+            results[name] = measure(stack, setup, args.warmup, args.seconds, connections,
+                                    profile)
+            if profile is not None:
+                results.setdefault("profile", {})[name] = breakdown.per_request(
+                    breakdown.load(sorted(profile.glob(f"{name}-*.json"))),
+                    results[name]["cpu_us_per_req"])
             if name == "KC" and redis_cluster is not None and kc is not None:
                 results[name] |= _cluster_figures(stack, redis_cluster, *kc, results[name],
                                                   args.cluster_keys)
             print(report.line(name, results[name]), flush=True)
         results["ratios"] = ratios(results)
+        results["goals"] = goals(results["ratios"])
         print("ratios:", results["ratios"], flush=True)
         if args.scale_keys:
             results["scale"] = asyncio.run(scale.run(pg, store.url, args.scale_keys,
@@ -590,11 +678,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "cluster_keys": args.cluster_keys if "KC" in args.setups else None,
                       "prewarm_s": prewarmed,
                       "connections": args.connections, "warmup_s": args.warmup,
-                      "measured_s": args.seconds, "cpus": os.cpu_count()}
+                      "measured_s": args.seconds, "cpus": os.cpu_count(),
+                      "machine": machine()}
     return results
 
 
-def main() -> None:
+def machine() -> dict[str, Any]:
+    """Where the figures were taken: they only compare within one machine."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "kernel": f"{platform.system()} {platform.release()}"}
+
+
+def parse_setup(name: str, connections: int) -> tuple[str, int]:
+    """``"K1@1"`` → ("K1", 1): a setup's processes measured at another connection count;
+    ``"K1"`` → ("K1", ``connections``)."""
+    base, at, count = name.partition("@")
+    if not at:
+        return name, connections
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{name!r}: write a setup at N connections as SETUP@N, e.g. K1@1")
+    return base, int(count)
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the quick or full run's defaults filled in; refuses to save a
+    run that is not the full one (``make bench SAVE=1``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the 2-minute version")
     parser.add_argument("--seconds", type=float, help="measured seconds per setup")
@@ -614,9 +728,16 @@ def main() -> None:
     parser.add_argument("--limit-minutes", type=float,
                         help="the limit-memory check stops after this long")
     parser.add_argument("--profile", default="", help="setups to py-spy, e.g. K1,K2")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=LAST_RUN,
+                        help="where the results go (git-ignored by default)")
+    parser.add_argument("--save", action="store_true",
+                        help="also copy them to the committed bench/results/latest.* (a full "
+                        "run only)")
+    args = parser.parse_args(argv)
     quick = args.quick
+    if args.save and (quick or args.setups != ",".join(SETUPS)):
+        parser.error("--save (make bench SAVE=1) keeps only a full run, every setup, for the "
+                     "README to quote: run `make bench SAVE=1` without QUICK=1 or --setups")
     args.seconds = args.seconds if args.seconds is not None else (2 if quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if quick else 3)
     if args.scale_keys is None:
@@ -632,11 +753,31 @@ def main() -> None:
         args.limit_minutes = limitmemory.QUICK_MINUTES if quick else limitmemory.MINUTES
     args.setups = [s for s in args.setups.split(",") if s]
     args.profile = [s for s in args.profile.split(",") if s]
+    for name in args.setups:
+        try:
+            base, _ = parse_setup(name, args.connections)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if base not in SETUPS:
+            parser.error(f"unknown setup {name!r} (use {', '.join(SETUPS)})")
+    return args
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "latest.md").write_text(report.markdown(results))
+    report.plot(results, out / "latest.png")
+
+
+def main() -> None:
+    args = arguments()
     results = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "latest.md").write_text(report.markdown(results))
-    report.plot(results, args.out / "latest.png")
+    write(results, args.out)
+    if args.save:
+        for name in SAVED:
+            shutil.copyfile(args.out / name, RESULTS / name)
+        print(f"saved to {RESULTS}/latest.{{json,md,png}}", flush=True)
     print(report.markdown(results))
 
 

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import breakdown
+
 
 def _kib(n: float) -> str:
     return f"{n / 1024:,.0f}"
@@ -67,16 +69,49 @@ def setups(results: dict[str, Any]) -> list[str]:
     return [name for name, row in results.items() if isinstance(row, dict) and "rps" in row]
 
 
+def _reached(reached: bool | None) -> str:
+    return "–" if reached is None else "reached" if reached else "not reached"
+
+
+def goals_table(goals: list[dict[str, Any]]) -> list[str]:
+    """Issue 14's goals: each with its target, the measured value and whether it was met."""
+    out = ["| goal (issue 14) | ratio | target | measured | |", "|---|---|---|---|---|"]
+    for g in goals:
+        value = "–" if g["value"] is None else f"{g['value']:g}"
+        out.append(f"| {g['goal']} | `{g['ratio']}` | {'≤' if g['op'] == '<=' else '≥'} "
+                   f"{g['target']:g} | {value} | {_reached(g['reached'])} |")
+    return out
+
+
+def machine(results: dict[str, Any]) -> str:
+    """Where the figures were taken (runs before the machine was recorded: its CPU count)."""
+    run = results.get("run") or {}
+    m = run.get("machine")
+    if not m:
+        return f"{run.get('cpus', '?')} CPUs"
+    return f"{m['cpus']} CPUs ({m['cpu_model']}), {m['kernel']}"
+
+
 def markdown(results: dict[str, Any]) -> str:
+    """Goals first, then the ratios, then the absolute figures (compare ratios: absolute
+    figures move with the machine and its neighbours)."""
+    out = [f"Machine: {machine(results)}.", ""]
+    if results.get("goals"):
+        out += [*goals_table(results["goals"]), ""]
+    if results.get("ratios"):
+        out += ["| ratio | value |", "|---|---|"]
+        out += [f"| {k} | {v} |" for k, v in results["ratios"].items()]
+        out.append("")
     head = "| setup | " + " | ".join(title for _, title, _ in COLUMNS) + " | statuses |"
-    out = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    out += [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for name in setups(results):
         row = results[name]
         cells = " | ".join(_cell(row, key, fmt) for key, _, fmt in COLUMNS)
         out.append(f"| {name} {row['title']} | {cells} | {_statuses(row)} |")
-    if results.get("ratios"):
-        out += ["", "| ratio | value |", "|---|---|"]
-        out += [f"| {k} | {v} |" for k, v in results["ratios"].items()]
+    for name, found in (results.get("profile") or {}).items():
+        out += ["", f"Profile of {name} (py-spy `--gil` on its workers during the measured "
+                "run; each category's share of the samples × its CPU µs per request):", ""]
+        out += breakdown.markdown(name, found)
     kc = results.get("KC")
     if kc and "correct" in kc:
         out += ["", f"KC: one organisation of {kc['org_keys']:,} keys on a Redis Cluster of 3 "
@@ -105,8 +140,9 @@ def markdown(results: dict[str, Any]) -> str:
     run = results.get("run")
     if run:
         out += ["", f"{run['keys']:,} keys, {run['connections']} connections, "
-                f"{run['warmup_s']} s warm-up + {run['measured_s']} s per setup, "
-                f"{run['cpus']} CPUs; the whole run took {run['seconds']} s."]
+                f"{run['warmup_s']} s warm-up + {run['measured_s']} s per setup "
+                "(the @1 setups: 1 connection), "
+                f"{machine(results)}; the whole run took {run['seconds']} s."]
     return "\n".join(out) + "\n"
 
 
@@ -117,8 +153,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = setups(results)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    colours = ["#888888" if n.startswith("B") else "#2f6db5" for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 1.2 * len(names)), 4))
+    colours = ["#2f6db5" if results[n]["title"].startswith("Keystile") else "#888888"
+               for n in names]  # B4 is Keystile too
     for axis, key, title in ((left, "rps", "requests/s (higher is better)"),
                              (right, "cpu_us_per_req",
                               "CPU µs per request, proxy processes (lower is better)")):
@@ -126,6 +163,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         bars = axis.bar(names, values, color=colours)
         axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
         axis.set_title(title, fontsize=10)
+        axis.tick_params(axis="x", labelsize=8, labelrotation=30)
         axis.spines[["top", "right"]].set_visible(False)
     fig.suptitle("Keystile (blue) against nginx and a bare aiohttp proxy (grey), one run")
     fig.tight_layout()

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).parents[2]
-SETUPS = ("B0", "B1", "B2", "B3", "K1", "K2", "KC")
+SETUPS = ("B0", "B1", "B2", "B3", "B4", "K1", "K2", "KC", "B1@1", "B3@1", "K1@1")
 FIELDS = {"rps", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_req", "redis_cmds_per_req",
           "redis_cpu_us_per_req", "redis_limit_state_bytes", "rss_mb", "statuses", "requests"}
 
@@ -44,6 +44,15 @@ def test_the_load_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
         assert results[name]["redis_cpu_us_per_req"] > 0
         assert results[name]["redis_limit_state_bytes"] > 0
     assert results["B1"]["redis_limit_state_bytes"] is None  # no limits, no limit state
+    # B4: Keystile on its route without keys: everything passes, nothing is asked of Redis
+    # for it, no limit state is made.
+    assert set(results["B4"]["statuses"]) == {"200"}
+    assert results["B4"]["redis_limit_state_bytes"] == 0
+    assert results["B4"]["redis_round_trips_per_req"] < 0.01  # background ones only
+    # The one-connection runs use their setup's processes: K1@1 checks keys as K1 does.
+    assert {"200", "401"} <= set(results["K1@1"]["statuses"])
+    assert set(results["B3@1"]["statuses"]) == {"200"}
+    assert results["K1@1"]["redis_limit_state_bytes"] > 0
     # KC: one organisation, so one master holds all its limit state and runs its scripts;
     # the figures of the row are the masters' sums.
     kc = results["KC"]
@@ -65,7 +74,10 @@ def test_the_load_benchmark_runs_and_writes_its_results(tmp_path: Path) -> None:
     assert all(k["upstream_received"] == k["pg_usage_count"] == 50 and k["burst_429"] > 0
                for k in check["keys"]), check
     assert {"K1/B1_rps", "K1/B2_rps", "K1/B3_rps", "K1/B3_cpu", "K2/B3_cpu",
-            "K1/B3_redis_cpu"} <= set(results["ratios"])
+            "K1/B3_redis_cpu", "K1+redis/B3_cpu", "K1/B4_cpu", "K2_p99/K1_p99",
+            "K1@1-B3@1_p50_ms", "K1@1-B3@1_p99_ms"} <= set(results["ratios"])
+    assert all(g["value"] is not None for g in results["goals"]), results["goals"]
+    assert results["run"]["machine"]["cpus"] == results["run"]["cpus"]
     assert results["scale"]["large_keys"] == 3000 and results["scale"]["small"]["p99_ms"] > 0
     assert results["soak"]["requests"] >= 300 and results["soak"]["rss_end_mb"]
     # The limit-memory check stops at each checkpoint below its total, then at the total.
