@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from gateway import gcpolicy, invalidation, logfilter, metrics, pipeline, proxy, selfservice
 from gateway.database import create_pool
+from gateway.deadlines import Deadlines
 from gateway.deps import Deps
 from gateway.errors import GatewayError, render
 from gateway.exchange import Exchange
@@ -30,7 +31,7 @@ from gateway.requestid import request_id
 from gateway.routing import RouteTable
 from gateway.settings import Settings
 from gateway.stages import limits
-from gateway.state import DEPS, EXCHANGE, LISTENING, SETTINGS
+from gateway.state import DEADLINES, DEPS, EXCHANGE, LISTENING, SETTINGS
 from gateway.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     code = ""
     try:
-        try:
-            async with asyncio.timeout(deps.store_timeout_s):
+        deadlines = request.app[DEADLINES]
+        with deadlines.start() as deadline:
+            try:
                 await pipeline.run(ex, deps)
-        except TimeoutError:
-            raise GatewayError("store_unavailable", "the key could not be checked in time "
-                               "(a store is slow or unreachable); retry later") from None
+            except (asyncio.CancelledError, TimeoutError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not deadlines.overran(deadline):
+                    raise
+                raise GatewayError("store_unavailable", "the key could not be checked in "
+                                   "time (a store is slow or unreachable); retry later"
+                                   ) from None
         response = await proxy.forward(ex, deps)
         code = ex.error or ""
     except GatewayError as error:
@@ -129,6 +134,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(RedisError, OSError):  # then the first spend teaches it
             await limiter.learn_clock()
 
+    app[DEADLINES] = deadlines = Deadlines(settings.stores.timeout_s)
     clock = asyncio.create_task(learn_clock())
     listener = asyncio.create_task(invalidation.listen(redis, apply, app[LISTENING]))
     collector = asyncio.create_task(gcpolicy.run())
@@ -150,6 +156,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 await task
         await session.close()
         await limiter.aclose()
+        deadlines.close()
         await redis.aclose()
         await pool.close()
 
