@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import TextIO
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -41,6 +42,21 @@ class TurnFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().flush()
 
 
+class _Formatter(logging.Formatter):
+    """The standard format; the date and time of day worked out once a second, not per
+    line."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime(self.default_time_format, self.converter(second))
+        return f"{self._text},{int(record.msecs):03d}"
+
+
 def install(level: int = logging.INFO) -> TurnFlushingHandler:
     """The worker's root handler: its standard error, buffered; returns the handler."""
     logging._srcfile = None  # the documented switch: no caller lookup per record
@@ -48,6 +64,6 @@ def install(level: int = logging.INFO) -> TurnFlushingHandler:
     stream = open(os.dup(2), "w", buffering=BUFFER_BYTES,  # noqa: SIM115 - the handler's
                   encoding="utf-8", errors="backslashreplace")
     handler = TurnFlushingHandler(stream)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(_Formatter(FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
     return handler
