@@ -102,7 +102,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("RateLimit-Reset dropped", "gateway/limits/headers.py",
            '        headers["RateLimit-Reset"] = str(math.ceil(reset))\n', "", GATEWAY),
     Mutant("RateLimit-Policy lists one window", "gateway/limits/headers.py",
-           'for w in windows)', 'for w in windows[:1])', GATEWAY),
+           'for w in windows]', 'for w in windows[:1]]', GATEWAY),
     Mutant("Retry-After dropped", "gateway/limits/headers.py",
            'headers["Retry-After"] = str(decision.retry_after_s)', "pass", GATEWAY),
     # Paths.

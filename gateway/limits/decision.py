@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,7 +18,7 @@ class Window:
     window_s: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made for every window of every request: not frozen, which is slower
 class WindowState:
     window: Window
     remaining: int
@@ -38,8 +39,10 @@ class Decision:
     spent: bool
     at: datetime | None = None  # when the units were spent (a refund books them back there)
     blocking: WindowState | None = None  # the window that refused, if one did
-    # What giving the spend back takes: the script's keys and arguments.
-    refund: tuple[list[str], list[str | bytes]] | None = field(default=None, repr=False)
+    # What giving the spend back takes: the script's keys and arguments (worked out only for
+    # the few requests that give back).
+    refund: Callable[[], tuple[list[str], list[str | bytes]]] | None = field(default=None,
+                                                                           repr=False)
     local: bool = False  # decided by this worker alone (limits_mode fast), not by Redis
     clock_ms: int | None = None  # Redis's clock when the script judged the request
 

@@ -131,7 +131,7 @@ class Limiter:
         """Gives back what ``decision`` spent (e.g. the upstream failed)."""
         if decision.refund is None:
             return
-        keys, args = decision.refund
+        keys, args = decision.refund()
         decision.refund = None
         await self.runner.call(keys, args)
 

@@ -4,6 +4,7 @@ slot), the arguments it is given, and its answer turned into a Decision."""
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
 from collections.abc import Callable
@@ -131,8 +132,16 @@ def plan(shape: Shape, cost: int, enforce: bool, now: datetime, deadline_ms: int
 
 
 def window_states(windows: list[Window], result: list[Any]) -> list[WindowState]:
-    return [WindowState(w, max(int(result[6 + 2 * i]), 0), max(int(result[7 + 2 * i]), 0) / 1000)
-            for i, w in enumerate(windows)]
+    """Each window's room and reset (the script's answer: from the 7th item on, a pair
+    each)."""
+    states = []
+    at = 6
+    for window in windows:
+        remaining, reset_ms = int(result[at]), int(result[at + 1])
+        states.append(WindowState(window, remaining if remaining > 0 else 0,
+                                  reset_ms / 1000 if reset_ms > 0 else 0.0))
+        at += 2
+    return states
 
 
 def decide(plan: Plan, result: list[Any]) -> Decision:
@@ -141,9 +150,7 @@ def decide(plan: Plan, result: list[Any]) -> Decision:
     verdict, retry_ms, used, qused, spent, blocking = (int(x) for x in result[:6])
     states = window_states(plan.windows, result)
     clock_ms = int(result[-1])
-    refund = None
-    if spent:
-        refund = (plan.keys, plan.refund_args(clock_ms))
+    refund = functools.partial(_refund, plan, clock_ms) if spent else None
     return Decision(
         verdict=verdict,
         retry_after_s=max(-(-retry_ms // 1000), 1) if verdict in (RATE, QUOTA) else None,
@@ -159,6 +166,10 @@ def decide(plan: Plan, result: list[Any]) -> Decision:
         blocking=states[blocking - 1] if blocking else None,
         refund=refund,
         clock_ms=clock_ms)
+
+
+def _refund(plan: Plan, clock_ms: int) -> tuple[list[str], Args]:
+    return plan.keys, plan.refund_args(clock_ms)
 
 
 def deadline_ms(clock_to_redis_ms: Callable[[float], int], deadline: float | None,
