@@ -110,6 +110,7 @@ async def run(pg_url: str, redis_url: str, spends: int, limit_s: float,
     done = refused = 0
     spending_s = 0.0
     keys = 0
+    limiter: Limiter | None = None
     try:
         record = await KeyLookup(LocalCache(0, 1.0, 0.0), redis, pool, 60).find(digest)
         assert record is not None, "the key just written must be found"
@@ -132,6 +133,8 @@ async def run(pg_url: str, redis_url: str, spends: int, limit_s: float,
             if done < checkpoint:
                 break  # out of time: what was reached is the last checkpoint
     finally:
+        if limiter is not None:
+            await limiter.aclose()
         await pool.close()
         await redis.aclose()
     return {"limit_memory": memory,
