@@ -40,14 +40,7 @@ from gateway.metrics import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
-# Keys per pipelined round trip of a sync. Redis reads a pipeline in one go and runs all of
-# its scripts before it serves any other client, so a command a request waits for (a key
-# lookup, an exact-path spend, a seed) can queue behind one whole chunk of each worker's sync.
-# At ~150-200 µs of Redis time per script, 25 keys are ~5 ms — about what an exact-mode request
-# waits behind other requests' spends; 200 were 30-40 ms, and several times that when Redis
-# shares its cores (the cause of fast mode's p99 of hundreds of ms). Small chunks also keep
-# the Python side of a chunk (building the plans, learning from the answers) short per turn.
-SYNC_CHUNK = 25
+SYNC_CHUNK = 200  # keys per pipeline: a big sync must not hold the event loop for long
 
 
 @dataclasses.dataclass(slots=True)
@@ -137,8 +130,7 @@ class FastLimiter:
 
     async def sync(self) -> None:
         """Sends what was admitted since the last sync: one round trip per ``SYNC_CHUNK``
-        keys, one after the other, learning from each answer before the next (the event loop
-        and Redis serve requests between chunks)."""
+        keys, learning from each answer before the next (the event loop serves between)."""
         queued, self._queued, self._batch = self._queued, {}, {}
         items = [q for q in queued.values() if q.units]
         self._sending = {q.record.id: q.units for q in items}
