@@ -49,9 +49,9 @@ class UpstreamClient:
         # Only a connection found closed before anything was written is passed over (take()
         # does that); once the head is written, a failure is the request's.
         conn = pool.take() or await self._connect(origin, timeout)
-        conn.begin(head, head_request, body is not None)
         sender = None
         try:
+            conn.begin(head, head_request, body is not None)
             if body is not None:
                 sender = asyncio.create_task(conn.send_body(body, chunked, timeout))
             await conn.wait_head(timeout)

@@ -194,6 +194,8 @@ class Connection(asyncio.Protocol):
         self.busy = True
         self._head_request = head_request
         self._sent = not has_body
+        if self.closed:  # a new connection the upstream closed, or sent on, unasked
+            raise UpstreamUnavailable("the upstream closed the connection before the request")
         self._transport.write(head)
 
     async def send_body(self, body: AsyncIterator[bytes], chunked: bool,

@@ -333,6 +333,18 @@ async def test_a_slow_upstream_is_504_and_a_stalled_body_cuts_the_client(
     release.set()
 
 
+async def test_an_upstream_that_stops_reading_the_body_is_504(gateway: TestClient,
+                                                              raw: RawUpstream) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     up: RawUpstream) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.Event().wait()  # reads no body, answers nothing
+
+    raw.script = script
+    status, body, _ = await _get(gateway, method="POST", data=b"u" * (64 * MiB))
+    assert status == 504 and b'"code":"upstream_timeout"' in body
+
+
 async def test_a_large_chunked_answer_streams_within_the_memory_bound(
         gateway: TestClient, raw: RawUpstream) -> None:
     size = 100 * MiB
