@@ -16,6 +16,9 @@ from gateway.upstream.errors import UpstreamTimeout, UpstreamUnavailable
 
 # Response body held for a consumer that lags; beyond it the socket is not read.
 HIGH_WATER = 512 * 1024
+# llhttp sets no bound on a response's head: an upstream sending headers without end would
+# otherwise be held in memory whole.
+MAX_HEAD = 128 * 1024
 
 
 class _Surplus(Exception):
@@ -55,11 +58,11 @@ def _delimited_by_close(status: int, headers: list[tuple[bytes, bytes]]) -> bool
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_body", "_buffered", "_drain_waiter", "_error", "_head_request",
-                 "_interim", "_keep_alive", "_loop", "_parser", "_reading_paused",
-                 "_reusable", "_send_error", "_sent", "_to_eof", "_transport", "_waiter",
-                 "_write_paused", "busy", "closed", "done", "headers_done", "idle_since",
-                 "raw_headers", "reason", "status")
+    __slots__ = ("_body", "_buffered", "_drain_waiter", "_error", "_head_bytes",
+                 "_head_request", "_interim", "_keep_alive", "_loop", "_parser",
+                 "_reading_paused", "_reusable", "_send_error", "_sent", "_to_eof",
+                 "_transport", "_waiter", "_write_paused", "busy", "closed", "done",
+                 "headers_done", "idle_since", "raw_headers", "reason", "status")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -76,6 +79,7 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self._head_request = False
         self._sent = False  # the whole request is written
+        self._head_bytes = 0  # received before the final head was complete
         self._error: UpstreamUnavailable | None = None
         self._send_error: BaseException | None = None
         self.status = 0
@@ -110,6 +114,12 @@ class Connection(asyncio.Protocol):
             if not self.done:  # else: bytes after a complete response, which only end this
                 self._error = UpstreamUnavailable(  # connection
                     f"the upstream's response is not valid HTTP/1.1 ({exc})")
+        if not self.headers_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD and self._error is None:
+                self._error = UpstreamUnavailable(f"the upstream's response head is longer "
+                                                  f"than {MAX_HEAD} bytes")
+                self.close()
         if self._buffered > HIGH_WATER and not self._reading_paused and not self.closed:
             self._reading_paused = True
             self._transport.pause_reading()  # type: ignore[union-attr]
@@ -261,6 +271,7 @@ class Connection(asyncio.Protocol):
                     and not self._body and not self.closed)
         self.busy = False
         self._sent = False
+        self._head_bytes = 0
         self._error = self._send_error = None
         self.status = 0
         self.reason = b""

@@ -308,6 +308,20 @@ async def test_garbage_instead_of_a_response_is_502(gateway: TestClient,
     assert raw.connections == 2
 
 
+async def test_a_head_without_end_is_502(gateway: TestClient, raw: RawUpstream) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     up: RawUpstream) -> None:
+        await up.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        while True:  # until the gateway hangs up
+            writer.write(b"X-More: " + b"m" * 1000 + b"\r\n")
+            await writer.drain()
+
+    raw.script = script
+    status, body, _ = await _get(gateway)
+    assert status == 502 and b"response head is longer than" in body
+
+
 async def test_a_slow_upstream_is_504_and_a_stalled_body_cuts_the_client(
         gateway: TestClient, raw: RawUpstream) -> None:
     release = asyncio.Event()
@@ -457,3 +471,16 @@ def test_a_ca_file_that_cannot_be_loaded_is_a_clear_config_error(tmp_path: Path)
     for path in (tmp_path / "missing.pem", tmp_path / "empty.pem"):
         with pytest.raises(ValidationError, match="cannot load CA certificates"):
             GatewaySettings(upstream_ca_file=str(path))
+
+
+def test_a_header_that_would_break_the_framing_is_never_written() -> None:
+    from gateway.upstream import InvalidHead, request_head
+
+    head = request_head("POST", "/a?b=1", "up:81", [("X-A", "1"), ("Content-Length", "2")],
+                        chunked=False)
+    assert head == b"POST /a?b=1 HTTP/1.1\r\nHost: up:81\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n"
+    assert request_head("PUT", "/", "up", [], chunked=True).endswith(
+        b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for name, value in (("X-A", "1\r\nX-Injected: 1"), ("X-A", "1\n"), ("X\rA", "1")):
+        with pytest.raises(InvalidHead):
+            request_head("GET", "/", "up", [(name, value)], chunked=False)
