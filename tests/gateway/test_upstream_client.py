@@ -28,7 +28,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings, RouteSettings, Settings
 from gateway.state import LISTENING
 from tests.conftest import Stores
-from tests.gateway.conftest import MiB, Upstream, routes_for
+from tests.gateway.conftest import MiB, Upstream, eventually, routes_for
 from tests.gateway.test_streaming import FLAT, PeakRss
 
 Request = tuple[bytes, bytes]  # head, de-chunked body
@@ -484,3 +484,42 @@ def test_a_header_that_would_break_the_framing_is_never_written() -> None:
     for name, value in (("X-A", "1\r\nX-Injected: 1"), ("X-A", "1\n"), ("X\rA", "1")):
         with pytest.raises(InvalidHead):
             request_head("GET", "/", "up", [(name, value)], chunked=False)
+
+
+async def test_the_pool_keeps_at_most_max_idle_and_closes_them_after_the_idle_timeout(
+        raw: RawUpstream) -> None:
+    from gateway.upstream import UpstreamClient, origin_of, request_head
+
+    ended = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     up: RawUpstream) -> None:
+        nonlocal ended
+        await answering(OK)(reader, writer, up)
+        ended += 1  # the gateway closed this connection
+
+    raw.script = script
+    client = UpstreamClient(idle_timeout_s=0.3, max_idle=1)
+    origin = origin_of(raw.url)
+
+    async def one() -> bytes:
+        head = request_head("GET", "/", origin.host_header, [], chunked=False)
+        response = await client.request(origin, head, None, chunked=False,
+                                        head_request=False, timeout=5)
+        try:
+            return await response.read()
+        finally:
+            response.release()
+
+    try:
+        assert await asyncio.gather(one(), one()) == [b"ok", b"ok"]
+        assert raw.connections == 2
+
+        async def ended_at_least(n: int) -> bool:
+            return ended >= n
+
+        await eventually(lambda: ended_at_least(1))  # beyond max_idle: closed at once
+        assert ended == 1
+        await eventually(lambda: ended_at_least(2))  # the idle one, after the idle timeout
+    finally:
+        client.close()
