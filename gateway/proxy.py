@@ -37,6 +37,7 @@ SMALL_BODY = 64 * 1024  # a response body up to this is answered in one write
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
                         "upgrade"})
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 # Client headers the gateway replaces with its own, or handles itself (Expect: the gateway
 # answers 100-continue once the request has passed; the upstream gets the body unasked).
 REPLACED = frozenset({"forwarded", "x-real-ip", "x-request-id", "host", "expect"})
@@ -145,11 +146,17 @@ async def _body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
 
 
 def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> CIMultiDict[str]:
-    """The upstream's headers to send back: end-to-end ones only, none of the gateway's own
-    (an upstream cannot forge them). The bytes are UTF-8, checked before."""
-    decoded: CIMultiDict[str] = CIMultiDict(
-        (name.decode("utf-8"), value.decode("utf-8")) for name, value in raw)
-    return _end_to_end(decoded, own_prefix="x-keystile-")
+    """The upstream's headers to send back: as _end_to_end, end-to-end ones only and none of
+    the gateway's own (an upstream cannot forge them), filtered on the raw bytes so only what
+    is kept is decoded (UTF-8, checked before)."""
+    named = [name.lower() for name, _ in raw]
+    drop = _HOP_BY_HOP_BYTES
+    if b"connection" in named:
+        drop = drop | {token.strip().lower() for low, (_, value) in zip(named, raw, strict=True)
+                       if low == b"connection" for token in value.split(b",")}
+    return CIMultiDict([(name.decode("utf-8"), value.decode("utf-8"))
+                        for low, (name, value) in zip(named, raw, strict=True)
+                        if low not in drop and not low.startswith(b"x-keystile-")])
 
 
 def _small(upstream: UpstreamResponse, headers: CIMultiDict[str]) -> bool:

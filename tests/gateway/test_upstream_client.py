@@ -523,3 +523,16 @@ async def test_the_pool_keeps_at_most_max_idle_and_closes_them_after_the_idle_ti
         await eventually(lambda: ended_at_least(2))  # the idle one, after the idle timeout
     finally:
         client.close()
+
+
+async def test_hop_by_hop_and_gateway_headers_from_the_upstream_stop_at_the_gateway(
+        gateway: TestClient, raw: RawUpstream) -> None:
+    raw.script = answering(b"HTTP/1.1 200 OK\r\nX-Keystile-Key-Id: forged\r\n"
+                           b"Connection: X-Private, keep-alive\r\nX-Private: secret\r\n"
+                           b"Keep-Alive: timeout=5\r\nX-Kept: 1\r\nX-Kept: 2\r\n"
+                           b"Content-Length: 2\r\n\r\nok")
+    status, body, resp = await _get(gateway)
+    assert (status, body) == (200, b"ok")
+    assert resp.headers.getall("X-Kept") == ["1", "2"]
+    for name in ("X-Keystile-Key-Id", "X-Private", "Keep-Alive"):
+        assert name not in resp.headers
