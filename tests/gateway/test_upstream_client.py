@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import logging
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -536,3 +539,37 @@ async def test_hop_by_hop_and_gateway_headers_from_the_upstream_stop_at_the_gate
     assert resp.headers.getall("X-Kept") == ["1", "2"]
     for name in ("X-Keystile-Key-Id", "X-Private", "Keep-Alive"):
         assert name not in resp.headers
+
+
+async def test_a_connection_never_accepted_is_504_after_the_route_timeout(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], stores: Stores,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A listener whose accept queue is full: Linux drops further SYNs, so connect() hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        settings = Settings(database_url=stores.database_url, redis_url=stores.redis_url,
+                            routes=[RouteSettings(prefix="/hang", auth="none", timeout_s=0.5,
+                                                  upstream=f"http://127.0.0.1:{port}")])
+        app = create_app(settings)
+        client = await aiohttp_client(app)
+        await asyncio.wait_for(app[LISTENING].wait(), 10)
+        caplog.set_level(logging.INFO, logger="gateway.proxy")
+        started = time.monotonic()
+        status, body, _ = await _get(client, "/hang/x")
+        assert status == 504 and b'"code":"upstream_timeout"' in body
+        assert time.monotonic() - started < 3
+        errors = [getattr(r, "error", "") for r in caplog.records]
+        assert "the upstream did not accept the connection in time" in errors, errors
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
