@@ -1,6 +1,6 @@
 """The gateway application of one worker: health endpoints, then the pipeline and the proxy
-for every other request. It owns its PostgreSQL pool, Redis client, upstream ClientSession
-and the invalidation listener."""
+for every other request. It owns its PostgreSQL pool, Redis client, upstream client and
+the invalidation listener."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -32,6 +31,7 @@ from gateway.routing import RouteTable
 from gateway.settings import Settings
 from gateway.stages import limits
 from gateway.state import DEADLINES, DEPS, EXCHANGE, LISTENING, SETTINGS
+from gateway.upstream import UpstreamClient
 from gateway.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     gw = settings.gateway
     pool = await create_pool(settings.database_url, settings.stores)
     redis = create_redis(settings.redis_url, settings.stores)
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=(
-            "User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
+    upstream = UpstreamClient(gw.upstream_ca_file)
     cache = LocalCache(gw.cache_size, gw.cache_ttl_s, gw.negative_ttl_s,
                        gw.cache_ttl_unsubscribed_s, app[LISTENING])
     # Providers are few and cheap to read: re-read often whether or not the channel is heard.
@@ -115,7 +112,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                         usage.pending) if gw.limits_mode == "fast" else None)
     app[DEPS] = Deps(gw, RouteTable(settings.routes), KeyLookup(cache, redis, pool,
                                                                   gw.redis_cache_ttl_s),
-                     providers, session, limiter, usage, LocalLimiter(),
+                     providers, upstream, limiter, usage, LocalLimiter(),
                      settings.stores.timeout_s, fast)
 
     def apply(kind: str, ident: str) -> None:
@@ -154,7 +151,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await session.close()
+        upstream.close()
         await limiter.aclose()
         deadlines.close()
         await redis.aclose()

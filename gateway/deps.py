@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
-
 from gateway.keycache import KeyLookup
 from gateway.limits.exact import Limiter
 from gateway.limits.fast import FastLimiter
@@ -13,6 +11,7 @@ from gateway.limits.local import LocalLimiter
 from gateway.providers import ProviderLookup
 from gateway.routing import RouteTable
 from gateway.settings import GatewaySettings
+from gateway.upstream import UpstreamClient
 from gateway.usage import UsageRecorder
 
 
@@ -22,7 +21,7 @@ class Deps:
     routes: RouteTable
     keys: KeyLookup
     providers: ProviderLookup
-    session: aiohttp.ClientSession
+    upstream: UpstreamClient
     limiter: Limiter
     usage: UsageRecorder
     local_limiter: LocalLimiter

@@ -10,8 +10,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
-import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import keyformat
@@ -21,13 +21,23 @@ from gateway.exchange import Exchange
 from gateway.metrics import upstream_latency
 from gateway.stages import limits
 from gateway.stages.headers import not_utf8
+from gateway.upstream import (
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    origin_of,
+    request_head,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+SMALL_BODY = 64 * 1024  # a response body up to this is answered in one write
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
                         "upgrade"})
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 # Client headers the gateway replaces with its own, or handles itself (Expect: the gateway
 # answers 100-continue once the request has passed; the upstream gets the body unasked).
 REPLACED = frozenset({"forwarded", "x-real-ip", "x-request-id", "host", "expect"})
@@ -125,11 +135,6 @@ def upstream_headers(ex: Exchange, trusted_proxies: Sequence[IPv4Network | IPv6N
     return headers
 
 
-@functools.lru_cache(maxsize=64)
-def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
-
-
 async def _body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
     """The request body as it arrives, never more than ``limit`` bytes."""
     seen = 0
@@ -140,75 +145,135 @@ async def _body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
+def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> CIMultiDict[str]:
+    """The upstream's headers to send back: as _end_to_end, end-to-end ones only and none of
+    the gateway's own (an upstream cannot forge them), filtered on the raw bytes so only what
+    is kept is decoded (UTF-8, checked before)."""
+    named = [name.lower() for name, _ in raw]
+    drop = _HOP_BY_HOP_BYTES
+    if b"connection" in named:
+        drop = drop | {token.strip().lower() for low, (_, value) in zip(named, raw, strict=True)
+                       if low == b"connection" for token in value.split(b",")}
+    return CIMultiDict([(name.decode("utf-8"), value.decode("utf-8"))
+                        for low, (name, value) in zip(named, raw, strict=True)
+                        if low not in drop and not low.startswith(b"x-keystile-")])
+
+
+def _small(upstream: UpstreamResponse, headers: CIMultiDict[str]) -> bool:
+    """Whether the whole body is, or will be, at most SMALL_BODY bytes: then it is read
+    whole and answered in one write instead of streamed."""
+    if upstream.complete:
+        return upstream.buffered <= SMALL_BODY
+    length = headers.get("Content-Length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_BODY
+
+
+async def _request(ex: Exchange, deps: Deps) -> UpstreamResponse:
+    """Sends the request upstream; returns when the response's head is in."""
     request, route = ex.request, ex.matched
-    timeout = _timeout(route.timeout_s)
-    data = _body(request, deps.settings.max_body_bytes) if request.body_exists else None
-    if data is not None and request.headers.get("Expect", "").lower() == "100-continue":
+    body = _body(request, deps.settings.max_body_bytes) if request.body_exists else None
+    if body is not None and request.headers.get("Expect", "").lower() == "100-continue":
         # The request passed every check: now the client may send its body.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    started = time.perf_counter()
+    origin = origin_of(route.origin)
+    chunked = body is not None and request.content_length is None
+    head = request_head(request.method, route.upstream_url(ex.path, ex.query).raw_path_qs,
+                        origin.host_header,
+                        upstream_headers(ex, deps.settings.trusted_proxies).items(), chunked)
     try:
-        upstream = await deps.session.request(
-            request.method, route.upstream_url(ex.path, ex.query),
-            headers=upstream_headers(ex, deps.settings.trusted_proxies), data=data,
-            allow_redirects=False, timeout=timeout)
+        return await deps.upstream.request(origin, head, body, chunked=chunked,
+                                           head_request=request.method == "HEAD",
+                                           timeout=route.timeout_s)
     except _BodyTooLarge:
         raise GatewayError("payload_too_large", f"the body is larger than "
                            f"{deps.settings.max_body_bytes} bytes") from None
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+    except UpstreamTimeout as exc:
+        log.info("upstream timeout", extra={"request_id": ex.request_id, "error": str(exc)})
         raise GatewayError("upstream_timeout") from None
-    except aiohttp.ClientError as exc:
-        if isinstance(exc.__cause__, _BodyTooLarge) or isinstance(exc.__context__,
-                                                                   _BodyTooLarge):
-            raise GatewayError("payload_too_large", f"the body is larger than "
-                               f"{deps.settings.max_body_bytes} bytes") from None
-        log.info("upstream unavailable", extra={"request_id": ex.request_id,
-                                                "error": type(exc).__name__})
-        raise GatewayError("upstream_unavailable") from None
-    ex.upstream_s = time.perf_counter() - started
-    upstream_latency(route.prefix).observe(ex.upstream_s)
-    async with upstream:
-        if upstream.status == 101:
-            raise GatewayError("upstream_unavailable",
-                               "the upstream switched protocols, which is not proxied")
-        # aiohttp would drop the bytes that are not UTF-8 when writing them to the client.
-        bad = not_utf8(upstream.raw_headers)
-        if bad is not None:
-            log.warning("upstream header not UTF-8", extra={"request_id": ex.request_id,
-                                                            "header": bad})
-            raise GatewayError("upstream_unavailable", f"the upstream answered with a {bad} "
-                               "header that is not valid UTF-8, which cannot be forwarded "
-                               "unchanged")
-        if upstream.status >= 500:
-            await limits.give_back(ex, deps)
-        # The gateway's own headers cannot be forged by an upstream.
-        back = _end_to_end(upstream.headers, own_prefix="x-keystile-")
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=back)
-        response.headers["X-Request-Id"] = ex.request_id
-        response.headers.update(limits.response_headers(ex))
+    except UpstreamUnavailable as exc:
+        log.warning("upstream unavailable", extra={"request_id": ex.request_id,
+                                                   "error": str(exc)})
+        raise GatewayError("upstream_unavailable", f"{exc}") from None
+    except (ConnectionError, PayloadEncodingError) as exc:
+        # Reading the client's body failed: it left, or sent less than it announced.
+        log.info("client body failed", extra={"request_id": ex.request_id,
+                                              "error": type(exc).__name__})
+        raise GatewayError("upstream_unavailable", "the request body could not be read "
+                           "whole, so it was not forwarded") from None
+
+
+async def forward(ex: Exchange, deps: Deps) -> web.StreamResponse:
+    route = ex.matched
+    started = time.perf_counter()
+    upstream = await _request(ex, deps)
+    try:
+        ex.upstream_s = time.perf_counter() - started
+        upstream_latency(route.prefix).observe(ex.upstream_s)
+        return await _answer(ex, deps, upstream)
+    finally:
+        upstream.release()
+
+
+async def _answer(ex: Exchange, deps: Deps, upstream: UpstreamResponse
+                  ) -> web.StreamResponse:
+    request = ex.request
+    if upstream.status == 101:
+        raise GatewayError("upstream_unavailable",
+                           "the upstream switched protocols, which is not proxied")
+    # aiohttp would drop the bytes that are not UTF-8 when writing them to the client.
+    bad = not_utf8(upstream.raw_headers)
+    if bad is not None:
+        log.warning("upstream header not UTF-8", extra={"request_id": ex.request_id,
+                                                        "header": bad})
+        raise GatewayError("upstream_unavailable", f"the upstream answered with a {bad} "
+                           "header that is not valid UTF-8, which cannot be forwarded "
+                           "unchanged")
+    if upstream.status >= 500:
+        await limits.give_back(ex, deps)
+    back = _response_headers(upstream.raw_headers)
+    reason = upstream.reason.decode("latin-1") or None
+    small = _small(upstream, back)
+    body = b""
+    if small:
         try:
-            await response.prepare(request)
-        except ConnectionError:  # the client left while the upstream answered
-            ex.error = CLIENT_CLOSED
-            log.info("client went away before the response", extra={
-                "request_id": ex.request_id})
-            return response
-        ex.headers_s = time.perf_counter() - ex.started
-        try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            while chunk := await upstream.read():
+                body += chunk
+        except UpstreamError as exc:
+            return _cut(ex, exc)
+        response: web.StreamResponse = web.Response(status=upstream.status, reason=reason,
+                                                    headers=back, body=body)
+    else:
+        response = web.StreamResponse(status=upstream.status, reason=reason, headers=back)
+    response.headers["X-Request-Id"] = ex.request_id
+    response.headers.update(limits.response_headers(ex))
+    try:
+        await response.prepare(request)
+    except ConnectionError:  # the client left while the upstream answered
+        ex.error = CLIENT_CLOSED
+        log.info("client went away before the response", extra={
+            "request_id": ex.request_id})
+        return response
+    ex.headers_s = time.perf_counter() - ex.started
+    try:
+        if not small:
+            while chunk := await upstream.read():
                 await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # Too late for an error response: cut the connection so the client sees it.
-            log.warning("upstream failed mid-response", extra={"request_id": ex.request_id,
-                                                              "error": type(exc).__name__})
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        except ConnectionError:
-            ex.error = CLIENT_CLOSED
-            log.info("client went away mid-response", extra={"request_id": ex.request_id})
-            return response
         await response.write_eof()
+    except UpstreamError as exc:
+        return _cut(ex, exc, response)
+    except ConnectionError:
+        ex.error = CLIENT_CLOSED
+        log.info("client went away mid-response", extra={"request_id": ex.request_id})
     return response
+
+
+def _cut(ex: Exchange, exc: UpstreamError, response: web.StreamResponse | None = None
+         ) -> web.StreamResponse:
+    """After the upstream's head, too late for an error response: the client connection is
+    cut so the client sees the failure."""
+    log.warning("upstream failed mid-response", extra={"request_id": ex.request_id,
+                                                      "error": str(exc)})
+    transport = ex.request.transport
+    if transport is not None:
+        transport.close()
+    return response if response is not None else web.Response(status=502)

@@ -4,6 +4,7 @@ variables overriding the store URLs and the operator token."""
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -106,6 +107,20 @@ class GatewaySettings(_Strict):
     quotas_without_redis: Literal["closed", "open"] = Field(
         "closed", description="closed: keys with a quota or lifetime limit get 503; open: "
         "they pass uncounted")
+    upstream_ca_file: str | None = Field(
+        None, description="PEM file of the CAs that https:// upstreams' certificates are "
+        "verified against, instead of the system store")
+
+    @field_validator("upstream_ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=value)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot load CA certificates from {value!r} ({exc}); give "
+                                 "a readable PEM file") from None
+        return value
 
 
 class RouteSettings(_Strict):
