@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint mutants bench bench-propagation venv clean
+.PHONY: run test lint mutants bench bench-propagation bench-instructions venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)
 ## from Debian's packages.
 bench: $(STAMP)
 	$(BIN)/python bench/load.py $(if $(QUICK),--quick,) $(if $(SAVE),--save,)
+
+## bench-instructions: user-space instructions per request of B3, B4 and K1 under callgrind
+## (valgrind must be installed), into bench/results/last-run/instructions.json
+bench-instructions: $(STAMP)
+	$(BIN)/python bench/instructions.py
 
 ## bench-propagation: how fast key changes reach every worker
 bench-propagation: $(STAMP)
