@@ -21,7 +21,7 @@ class Deadline:
     def __init__(self, owner: Deadlines, at: float, task: asyncio.Task[object]) -> None:
         self._owner = owner
         self.at = at
-        self.task = task
+        self.task: asyncio.Task[object] | None = task
         self.active = False
         self.expired = False
 
@@ -33,6 +33,9 @@ class Deadline:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.active = False
+        # It stays queued until the timer passes it: without its task, which would keep the
+        # whole finished request (request, response, exchange) in memory until then.
+        self.task = None
 
 
 class Deadlines:
@@ -57,7 +60,8 @@ class Deadlines:
     def overran(deadline: Deadline) -> bool:
         """After a ``CancelledError``: True if the deadline caused it (the cancellation is
         then taken back, so the request can still be answered)."""
-        return deadline.expired and deadline.task.uncancel() == 0
+        task = deadline.task
+        return deadline.expired and task is not None and task.uncancel() == 0
 
     def _expire(self) -> None:
         self._timer = None
@@ -66,7 +70,7 @@ class Deadlines:
         waiting = self._waiting
         while waiting and (waiting[0].at <= now or not waiting[0].active):
             deadline = waiting.popleft()
-            if deadline.active:
+            if deadline.active and deadline.task is not None:
                 deadline.active = False
                 deadline.expired = True
                 deadline.task.cancel()

@@ -5,6 +5,8 @@ stays a cancellation. (End to end: tests/gateway/test_store_deadline.py.)"""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -54,4 +56,20 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    deadlines.close()
+
+
+async def test_a_finished_request_is_not_kept_alive_until_its_deadline() -> None:
+    """A deadline stays queued until the timer passes it; what it ran must not stay with it
+    (a worker would hold every request of the last ``timeout_s`` in memory)."""
+    deadlines = Deadlines(30)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    task = asyncio.ensure_future(_checked(deadlines, done))
+    assert await task == "in time"
+    finished = weakref.ref(task)
+    del task
+    await asyncio.sleep(0)  # the loop lets go of the task it just ran
+    gc.collect()
+    assert finished() is None
     deadlines.close()
