@@ -3,8 +3,8 @@
 Every request's checks may wait on the stores for at most the same time (``[stores]
 timeout_s``), so deadlines fall in the order requests arrive: a queue of them, and one timer
 at the earliest still waited for, cancel what overran. ``asyncio.timeout`` does the same with
-a timer of the event loop's per request, which cost about 20 µs of CPU each — more than most
-stages of the pipeline."""
+a timer of the event loop's per request: about 8 µs of CPU each on the development machine,
+against 2 for this."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from types import TracebackType
 class Deadline:
     """One request's: ``expired`` once it was cancelled for overrunning."""
 
-    __slots__ = ("_owner", "active", "at", "expired", "task")
+    __slots__ = ("_owner", "active", "at", "expired", "taken_back", "task")
 
     def __init__(self, owner: Deadlines, at: float, task: asyncio.Task[object]) -> None:
         self._owner = owner
@@ -24,6 +24,7 @@ class Deadline:
         self.task: asyncio.Task[object] | None = task
         self.active = False
         self.expired = False
+        self.taken_back = False  # the deadline's cancellation, once overran() saw it
 
     def __enter__(self) -> Deadline:
         self.active = True
@@ -33,6 +34,10 @@ class Deadline:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.active = False
+        if self.expired and not self.taken_back and self.task is not None:
+            # Cancelled at the deadline, but the block ended otherwise (the cancellation was
+            # swallowed below): taken back all the same, as asyncio.timeout does.
+            self.task.uncancel()
         # It stays queued until the timer passes it: without its task, which would keep the
         # whole finished request (request, response, exchange) in memory until then.
         self.task = None
@@ -61,7 +66,10 @@ class Deadlines:
         """After a ``CancelledError``: True if the deadline caused it (the cancellation is
         then taken back, so the request can still be answered)."""
         task = deadline.task
-        return deadline.expired and task is not None and task.uncancel() == 0
+        if not deadline.expired or task is None or deadline.taken_back:
+            return False
+        deadline.taken_back = True
+        return task.uncancel() == 0
 
     def _expire(self) -> None:
         self._timer = None

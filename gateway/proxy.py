@@ -22,6 +22,7 @@ from gateway.metrics import upstream_latency
 from gateway.stages import limits
 from gateway.stages.headers import not_utf8
 from gateway.upstream import (
+    InvalidHead,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
@@ -177,9 +178,16 @@ async def _request(ex: Exchange, deps: Deps) -> UpstreamResponse:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     origin = origin_of(route.origin)
     chunked = body is not None and request.content_length is None
-    head = request_head(request.method, route.upstream_url(ex.path, ex.query).raw_path_qs,
-                        origin.host_header,
-                        upstream_headers(ex, deps.settings.trusted_proxies).items(), chunked)
+    try:
+        head = request_head(request.method, route.upstream_url(ex.path, ex.query).raw_path_qs,
+                            origin.host_header,
+                            upstream_headers(ex, deps.settings.trusted_proxies).items(),
+                            chunked)
+    except InvalidHead as exc:  # e.g. a line break in a stored value the gateway forwards
+        log.warning("request head not sent", extra={"request_id": ex.request_id,
+                                                    "error": str(exc)})
+        raise GatewayError("upstream_unavailable", "the request could not be forwarded: "
+                           f"{exc}") from None
     try:
         return await deps.upstream.request(origin, head, body, chunked=chunked,
                                            head_request=request.method == "HEAD",

@@ -93,10 +93,11 @@ class RedisPipe:
     async def execute(self, commands: list[Command]) -> list[Any]:
         """Each command's answer, in order; a command Redis refused gives its error
         (``ResponseError`` or a subclass, e.g. ``NoScriptError``) in its place."""
+        data = pack(commands)  # first: a queued answer must have its bytes written
         link = await self._ready()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         link.sent.append(_Sent(len(commands), future, time.monotonic()))
-        link.writer.write(pack(commands))
+        link.writer.write(data)
         REDIS_ROUND_TRIPS.inc()
         if self._watchdog is None:
             self._arm(self._timeout_s)
@@ -116,14 +117,19 @@ class RedisPipe:
 
     async def _connected(self) -> _Link:
         """The live link, made once for every caller waiting for it."""
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
         connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._connect())
+            connecting.add_done_callback(self._connect_ended)
+        return await asyncio.shield(connecting)
+
+    def _connect_ended(self, connecting: asyncio.Future[_Link]) -> None:
+        """Forgotten once done, whether or not anyone still waits for it (every caller may
+        have been cancelled): the next pipeline after this link dies makes a new one."""
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved: a failed connect is each caller's to report
 
     async def _connect(self) -> _Link:
         if self._link is not None:
@@ -166,6 +172,9 @@ class RedisPipe:
             return
         link.closed = True
         link.writer.close()
+        # redis-py's connection must not think it still holds the streams (it would warn of,
+        # and close again, a connection already closed here).
+        link.connection._reader = link.connection._writer = None
         if link.task is not None and link.task is not asyncio.current_task():
             link.task.cancel()
         while link.sent:

@@ -90,12 +90,12 @@ class Limiter:
 
     async def spend_many(self, items: list[tuple[KeyRecord, int, bool]], now: datetime,
                          pending: Pending = no_pending) -> list[Decision | Exception]:
-        """Spends for many keys in ONE round trip; only keys whose counts must be re-seeded
-        from PostgreSQL take another. A Decision for each item that was spent, or the error
-        that kept it from being spent. Raises only when the connection failed (then what ran
-        is unknown)."""
+        """Spends for many keys (fast mode's sync: work no request waits on) in ONE round
+        trip; only keys whose counts must be re-seeded from PostgreSQL take another. A
+        Decision for each item that was spent, or the error that kept it from being spent.
+        Raises only when the connection failed (then what ran is unknown)."""
         plans = [plan(self.shape(record), cost, enforce, now) for record, cost, enforce in items]
-        results: list[Any] = await self.runner.run(plans)
+        results: list[Any] = await self.runner.run(plans, background=True)
         lost = [i for i, result in enumerate(results)
                 if not isinstance(result, Exception) and int(result[0]) == NEED_SEED]
         if lost:  # seeded from PostgreSQL, all in one more round trip
@@ -107,7 +107,7 @@ class Limiter:
             else:
                 for i, seed in zip(lost, seeds, strict=True):
                     plans[i].seed(*seed)
-                again = await self.runner.run([plans[i] for i in lost])
+                again = await self.runner.run([plans[i] for i in lost], background=True)
                 for i, result in zip(lost, again, strict=True):
                     results[i] = result
         return [result if isinstance(result, Exception) else decide(todo, result)

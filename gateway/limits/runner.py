@@ -37,11 +37,16 @@ class ScriptRunner:
         self._late = late  # gives back what a request that stopped waiting was charged
         self._waiting: list[tuple[Plan, asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
-        # One node: spends go on the worker's multiplexed connection. A cluster routes each
-        # script by its keys' slot, which redis-py's cluster pipeline does.
-        self.pipe = (RedisPipe(redis.connection_pool, PIPE_PATIENCE * float(
-            redis.connection_pool.connection_kwargs.get("socket_timeout") or PIPE_TIMEOUT_S))
-            if isinstance(redis, Redis) else None)
+        # One node: requests' spends go on the worker's multiplexed connection, and fast
+        # mode's syncs (hundreds of scripts a round trip) on a second one, so no request waits
+        # behind a sync, nor fails with it. A cluster routes each script by its keys' slot,
+        # which redis-py's cluster pipeline does.
+        self.pipe = self.background = None
+        if isinstance(redis, Redis):
+            patience = PIPE_PATIENCE * float(
+                redis.connection_pool.connection_kwargs.get("socket_timeout") or PIPE_TIMEOUT_S)
+            self.pipe = RedisPipe(redis.connection_pool, patience)
+            self.background = RedisPipe(redis.connection_pool, patience)
 
     async def call(self, keys: list[str], args: list[str | bytes]) -> Any:
         """The script once, on its own (it is loaded again if Redis forgot it)."""
@@ -97,21 +102,23 @@ class ScriptRunner:
                                if not isinstance(result, Exception)
                                and int(result[0]) not in (NEED_SEED, LATE)))
 
-    async def run(self, plans: list[Plan]) -> list[Any]:
-        """The script for every plan, in one pipeline: a result (or the error) each."""
-        results = await self._pipelined(plans)
+    async def run(self, plans: list[Plan], background: bool = False) -> list[Any]:
+        """The script for every plan, in one pipeline: a result (or the error) each.
+        ``background``: for work no request waits on (fast mode's syncs)."""
+        results = await self._pipelined(plans, background)
         unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if unknown:  # Redis restarted, failed over or flushed its scripts: none of these ran
             await self.redis.script_load(LIMITS)
-            again = await self._pipelined([plans[i] for i in unknown])
+            again = await self._pipelined([plans[i] for i in unknown], background)
             for i, result in zip(unknown, again, strict=True):
                 results[i] = result
         return results
 
-    async def _pipelined(self, plans: list[Plan]) -> list[Any]:
+    async def _pipelined(self, plans: list[Plan], background: bool = False) -> list[Any]:
         sent = time.time()
-        if self.pipe is not None:
-            results = await self.pipe.execute([
+        multiplexed = self.background if background else self.pipe
+        if multiplexed is not None:
+            results = await multiplexed.execute([
                 ("EVALSHA", self.script.sha, len(plan.keys), *plan.keys, *plan.args)
                 for plan in plans])
         else:
@@ -132,8 +139,9 @@ class ScriptRunner:
                                time.time() if received is None else received)
 
     async def aclose(self) -> None:
-        if self.pipe is not None:
-            await self.pipe.aclose()
+        for pipe in (self.pipe, self.background):
+            if pipe is not None:
+                await pipe.aclose()
 
     async def learn_clock(self) -> None:
         """Reads Redis's clock once, so the first spends of a fresh worker carry a deadline

@@ -5,6 +5,7 @@ stays a cancellation. (End to end: tests/gateway/test_store_deadline.py.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import weakref
 
@@ -73,3 +74,19 @@ async def test_a_finished_request_is_not_kept_alive_until_its_deadline() -> None
     gc.collect()
     assert finished() is None
     deadlines.close()
+
+
+async def test_a_cancellation_swallowed_inside_is_still_taken_back() -> None:
+    """As asyncio.timeout: past the deadline, the task is not left marked as cancelling even
+    when what ran inside swallowed the cancellation."""
+    deadlines = Deadlines(0.05)
+
+    async def swallowing() -> int:
+        # The suppression inside, as a library that finishes its own work instead would be.
+        with deadlines.start(), contextlib.suppress(asyncio.CancelledError):
+            await asyncio.get_running_loop().create_future()
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    assert await asyncio.ensure_future(swallowing()) == 0

@@ -48,3 +48,21 @@ def test_lines_read_as_the_standard_formatter_writes_them() -> None:
     for message in ("first", "same second", "x"):
         record = _record(message)
         assert ours.format(record) == standard.format(record)
+
+
+class _Broken(io.StringIO):
+    def flush(self) -> None:
+        raise BrokenPipeError("the log collector went away")
+
+
+async def test_a_broken_standard_error_does_not_reach_the_event_loop() -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        TurnFlushingHandler(_Broken()).emit(_record("lost"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)

@@ -106,3 +106,17 @@ async def test_no_connection_means_not_sent() -> None:
     finally:
         await pipe.aclose()
         await redis.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_command_that_cannot_be_packed_leaves_the_order_of_answers_intact(
+        stores: Stores) -> None:
+    pipe, redis = await _pipe(stores.redis_url)
+    try:
+        assert await pipe.execute([("ECHO", "first")]) == [b"first"]
+        with pytest.raises(UnicodeEncodeError):
+            await pipe.execute([("ECHO", "\ud800")])  # a lone surrogate: not UTF-8
+        # The next pipeline gets its own answer, not one owed to the pipeline never sent.
+        assert await asyncio.wait_for(pipe.execute([("ECHO", "next")]), 2) == [b"next"]
+    finally:
+        await pipe.aclose()
+        await redis.aclose()  # type: ignore[attr-defined]
