@@ -136,6 +136,24 @@ _HOLDING: contextvars.ContextVar[bool] = contextvars.ContextVar("redis_holding",
                                                                 default=False)
 
 
+def _lost(error: AttributeError) -> ConnectionError:
+    lost = ConnectionError(f"the connection was closed while in use ({error})")
+    lost.__cause__ = error
+    return lost
+
+
+@contextlib.contextmanager
+def _torn_down_is_lost() -> Iterator[None]:
+    """In a failover redis-py's cluster client re-reads the topology and closes the
+    connections of a node that left it, including ones another command is using: that
+    command fails with an AttributeError on the closed connection's stream. It is a lost
+    connection (whether the command ran is unknown), and is said so."""
+    try:
+        yield
+    except AttributeError as exc:
+        raise _lost(exc) from exc
+
+
 class _ClusterRetry(Retry):
     """redis-py's cluster client re-sends a command after any connection error or timeout
     as often as ``get_retries()`` says: none at all under ``at_most_once()``."""
@@ -174,7 +192,8 @@ class Cluster(RedisCluster):
         async with self.turn():
             for attempt in range(RETRIES + 1):
                 try:
-                    return await super().execute_command(*args, **kwargs)
+                    with _torn_down_is_lost():
+                        return await super().execute_command(*args, **kwargs)
                 except _UNRUN:
                     self.refresh_topology()
                     if attempt == RETRIES:
@@ -215,10 +234,12 @@ class _ClusterPipeline(ClusterPipeline):
                       allow_redirections: bool = True) -> list[Any]:
         async with self.cluster_client.turn():
             try:
-                results = list(await super().execute(raise_on_error, allow_redirections))
+                with _torn_down_is_lost():
+                    results = list(await super().execute(raise_on_error, allow_redirections))
             except _TOPOLOGY_ERRORS:
                 self.cluster_client.refresh_topology()
                 raise
+        results = [_lost(r) if isinstance(r, AttributeError) else r for r in results]
         if any(isinstance(r, _TOPOLOGY_ERRORS) and not isinstance(r, MaxConnectionsError)
                for r in results):
             self.cluster_client.refresh_topology()
