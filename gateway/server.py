@@ -22,13 +22,12 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 
-from aiohttp import web
 from prometheus_client import multiprocess
 
 from gateway import logsink
 from gateway.accesslog import AccessLogger
 from gateway.app import create_app
-from gateway.connections import GuardedRunner, Limits
+from gateway.connections import GuardedRunner, GuardedSite, Limits
 from gateway.settings import GatewaySettings, Settings
 from gateway.state import DEPS
 from gateway.supervision import Backoff, die_with_parent
@@ -87,7 +86,7 @@ async def _worker_main(settings: Settings, ready: Event) -> None:
                            access_log=logging.getLogger("keystile.access"))
     await runner.setup()
     try:
-        await web.TCPSite(runner, gw.host, gw.port, reuse_port=True,
+        await GuardedSite(runner, gw.host, gw.port, reuse_port=True,
                           ssl_context=server_tls.context if server_tls else None).start()
         ready.set()
         await stop.wait()
