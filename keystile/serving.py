@@ -13,6 +13,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway.tls import ServerTLS
 
+log = logging.getLogger(__name__)
+
 
 class ServeError(Exception):
     """A listener could not be started."""
@@ -44,9 +46,11 @@ def stop_event() -> asyncio.Event:
 def reload_on_sighup(listeners: list[Listener]) -> None:
     """SIGHUP reloads the listeners' TLS certificates (and no longer ends the process)."""
     def reload() -> None:
-        for listener in listeners:
-            if listener.tls is not None:
-                listener.tls.reload()
+        secured = [listener.tls for listener in listeners if listener.tls is not None]
+        if not secured:
+            log.info("SIGHUP: no TLS certificate to reload")
+        for tls in secured:
+            tls.reload()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 

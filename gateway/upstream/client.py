@@ -60,7 +60,9 @@ class UpstreamClient:
         except (tls.CertificateError, OSError) as exc:
             log.error("upstream TLS files NOT reloaded, still using the previous ones: %s", exc)
             return
-        log.info("upstream TLS files reloaded")
+        log.info("upstream TLS files reloaded: CAs from %s; client certificate %s",
+                 self._ca_file or "the system store",
+                 tls.describe(self._client_cert[0]) if self._client_cert else "none")
 
     async def request(self, origin: Origin, head: bytes, body: AsyncIterator[bytes] | None,
                       *, chunked: bool, head_request: bool, timeout: float

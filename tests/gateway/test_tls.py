@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.connections import GuardedRunner, Limits
 from gateway.settings import ConfigError, GatewaySettings, RouteSettings, Settings, load
-from gateway.state import LISTENING
+from gateway.state import DEPS, LISTENING
 from keystile.embedded import free_port
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
@@ -266,6 +267,12 @@ async def test_the_gateway_serves_https_and_reloads_its_certificate_on_sighup(
                          f'[[routes]]\nprefix = "/untrusted"\nupstream = "{untrusted.url}"\n'
                          'auth = "none"\n')
         proc = await _start(cli, stores, config, "gateway", "--workers", "2")
+        output: list[str] = []
+
+        async def until(marker: str) -> str:
+            output.append(await asyncio.to_thread(cli.read_until, proc, marker))
+            return output[-1]
+
         workers = [c.pid for c in psutil.Process(proc.pid).children()
                    if "resource_tracker" not in " ".join(c.cmdline())]
         assert len(workers) == 2
@@ -322,7 +329,7 @@ async def test_the_gateway_serves_https_and_reloads_its_certificate_on_sighup(
         assert status == 502 and b"TLS certificate could not be verified" in body, body
         conn[1].close()
         assert untrusted.clients == []  # no request reached it
-        line = await asyncio.to_thread(cli.read_until, proc, "unavailable:")
+        line = await until("unavailable:")
         assert (f"upstream {untrusted.url} (route /untrusted) unavailable: the upstream's "
                 "TLS certificate could not be verified (unable to get local issuer "
                 "certificate)") in line, line
@@ -332,8 +339,8 @@ async def test_the_gateway_serves_https_and_reloads_its_certificate_on_sighup(
         second = ca.issue("gateway", cert_path=cert, key_path=key)
         proc.send_signal(signal.SIGHUP)
         for _ in workers:
-            await asyncio.to_thread(cli.read_until, proc, "gateway TLS certificate reloaded "
-                                    f"from {cert}: CN=gateway, serial {second.serial:x}")
+            await until(f"gateway TLS certificate reloaded from {cert}: CN=gateway, serial "
+                        f"{second.serial:x}")
         await _all_new_handshakes_see(port, trusting, second.serial)
         assert await fetch(opened, "/svc/x", {"X-API-Key": api_key}) == (
             200, b"upstream says hi")
@@ -343,7 +350,7 @@ async def test_the_gateway_serves_https_and_reloads_its_certificate_on_sighup(
         ca.issue("gateway", key_path=key)  # a key that does not belong to the certificate
         proc.send_signal(signal.SIGHUP)
         for _ in workers:
-            line = await asyncio.to_thread(cli.read_until, proc, "NOT reloaded")
+            line = await until("NOT reloaded")
             assert ("gateway TLS certificate NOT reloaded, still serving the previous one: "
                     f"cannot load {cert} with {key}: the key does not belong to the "
                     "certificate") in line, line
@@ -355,7 +362,10 @@ async def test_the_gateway_serves_https_and_reloads_its_certificate_on_sighup(
 
         code, out = await asyncio.to_thread(cli.stop, proc)
         assert code == 0, out
-        assert api_key not in out
+        output.append(out)
+        logged = "".join(output)
+        assert api_key not in logged
+        assert "Traceback" not in logged, logged  # refused handshakes are not errors to log
 
 
 async def test_a_worker_at_its_connection_cap_refuses_over_tls(
@@ -424,6 +434,39 @@ async def test_mtls_the_gateway_presents_its_client_certificate_to_upstreams_tha
         logged = [r.getMessage() for r in caplog.records if "unavailable:" in r.getMessage()]
         assert len(logged) == 2 and all(f"upstream {up.url} (route /m)" in m for m in logged)
         assert up.clients == ["keystile-gateway"]  # the others never got a request through
+
+
+async def test_sighup_rereads_the_upstream_client_certificate_for_new_connections(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], stores: Stores,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What a worker does on SIGHUP (gateway/server.py calls it): new upstream connections
+    present the certificate now in the files; files that cannot be loaded change nothing."""
+    caplog.set_level(logging.INFO, logger="gateway.upstream.client")
+    servers, clients = CA(tmp_path / "servers"), CA(tmp_path / "clients", "Client CA")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    CA(tmp_path / "other", "Other CA").issue("old", client=True, cert_path=cert, key_path=key)
+    async with tls_upstream(servers.issue("upstream"), client_ca=clients) as up:
+        app = create_app(Settings(
+            database_url=stores.database_url, redis_url=stores.redis_url,
+            gateway=GatewaySettings(upstream_ca_file=str(servers.cert),
+                                    upstream_client_cert_file=str(cert),
+                                    upstream_client_key_file=str(key)),
+            routes=[RouteSettings(prefix="/m", upstream=up.url, auth="none", timeout_s=5)]))
+        client = await aiohttp_client(app)
+        await asyncio.wait_for(app[LISTENING].wait(), 10)
+        assert (await client.get("/m/x")).status == 502  # not a certificate it trusts
+        renewed = clients.issue("renewed", client=True, cert_path=cert, key_path=key)
+        app[DEPS].upstream.reload_tls()
+        assert f"client certificate {cert}: CN=renewed, serial {renewed.serial:x}" in \
+            caplog.text
+        assert (await client.get("/m/x")).status == 200
+        key.write_text("not a key\n")
+        app[DEPS].upstream.reload_tls()
+        assert f"upstream TLS files NOT reloaded, still using the previous ones: {key} holds " \
+            "no PEM private key" in caplog.text
+        app[DEPS].upstream.close()  # drop the pooled connection: the next one is new
+        assert (await client.get("/m/x")).status == 200
+        assert up.clients == ["renewed", "renewed"]
 
 
 # The admin listener over TLS
