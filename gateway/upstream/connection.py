@@ -7,7 +7,6 @@ message boundary: request fully written, response fully read, nothing more recei
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -133,12 +132,6 @@ class Connection(asyncio.Protocol):
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if isinstance(exc, ssl.SSLError) and self.busy and not self.done \
-                and self._error is None:
-            # An alert after the handshake: with TLS 1.3 an upstream refuses the client
-            # certificate (or its absence) only once the request is on its way.
-            self._error = UpstreamUnavailable(f"the upstream ended the TLS connection "
-                                              f"({exc.reason or exc})")
         self._ended_by_upstream()
         self._parser = None  # it refers back to this protocol: no cycle left for the GC
         drain = self._drain_waiter
@@ -309,8 +302,8 @@ class Connection(asyncio.Protocol):
             if self.headers_done and self._to_eof:
                 self.done = True  # the close is how this body ends
             elif self._error is None and self._fresh_tls and not self.headers_done:
-                # TLS 1.3 upstreams check a client certificate after the handshake: a
-                # refusal looks like this close (or an alert, see connection_lost).
+                # A TLS 1.3 upstream checks the client certificate after the handshake, and
+                # a refusal reaches asyncio and uvloop alike as this close.
                 self._error = UpstreamUnavailable(
                     "the upstream closed the new TLS connection without answering (as an "
                     "upstream requiring a client certificate does when not shown one it "

@@ -259,12 +259,15 @@ async def test_the_gateway_serves_https_and_reloads_its_certificate_on_sighup(
     first = ca.issue("gateway", cert_path=cert, key_path=key)
     stranger = CA(tmp_path / "stranger", "Somebody else's CA").issue("upstream")
     port = free_port()
-    async with tls_upstream(stranger) as untrusted:
+    async with tls_upstream(stranger) as untrusted, \
+            tls_upstream(ca.issue("upstream"), client_ca=ca) as demanding:
         config = _config(tmp_path, f'[gateway]\nport = {port}\ntls_cert_file = "{cert}"\n'
                          f'tls_key_file = "{key}"\nupstream_ca_file = "{ca.cert}"\n'
                          'header_timeout_s = 1\n'
                          f'[[routes]]\nprefix = "/svc"\nupstream = "{upstream.url}"\n'
                          f'[[routes]]\nprefix = "/untrusted"\nupstream = "{untrusted.url}"\n'
+                         'auth = "none"\n'
+                         f'[[routes]]\nprefix = "/mtls"\nupstream = "{demanding.url}"\n'
                          'auth = "none"\n')
         proc = await _start(cli, stores, config, "gateway", "--workers", "2")
         output: list[str] = []
@@ -333,6 +336,17 @@ async def test_the_gateway_serves_https_and_reloads_its_certificate_on_sighup(
         assert (f"upstream {untrusted.url} (route /untrusted) unavailable: the upstream's "
                 "TLS certificate could not be verified (unable to get local issuer "
                 "certificate)") in line, line
+
+        # One that wants a client certificate, which this gateway has none of: 502 too.
+        conn = await connect(port, trusting)
+        status, body = await fetch(conn, "/mtls/x")
+        conn[1].close()
+        line = await until("(route /mtls) unavailable:")
+        assert status == 502 and demanding.clients == [], body
+        assert (f"upstream {demanding.url} (route /mtls) unavailable: the upstream closed the "
+                "new TLS connection without answering (as an upstream requiring a client "
+                "certificate does when not shown one it trusts: see "
+                "upstream_client_cert_file)") in line, line
 
         # SIGHUP with a new certificate in place: every worker reloads it, new handshakes
         # see it, and the connection opened before carries on with the old one.
