@@ -9,28 +9,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psutil
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
 
 from gateway.app import create_app
 from gateway.connections import GuardedRunner, Limits
+from gateway.server import _pass_reloads, _Slot
 from gateway.settings import ConfigError, GatewaySettings, RouteSettings, Settings, load
 from gateway.state import DEPS, LISTENING
+from gateway.supervision import Backoff
+from gateway.tls import ServerTLS
 from keystile.embedded import free_port
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
@@ -206,7 +213,6 @@ def test_certificates_are_checked_when_the_configuration_is_loaded(tmp_path: Pat
             load(_config(tmp_path, text))
         assert message in str(caught.value), (text, str(caught.value))
     # An encrypted key would make OpenSSL prompt on the terminal: refused with a reason.
-    from cryptography.hazmat.primitives import serialization
     key = serialization.load_pem_private_key(good.key.read_bytes(), None)
     encrypted = tmp_path / "encrypted.key"
     encrypted.write_bytes(key.private_bytes(
@@ -382,11 +388,38 @@ async def test_the_gateway_serves_https_and_reloads_its_certificate_on_sighup(
         assert "Traceback" not in logged, logged  # refused handshakes are not errors to log
 
 
+def test_a_sighup_waits_for_a_worker_still_starting(tmp_path: Path) -> None:
+    """The supervisor holds a SIGHUP for a worker that is not ready (its default action
+    would end it) and passes it on once it is."""
+    heard = tmp_path / "heard"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGHUP, lambda *_: open({str(heard)!r}, 'a').write('hup'))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "up\n"
+        ready = multiprocessing.get_context("spawn").Event()
+        slot = _Slot(Backoff(), proc=cast(BaseProcess, child), ready=ready, reload=True)
+        _pass_reloads([slot])
+        assert slot.reload and not heard.exists()  # held
+        ready.set()
+        _pass_reloads([slot])
+        assert not slot.reload
+        deadline = time.monotonic() + 5
+        while not heard.exists():
+            assert time.monotonic() < deadline, "the SIGHUP never arrived"
+            time.sleep(0.01)
+        _pass_reloads([slot])  # passed on once only
+        assert heard.read_text() == "hup"
+    finally:
+        child.kill()
+        child.wait()
+
+
 async def test_a_worker_at_its_connection_cap_refuses_over_tls(
         gateway_settings: Settings, tmp_path: Path) -> None:
     """The 503 of a full worker reaches a TLS client as an answer, not a reset."""
-    from gateway.tls import ServerTLS
-
     ca = CA(tmp_path)
     server_tls = ServerTLS("gateway", *ca.issue("gateway").pair)
     settings = gateway_settings.model_copy(update={"gateway": gateway_settings.gateway
