@@ -64,7 +64,8 @@ def load_pair(context: ssl.SSLContext, cert_file: str, key_file: str) -> None:
     except CertificateError:
         raise
     except ssl.SSLError as exc:
-        detail = ("the key does not belong to the certificate"
+        detail = ("the key does not belong to the certificate (the first one in the file: "
+                  "the chain starts with the server's own)"
                   if exc.reason == "KEY_VALUES_MISMATCH" else str(exc.reason or exc))
         raise CertificateError(f"cannot load {cert_file} with {key_file}: {detail}"
                                ) from None
@@ -82,8 +83,9 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     # Compression (CRIME) and client-initiated renegotiation (a cheap CPU drain) are off.
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.set_alpn_protocols(["http/1.1"])  # what the listeners speak; a client asking h2
-    load_pair(context, cert_file, key_file)   # falls back instead of guessing
+    # What the listeners speak: a client that would rather have h2 knows to fall back.
+    context.set_alpn_protocols(["http/1.1"])
+    load_pair(context, cert_file, key_file)
     return context
 
 
@@ -110,6 +112,7 @@ class ServerTLS:
         self.context = server_context(cert_file, key_file)
         self._current = self.context
         self.context.sni_callback = self._select
+        log.info("%s serves TLS with %s", name, describe(cert_file))
 
     def _select(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 context: ssl.SSLContext) -> None:
