@@ -111,7 +111,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
         raise
     redis = create_redis(settings.redis_url, settings.stores)
-    upstream = UpstreamClient(gw.upstream_ca_file)
+    upstream = UpstreamClient(gw.upstream_ca_file, client_cert=gw.upstream_client_cert)
     cache = LocalCache(gw.cache_size, gw.cache_ttl_s, gw.negative_ttl_s,
                        gw.cache_ttl_unsubscribed_s, app[LISTENING])
     # Providers are few and cheap to read: re-read often whether or not the channel is heard.

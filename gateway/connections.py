@@ -12,6 +12,9 @@ Each connection has one watchdog timer for the phase it is in:
   closed, so the upstream sees its request aborted and never a complete body.
 * busy — the request is in; the route's ``timeout_s`` governs the upstream, not this module.
 
+Over TLS, the handshake comes first: it must be over within ``header_timeout_s`` too
+(``GuardedSite``), and a connection counts towards ``max_connections`` once it is.
+
 Answered, a connection is idle again (keep-alive) — with two exceptions. A request answered
 before its body was read (a 401, say) stays in body while aiohttp reads the rest out, and is
 idle once it has. Bytes of a pipelined request that arrived while the previous one was busy
@@ -248,3 +251,22 @@ class GuardedRunner(web.AppRunner):
                              handler_cancellation=plain.handler_cancellation,
                              loop=asyncio.get_running_loop(),
                              guard=Connections(self.limits), **plain._kwargs)
+
+
+class GuardedSite(web.TCPSite):
+    """``web.TCPSite`` bounding TLS handshakes by ``header_timeout_s`` (the event loop's own
+    default is 60 s, and aiohttp passes no other): a client that connects and never finishes
+    its handshake holds a descriptor no longer than one that never sends its head."""
+
+    def __init__(self, runner: GuardedRunner, host: str, port: int, **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._handshake_timeout_s = runner.limits.header_timeout_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self._handshake_timeout_s if self._ssl_context else None)

@@ -199,8 +199,10 @@ async def _request(ex: Exchange, deps: Deps) -> UpstreamResponse:
         log.info("upstream timeout", extra={"request_id": ex.request_id, "error": str(exc)})
         raise GatewayError("upstream_timeout") from None
     except UpstreamUnavailable as exc:
-        log.warning("upstream unavailable", extra={"request_id": ex.request_id,
-                                                   "error": str(exc)})
+        # Which upstream and why in the line itself (the format shows no extra fields): an
+        # operator must tell a certificate that did not verify from an upstream that is down.
+        log.warning("upstream %s (route %s) unavailable: %s", origin.key, route.prefix, exc,
+                    extra={"request_id": ex.request_id, "error": str(exc)})
         raise GatewayError("upstream_unavailable", f"{exc}") from None
     except (ConnectionError, PayloadEncodingError) as exc:
         # Reading the client's body failed: it left, or sent less than it announced.

@@ -1,10 +1,12 @@
 """``keystile gateway --workers N``: N worker processes sharing one port (SO_REUSEPORT), each
 on uvloop with its own pools, cache and upstream session. The parent only supervises:
-it restarts a worker that dies and stops them all on SIGINT or SIGTERM."""
+it restarts a worker that dies, stops them all on SIGINT or SIGTERM, and passes SIGHUP on
+(each worker then reloads its TLS certificate and upstream TLS files)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -20,15 +22,16 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 
-from aiohttp import web
 from prometheus_client import multiprocess
 
 from gateway import logsink
 from gateway.accesslog import AccessLogger
 from gateway.app import create_app
-from gateway.connections import GuardedRunner, Limits
-from gateway.settings import Settings
+from gateway.connections import GuardedRunner, GuardedSite, Limits
+from gateway.settings import GatewaySettings, Settings
+from gateway.state import DEPS
 from gateway.supervision import Backoff, die_with_parent
+from gateway.tls import CertificateError, ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +44,50 @@ class StartError(Exception):
     """The gateway could not start; the message says why."""
 
 
+def _server_tls(gw: GatewaySettings) -> ServerTLS | None:
+    if gw.tls_cert_file is None or gw.tls_key_file is None:
+        return None
+    try:
+        return ServerTLS("gateway", gw.tls_cert_file, gw.tls_key_file)
+    except CertificateError as exc:  # the files changed since the configuration was read
+        raise StartError(f"[gateway] TLS certificate: {exc}") from None
+
+
+def url(gw: GatewaySettings) -> str:
+    scheme = "https" if gw.tls_cert_file is not None else "http"
+    return f"{scheme}://{gw.host}:{gw.port}"
+
+
 async def _worker_main(settings: Settings, ready: Event) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gw = settings.gateway
+    app = create_app(settings)
+    server_tls: ServerTLS | None = None
+
+    def reload() -> None:
+        if server_tls is not None:
+            server_tls.reload()
+        deps = app.get(DEPS)
+        if deps is not None:
+            deps.upstream.reload_tls()
+
+    # Before the certificate is first read: a SIGHUP from then on finds it read after.
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    server_tls = _server_tls(gw)
     limits = Limits.of(settings)
     if limits.max_connections < FEW_CONNECTIONS:
         log.warning("this worker can hold only %d client connections (max_connections, or "
                     "its descriptor limit: raise `ulimit -n`)", limits.max_connections)
-    runner = GuardedRunner(create_app(settings), limits, handle_signals=False,
+    runner = GuardedRunner(app, limits, handle_signals=False,
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger("keystile.access"))
     await runner.setup()
     try:
-        await web.TCPSite(runner, gw.host, gw.port, reuse_port=True).start()
+        await GuardedSite(runner, gw.host, gw.port, reuse_port=True,
+                          ssl_context=server_tls.context if server_tls else None).start()
         ready.set()
         await stop.wait()
     finally:
@@ -64,6 +95,9 @@ async def _worker_main(settings: Settings, ready: Event) -> None:
 
 
 def _worker(settings: Settings, ready: Event) -> None:
+    # A SIGHUP sent to the whole process group must not end a worker still starting (its
+    # handler comes with its event loop); the supervisor passes one on once it is ready.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     handler = logsink.install()
     die_with_parent(signal.SIGTERM)  # a killed supervisor leaves no orphan serving the port
     try:
@@ -123,6 +157,7 @@ class _Slot:
     ready: Event | None = None  # kept while the worker lives: the child opens it after start
     started: float = 0.0
     restart_at: float | None = None
+    reload: bool = False  # a SIGHUP to pass on once the worker is ready for it
 
 
 def _supervise(settings: Settings, workers: int, restarts: Backoff) -> None:
@@ -133,9 +168,16 @@ def _supervise(settings: Settings, workers: int, restarts: Backoff) -> None:
         nonlocal stopping
         stopping = True
 
+    def reload(signum: int, frame: object) -> None:
+        # Only noted here: the supervisor's loop passes it on (within POLL_S), as taking
+        # a worker's ready lock inside a signal handler could deadlock with the loop.
+        for slot in slots:
+            slot.reload = True
+
+    slots = [_Slot(dataclasses.replace(restarts)) for _ in range(workers)]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    slots = [_Slot(dataclasses.replace(restarts)) for _ in range(workers)]
+    signal.signal(signal.SIGHUP, reload)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         starting = []
@@ -152,11 +194,11 @@ def _supervise(settings: Settings, workers: int, restarts: Backoff) -> None:
                     return
                 if time.monotonic() > deadline:
                     raise StartError("workers did not start in time")
-        gw = settings.gateway
-        print(f"keystile gateway listening on http://{gw.host}:{gw.port} "
+        print(f"keystile gateway listening on {url(settings.gateway)} "
               f"({workers} worker{'s' if workers != 1 else ''})", flush=True)
         while not stopping:
             _restart_due(ctx, settings, slots)
+            _pass_reloads(slots)
             # Never sleep through a restart delay: wake for any death, the next restart due,
             # or (at least every POLL_S) to notice SIGTERM.
             now = time.monotonic()
@@ -174,6 +216,23 @@ def _supervise(settings: Settings, workers: int, restarts: Backoff) -> None:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+
+
+def _pass_reloads(slots: list[_Slot]) -> None:
+    """Sends SIGHUP to each ready worker with one due (a worker not yet ready has not
+    installed its handler, and SIGHUP would end it)."""
+    passed = []
+    for slot in slots:
+        proc, ready = slot.proc, slot.ready
+        if slot.reload and proc is not None and proc.pid is not None and ready is not None \
+                and ready.is_set():
+            slot.reload = False
+            with contextlib.suppress(ProcessLookupError):  # it died meanwhile: restarted
+                os.kill(proc.pid, signal.SIGHUP)
+                passed.append(proc.pid)
+    if passed:
+        log.info("SIGHUP passed on to workers %s: they reload their TLS files",
+                 ", ".join(map(str, passed)))
 
 
 def _restart_due(ctx: multiprocessing.context.SpawnContext, settings: Settings,

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway import redisurl
+from gateway import redisurl, tls
 from gateway.credentials import CREDENTIAL_KINDS
 from gateway.scopes import is_valid_scope
 from gateway.secretbox import parse_key
@@ -45,11 +45,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_pair(cert_file: str | None, key_file: str | None, cert_name: str, key_name: str
+                ) -> None:
+    """A certificate and its key are given together, and load (checked at start-up so a bad
+    path is a ConfigError, not a worker failing to start)."""
+    if (cert_file is None) != (key_file is None):
+        given, missing = (cert_name, key_name) if key_file is None else (key_name, cert_name)
+        raise ValueError(f"{given} is set but {missing} is not; give both or neither")
+    if cert_file is not None and key_file is not None:
+        try:
+            tls.load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert_file, key_file)
+        except tls.CertificateError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class AdminSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=1, le=65535)
     token: str | None = Field(None, min_length=MIN_TOKEN_LEN, description="the operator token")
     request_body_limit: int = Field(1 << 20, ge=1024)
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain (leaf first): "
+                                      "the admin listener serves HTTPS; reloaded on SIGHUP")
+    tls_key_file: str | None = Field(None, description="its PEM private key, unencrypted")
+
+    @model_validator(mode="after")
+    def _tls(self) -> AdminSettings:
+        _check_pair(self.tls_cert_file, self.tls_key_file, "tls_cert_file", "tls_key_file")
+        return self
 
 
 class StoreSettings(_Strict):
@@ -66,6 +88,9 @@ class GatewaySettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain (leaf first): "
+                                      "the gateway listener serves HTTPS; reloaded on SIGHUP")
+    tls_key_file: str | None = Field(None, description="its PEM private key, unencrypted")
     max_body_bytes: int = Field(16 << 20, ge=0, description="larger request bodies get 413")
     max_header_bytes: int = Field(16 << 10, ge=1024, description="all request headers together")
     max_header_count: int = Field(100, ge=8)
@@ -111,6 +136,11 @@ class GatewaySettings(_Strict):
     upstream_ca_file: str | None = Field(
         None, description="PEM file of the CAs that https:// upstreams' certificates are "
         "verified against, instead of the system store")
+    upstream_client_cert_file: str | None = Field(
+        None, description="PEM certificate chain the gateway presents to https:// upstreams "
+        "that ask for one (mutual TLS)")
+    upstream_client_key_file: str | None = Field(None, description="its PEM private key, "
+                                                 "unencrypted")
 
     @field_validator("upstream_ca_file")
     @classmethod
@@ -122,6 +152,20 @@ class GatewaySettings(_Strict):
                 raise ValueError(f"cannot load CA certificates from {value!r} ({exc}); give "
                                  "a readable PEM file") from None
         return value
+
+    @property
+    def upstream_client_cert(self) -> tuple[str, str] | None:
+        """The client certificate and key files for mutual TLS with upstreams, if set."""
+        if self.upstream_client_cert_file is None or self.upstream_client_key_file is None:
+            return None
+        return self.upstream_client_cert_file, self.upstream_client_key_file
+
+    @model_validator(mode="after")
+    def _tls(self) -> GatewaySettings:
+        _check_pair(self.tls_cert_file, self.tls_key_file, "tls_cert_file", "tls_key_file")
+        _check_pair(self.upstream_client_cert_file, self.upstream_client_key_file,
+                    "upstream_client_cert_file", "upstream_client_key_file")
+        return self
 
 
 class RouteSettings(_Strict):

@@ -17,6 +17,7 @@ import redis.exceptions
 from admin_api.migrate import MigrationError, available, migrate
 from gateway.database import connect
 from gateway.settings import ConfigError, Settings, load
+from gateway.tls import CertificateError, ServerTLS
 from keystile import serving
 from keystile.embedded import StoreStartError
 from keystile.redact import redact
@@ -104,10 +105,19 @@ async def _admin(settings: Settings, host: str, port: int) -> None:
                            "(at least 16 characters)")
     await _check_schema(settings)
     await _check_redis(settings)
+    tls = None
+    if settings.admin.tls_cert_file is not None and settings.admin.tls_key_file is not None:
+        try:
+            tls = ServerTLS("admin API", settings.admin.tls_cert_file,
+                            settings.admin.tls_key_file)
+        except CertificateError as exc:  # changed since the configuration was read
+            raise CommandError(f"[admin] TLS certificate: {exc}") from None
     stop = serving.stop_event()
-    runners = await serving.start([serving.Listener("admin API", create_app(settings), host,
-                                                    port, AccessLogger)])
-    print(f"keystile admin API listening on http://{host}:{port}", flush=True)
+    listener = serving.Listener("admin API", create_app(settings), host, port, AccessLogger,
+                                tls)
+    serving.reload_on_sighup([listener])
+    runners = await serving.start([listener])
+    print(f"keystile admin API listening on {listener.url}", flush=True)
     try:
         await stop.wait()
     finally:

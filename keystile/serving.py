@@ -1,5 +1,5 @@
 """Running aiohttp applications until SIGINT or SIGTERM, with start-up failures reported
-as one readable line."""
+as one readable line, over TLS where a listener has a certificate (reloaded on SIGHUP)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+
+from gateway.tls import ServerTLS
+
+log = logging.getLogger(__name__)
 
 
 class ServeError(Exception):
@@ -23,6 +27,11 @@ class Listener:
     host: str
     port: int
     access_log: type[AbstractAccessLogger] | None = None
+    tls: ServerTLS | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
 
 def stop_event() -> asyncio.Event:
@@ -32,6 +41,18 @@ def stop_event() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, event.set)
     return event
+
+
+def reload_on_sighup(listeners: list[Listener]) -> None:
+    """SIGHUP reloads the listeners' TLS certificates (and no longer ends the process)."""
+    def reload() -> None:
+        secured = [listener.tls for listener in listeners if listener.tls is not None]
+        if not secured:
+            log.info("SIGHUP: no TLS certificate to reload")
+        for tls in secured:
+            tls.reload()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 async def start(listeners: list[Listener]) -> list[web.AppRunner]:
@@ -47,7 +68,9 @@ async def start(listeners: list[Listener]) -> list[web.AppRunner]:
             runners.append(runner)
             await runner.setup()
             try:
-                await web.TCPSite(runner, listener.host, listener.port).start()
+                await web.TCPSite(runner, listener.host, listener.port,
+                                  ssl_context=listener.tls.context if listener.tls else None
+                                  ).start()
             except OSError as exc:
                 raise ServeError(f"{listener.name} cannot listen on {listener.host}:"
                                  f"{listener.port}: {exc.strerror or exc}") from None

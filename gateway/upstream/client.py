@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import ssl
 from collections.abc import AsyncIterator
 
+from gateway import tls
 from gateway.upstream.connection import Connection
 from gateway.upstream.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream.origin import Origin
@@ -18,23 +20,49 @@ from gateway.upstream.response import UpstreamResponse
 IDLE_TIMEOUT_S = 30.0  # an idle pooled connection is closed after this
 MAX_IDLE = 256  # idle connections kept per origin
 
+log = logging.getLogger(__name__)
 
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Verifies upstream certificates against ``ca_file`` if given, else the system store."""
-    return ssl.create_default_context(cafile=ca_file)
+
+def tls_context(ca_file: str | None, client_cert: tuple[str, str] | None = None
+                ) -> ssl.SSLContext:
+    """Verifies upstream certificates against ``ca_file`` if given, else the system store
+    (TLS 1.2 at least, Python's default ciphers); presents ``client_cert`` (certificate and
+    key files) to upstreams that ask for one. Raises CertificateError, or OSError/SSLError
+    for the CA file."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if client_cert is not None:
+        tls.load_pair(context, *client_cert)
+    return context
 
 
 class UpstreamClient:
     def __init__(self, ca_file: str | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S,
-                 max_idle: int = MAX_IDLE) -> None:
+                 max_idle: int = MAX_IDLE, client_cert: tuple[str, str] | None = None
+                 ) -> None:
         self._ca_file = ca_file
+        self._client_cert = client_cert
         self._idle_timeout_s = idle_timeout_s
         self._max_idle = max_idle
         self._pools: dict[str, Pool] = {}
 
     @functools.cached_property
     def _tls(self) -> ssl.SSLContext:  # built on first use: no cost without https upstreams
-        return tls_context(self._ca_file)
+        return tls_context(self._ca_file, self._client_cert)
+
+    def reload_tls(self) -> None:
+        """Reads the CA file and client certificate again (SIGHUP): new connections use them,
+        pooled ones keep what they were made with. If they cannot be loaded, the previous
+        ones stay and the log says why."""
+        if "_tls" not in self.__dict__:
+            return  # not built yet: it will read the files when first needed
+        try:
+            self.__dict__["_tls"] = tls_context(self._ca_file, self._client_cert)
+        except (tls.CertificateError, OSError) as exc:
+            log.error("upstream TLS files NOT reloaded, still using the previous ones: %s", exc)
+            return
+        log.info("upstream TLS files reloaded: CAs from %s; client certificate %s",
+                 self._ca_file or "the system store",
+                 tls.describe(self._client_cert[0]) if self._client_cert else "none")
 
     async def request(self, origin: Origin, head: bytes, body: AsyncIterator[bytes] | None,
                       *, chunked: bool, head_request: bool, timeout: float

@@ -58,7 +58,7 @@ def _delimited_by_close(status: int, headers: list[tuple[bytes, bytes]]) -> bool
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_body", "_buffered", "_drain_waiter", "_error", "_head_bytes",
+    __slots__ = ("_body", "_buffered", "_drain_waiter", "_error", "_fresh_tls", "_head_bytes",
                  "_head_request", "_interim", "_keep_alive", "_loop", "_parser",
                  "_reading_paused", "_reusable", "_send_error", "_sent", "_to_eof",
                  "_transport", "_waiter", "_write_paused", "busy", "closed", "done",
@@ -67,6 +67,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
+        self._fresh_tls = False  # over TLS, and no exchange finished on it yet
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.closed = False  # by either side, or on its way
         self._reusable = True  # cleared for good by anything that makes the next answer unsure
@@ -98,6 +99,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self._transport = cast(asyncio.Transport, transport)
+        self._fresh_tls = transport.get_extra_info("ssl_object") is not None
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -270,6 +272,7 @@ class Connection(asyncio.Protocol):
         reusable = (self._reusable and self.done and self._sent and self._keep_alive
                     and not self._body and not self.closed)
         self.busy = False
+        self._fresh_tls = False
         self._sent = False
         self._head_bytes = 0
         self._error = self._send_error = None
@@ -298,6 +301,13 @@ class Connection(asyncio.Protocol):
         if self.busy and not self.done:
             if self.headers_done and self._to_eof:
                 self.done = True  # the close is how this body ends
+            elif self._error is None and self._fresh_tls and not self.headers_done:
+                # A TLS 1.3 upstream checks the client certificate after the handshake, and
+                # a refusal reaches asyncio and uvloop alike as this close.
+                self._error = UpstreamUnavailable(
+                    "the upstream closed the new TLS connection without answering (as an "
+                    "upstream requiring a client certificate does when not shown one it "
+                    "trusts: see upstream_client_cert_file)")
             elif self._error is None:
                 self._error = UpstreamUnavailable(
                     "the upstream closed the connection before the response was complete"

@@ -8,8 +8,6 @@ gateway sees and what the upstream received, plus how many connections the upstr
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 import socket
 import ssl
@@ -22,10 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings, RouteSettings, Settings
@@ -33,6 +27,7 @@ from gateway.state import LISTENING
 from tests.conftest import Stores
 from tests.gateway.conftest import MiB, Upstream, eventually, routes_for
 from tests.gateway.test_streaming import FLAT, PeakRss
+from tests.tlscerts import CA
 
 Request = tuple[bytes, bytes]  # head, de-chunked body
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawUpstream"], Awaitable[None]]
@@ -389,53 +384,12 @@ async def test_a_large_chunked_answer_streams_within_the_memory_bound(
     assert download.growth < FLAT, f"grew RSS by {download.growth / MiB:.0f} MiB"
 
 
-def _certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate for 127.0.0.1 it signed: (ca.pem, cert.pem, key.pem)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Keystile test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
 async def test_https_upstreams_are_verified_against_the_system_store_or_the_ca_file(
         aiohttp_client: Callable[..., Awaitable[TestClient]], stores: Stores,
         raw: RawUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    ca, cert, key = _certificates(tmp_path)
+    ca = CA(tmp_path)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    tls.load_cert_chain(*ca.issue("upstream").pair)
     raw.script = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
     server = await asyncio.start_server(raw.serve, "127.0.0.1", 0, ssl=tls)
     url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -457,7 +411,7 @@ async def test_https_upstreams_are_verified_against_the_system_store_or_the_ca_f
         assert any("certificate could not be verified" in getattr(r, "error", "")
                    for r in caplog.records)  # logged for the operator
         assert raw.requests == []
-        status, body, _ = await _get(await gateway_with(str(ca)), "/tls/x")
+        status, body, _ = await _get(await gateway_with(str(ca.cert)), "/tls/x")
         assert (status, body) == (200, b"secret")
         assert _headers(raw.requests[0][0])["host"] == url.removeprefix("https://")
     finally:
