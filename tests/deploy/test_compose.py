@@ -3,13 +3,17 @@ environment (each required), a one-shot migrate the servers wait for, two gatewa
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
 import pytest
 
 from gateway.settings import load
+from keystile.embedded import free_port
 from tests.deploy.conftest import ALL_INTERFACES, DEPLOY, Compose, toml
 
 SECRETS = {"KEYSTILE_POSTGRES_PASSWORD": "pg-secret-1",
@@ -110,3 +114,31 @@ def test_the_config_file_works_with_these_services(model: dict[str, Any]) -> Non
     assert echo.hostname == "echo" and echo.hostname in services
     assert str(echo.port) in " ".join(services["echo"]["entrypoint"])
     assert toml(DEPLOY / "keystile.toml")["gateway"]["workers"] == 2
+
+
+async def test_the_example_upstream_serves_what_the_route_expects(
+        model: dict[str, Any]) -> None:
+    """The echo service's own command (on a free port: 9000 is held during tests)."""
+    entrypoint = model["services"]["echo"]["entrypoint"]
+    assert entrypoint[:2] == ["python", "-c"] and "port=9000" in entrypoint[2]
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", entrypoint[2].replace("port=9000", f"port={port}"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.post(f"http://127.0.0.1:{port}/echo/x?a=1",
+                                            data=b"hi") as resp:
+                        seen = await resp.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert asyncio.get_running_loop().time() < deadline, "echo never listened"
+                    await asyncio.sleep(0.05)
+        assert (seen["method"], seen["path"], seen["query"], seen["body"]) == (
+            "POST", "/echo/x", "a=1", "hi")
+    finally:
+        proc.terminate()
+        await proc.wait()
