@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.settings import load
+from gateway.settings import ENV_OVERRIDES, load
 from tests.deploy.conftest import ALL_INTERFACES, DEPLOY, ROOT, toml
 
 Obj = dict[str, Any]
@@ -53,13 +53,14 @@ def workloads(objects: list[Obj]) -> Iterator[Obj]:
 
 
 def secret_refs(c: Obj) -> dict[str, str]:
-    """Environment variable -> key of keystile-secrets; any other value source fails."""
+    """Environment variable -> key of keystile-secrets (``?``: optional); any other value
+    source fails."""
     refs = {}
     for var in c.get("env", []):
         assert "value" not in var, f"{var['name']} is written in the manifest"
         ref = var["valueFrom"]["secretKeyRef"]
         assert ref["name"] == SECRET
-        refs[var["name"]] = ref["key"]
+        refs[var["name"]] = ref["key"] + ("?" if ref.get("optional") else "")
     return refs
 
 
@@ -135,7 +136,10 @@ def test_secrets_are_referenced_where_each_role_needs_them(rendered: list[Obj]) 
     gateway = container(one(rendered, "Deployment", "keystile-gateway"))
     admin = container(one(rendered, "Deployment", "keystile-admin"))
     migrate = container(one(rendered, "Job", "keystile-migrate"))
-    assert secret_refs(gateway) == stores  # no operator token on the data plane
+    # No operator token on the data plane; a read replica if the Secret names one.
+    assert secret_refs(gateway) == {**stores, "KEYSTILE_DATABASE_READ_URL": "database-read-url?"}
+    for workload in workloads(rendered):  # each one a variable Keystile reads
+        assert set(secret_refs(container(workload))) <= set(ENV_OVERRIDES)
     assert secret_refs(admin) == {**stores, "KEYSTILE_ADMIN_TOKEN": "admin-token"}
     assert secret_refs(migrate) == {"KEYSTILE_DATABASE_URL": "database-url"}
 
