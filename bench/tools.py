@@ -1,5 +1,6 @@
-"""wrk and nginx for the benchmark, from Debian's packages, unpacked into bench/.tools/ and
-run from there — no system service, nothing installed system-wide."""
+"""wrk and nginx for the benchmark, and promtool for tests/deploy, from Debian's packages,
+unpacked into bench/.tools/ and run from there — no system service, nothing installed
+system-wide."""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ TOOLS = Path(__file__).parent / ".tools"
 PACKAGES = ("wrk", "libluajit2-5.1-2", "nginx")
 
 
-def _unpack() -> None:
+def _unpack(packages: tuple[str, ...] = PACKAGES) -> None:
     TOOLS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        got = subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp,
+        got = subprocess.run(["apt-get", "download", *packages], cwd=tmp,
                              capture_output=True, text=True, check=False)
         if got.returncode != 0:
             # The package lists may be missing on a fresh machine.
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
-            got = subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp,
+            got = subprocess.run(["apt-get", "download", *packages], cwd=tmp,
                                  capture_output=True, text=True, check=False)
         if got.returncode != 0:
             raise RuntimeError(f"apt-get download failed: {got.stderr.strip()[-300:]}")
@@ -45,6 +46,15 @@ def nginx() -> str:
     binary = TOOLS / "usr" / "sbin" / "nginx"
     if not binary.exists():
         _unpack()
+    return str(binary)
+
+
+def promtool() -> str:
+    """Prometheus's rule checker (Debian's ``prometheus`` package ships it; only the package
+    is unpacked, nothing runs)."""
+    binary = TOOLS / "usr" / "bin" / "promtool"
+    if not binary.exists():
+        _unpack(("prometheus",))
     return str(binary)
 
 

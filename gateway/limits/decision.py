@@ -45,6 +45,9 @@ class Decision:
                                                                            repr=False)
     local: bool = False  # decided by this worker alone (limits_mode fast), not by Redis
     clock_ms: int | None = None  # Redis's clock when the script judged the request
+    # Units of this spend that landed beyond a limit: only a spend not enforced can (shadow
+    # mode, fast mode's sync of what a worker already admitted).
+    over: int = 0
 
     @property
     def allowed(self) -> bool:

@@ -36,7 +36,7 @@ from gateway.limits.decision import Decision
 from gateway.limits.exact import Limiter
 from gateway.limits.lessons import Lessons, Subject
 from gateway.limits.seeds import Pending
-from gateway.metrics import STORE_ERRORS
+from gateway.metrics import FAST_OVER_ADMITTED, STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ class FastLimiter:
                         failed.append(q)  # its script did not spend: send it again
                         error = answer
                     else:
+                        if answer.over and q.enforce:  # a shadow route's units may pass
+                            FAST_OVER_ADMITTED.inc(answer.over)
                         self.learn(q.record, answer, now, synced=True)
         finally:
             self._sending = {}

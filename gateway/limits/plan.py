@@ -15,7 +15,7 @@ from typing import Any
 from gateway.keyrecord import KeyRecord
 from gateway.limits import periods
 from gateway.limits.decision import QUOTA, RATE, Decision, Window, WindowState, windows_of
-from gateway.limits.script import AT, DEADLINE, FIXED_NUMBERS, PERIOD_KINDS
+from gateway.limits.script import AT, DEADLINE, ENFORCE, FIXED_NUMBERS, PERIOD_KINDS
 
 Args = list[str | bytes]  # the script's ARGV: mode, the two seeds, the packed numbers
 
@@ -151,6 +151,7 @@ def decide(plan: Plan, result: list[Any]) -> Decision:
     states = window_states(plan.windows, result)
     clock_ms = int(result[-1])
     refund = functools.partial(_refund, plan, clock_ms) if spent else None
+    over = _over(plan, result, used, qused) if spent and not plan.numbers[ENFORCE] else 0
     return Decision(
         verdict=verdict,
         retry_after_s=max(-(-retry_ms // 1000), 1) if verdict in (RATE, QUOTA) else None,
@@ -165,7 +166,21 @@ def decide(plan: Plan, result: list[Any]) -> Decision:
         at=now,
         blocking=states[blocking - 1] if blocking else None,
         refund=refund,
-        clock_ms=clock_ms)
+        clock_ms=clock_ms,
+        over=over)
+
+
+def _over(plan: Plan, result: list[Any], used: int, qused: int) -> int:
+    """How many of an unenforced spend's units landed beyond a limit: of each limit, what its
+    count now exceeds it by (at most the spend's cost); of the request, the most of those."""
+    record = plan.record
+    # A window's answer after the spend is limit - (units it held + cost): below 0 is over.
+    excess = [-int(result[6 + 2 * i]) for i in range(len(plan.windows))]
+    if record.usage_limit is not None:
+        excess.append(used - record.usage_limit)
+    if record.quota:
+        excess.append(qused - int(record.quota["limit"]))
+    return max(0, min(plan.cost, max(excess, default=0)))
 
 
 def _refund(plan: Plan, clock_ms: int) -> tuple[list[str], Args]:

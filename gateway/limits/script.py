@@ -57,7 +57,7 @@ LATE = -2  # the script ran after the request's deadline: it spent nothing
 # that holds the lifetime and quota counts (the key's own state). Adjust: ARGV = 'a', op,
 # value; forget: ARGV = 'f'.
 FIXED_NUMBERS = 8
-DEADLINE, AT = 2, 6  # where deadline_ms and at_ms go among the numbers (0-based)
+ENFORCE, DEADLINE, AT = 1, 2, 6  # where enforce, deadline_ms, at_ms go in the numbers (0-based)
 PERIOD_KINDS = {"day": 1, "week": 2, "month": 3}
 
 LIMITS = Template("""

@@ -149,3 +149,72 @@ async def test_a_refused_costly_request_does_not_refuse_a_cheaper_one(
     assert (await gateway.get("/maybe/x", headers=headers)).status == 200  # 1 fits
     assert (await gateway.get("/maybe/x", headers=headers)).status == 429  # now none left
     assert await _quota_used(admin, key["id"]) == 5
+
+
+async def _fast_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], stores: Stores,
+                        upstream: Upstream, share: float) -> TestClient:
+    """A fast-mode gateway whose workers may admit ``share`` of a limit per sync on their
+    own, syncing every 2 s: a short burst is judged before the first sync."""
+    settings = Settings(database_url=stores.database_url, redis_url=stores.redis_url,
+                        gateway=GatewaySettings(limits_mode="fast", fast_sync_interval_s=2.0,
+                                                fast_unsynced_share=share),
+                        routes=routes_for(upstream.url))
+    app = create_app(settings)
+    server = ProductionServer(app)
+    await server.start_server()
+    client = await aiohttp_client(server)
+    await asyncio.wait_for(app[LISTENING].wait(), 10)
+    return client
+
+
+async def _over_admitted(client: TestClient) -> float:
+    """``keystile_fast_over_admitted_total`` as /metrics reports it (the registry is the
+    process's: tests compare before and after)."""
+    text = await (await client.get("/metrics")).text()
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("keystile_fast_over_admitted_total "))
+
+
+async def test_units_admitted_beyond_a_limit_are_counted_when_the_sync_reaches_redis(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], stores: Stores,
+        upstream: Upstream, admin: Admin, org: dict[str, Any]) -> None:
+    """A worker admits 5 of a 20-unit lifetime limit on its own (share 0.25), then the exact
+    path lets Redis admit its full 20 (it has not heard of those 5 yet): the sync puts the
+    count 5 over, and the counter says exactly how far."""
+    gateway = await _fast_gateway(aiohttp_client, stores, upstream, share=0.25)
+    limit = 20
+    key = await admin.key(org["id"], usage_limit=limit)
+    before = await _over_admitted(gateway)
+    found = [(await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})).status
+             for _ in range(30)]
+    admitted = found.count(200)
+    assert limit < admitted <= limit + 2 * 1 * int(limit * 0.25), found
+    assert len(upstream.seen) == admitted
+
+    async def counted() -> bool:
+        return await _over_admitted(gateway) - before == admitted - limit
+
+    await eventually(counted)
+    usage = await admin.call("GET", f"/v1/keys/{key['id']}/usage", expect=200)
+    assert usage["usage_count"] == admitted  # what was over is spent, not forgotten
+
+
+@pytest.mark.parametrize("route,limit", [("/maybe/x", 1000), ("/shadow/x", 20)])
+async def test_nothing_is_counted_over_within_limits_nor_for_a_shadow_route(
+        aiohttp_client: Callable[..., Awaitable[TestClient]], stores: Stores,
+        upstream: Upstream, admin: Admin, org: dict[str, Any], route: str, limit: int) -> None:
+    """30 requests within a 1000-unit limit are never over; a shadow route's over-limit
+    passes are shadow mode's (``keystile_shadow_limit_exceeded_total``), not fast mode's."""
+    gateway = await _fast_gateway(aiohttp_client, stores, upstream, share=0.25)
+    key = await admin.key(org["id"], usage_limit=limit)
+    before = await _over_admitted(gateway)
+    found = [(await gateway.get(route, headers={"X-API-Key": key["key"]})).status
+             for _ in range(30)]
+    assert found == [200] * 30
+
+    async def synced() -> bool:
+        usage = await admin.call("GET", f"/v1/keys/{key['id']}/usage", expect=200)
+        return bool(usage["usage_count"] == 30)
+
+    await eventually(synced)
+    assert await _over_admitted(gateway) - before == 0

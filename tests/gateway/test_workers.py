@@ -148,6 +148,19 @@ async def test_fast_mode_keeps_its_written_bound_across_workers(
     assert statuses[200] + statuses[429] == 1500
     assert len(upstream.seen) == statuses[200]
 
+    # What went over is what the workers' syncs counted, summed over both in /metrics.
+    async def over_admitted() -> float:
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+        return next(float(line.split()[1]) for line in text.splitlines()
+                    if line.startswith("keystile_fast_over_admitted_total "))
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while await over_admitted() != statuses[200] - limit:
+        assert asyncio.get_running_loop().time() < deadline, (await over_admitted(), statuses)
+        await asyncio.sleep(0.05)
+
 
 async def test_rate_window_is_exact_across_workers(
         cli: Cli, stores: Stores, upstream: Upstream, admin: Admin,  # noqa: F811
