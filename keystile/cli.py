@@ -200,6 +200,12 @@ def cmd_dev(args: argparse.Namespace) -> None:
                 runner)
 
 
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from keystile import cluster
+
+    cluster.run(cluster.Layout(), Path(args.data_dir).resolve())
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -251,6 +257,13 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--upstream-port", type=_port, default=9000, help="the demo echo upstream")
     _store_flags(dev, "instead of the embedded one")
     dev.set_defaults(func=cmd_dev)
+
+    clu = sub.add_parser("cluster", help="a production-shaped topology on this machine: "
+                         "PostgreSQL primary and replica, a Redis Cluster, the admin API and "
+                         "two gateway hosts (127.0.0.2:8080, 127.0.0.3:8080)")
+    clu.add_argument("--data-dir", default="./.keystile/cluster",
+                     help="where its stores and logs live (emptied at each start)")
+    clu.set_defaults(func=cmd_cluster)
 
     admin = sub.add_parser("admin", help="serve the admin API")
     admin.add_argument("--config", help="TOML configuration file")
