@@ -206,6 +206,33 @@ def cmd_cluster(args: argparse.Namespace) -> None:
     cluster.run(cluster.Layout(), Path(args.data_dir).resolve())
 
 
+def cmd_cluster_check(args: argparse.Namespace) -> None:
+    import json
+    import shutil
+    import tempfile
+
+    from keystile import clustercheck
+
+    sizes = clustercheck.Sizes(keys=args.keys, load=args.load)
+    data_dir = Path(tempfile.mkdtemp(prefix="keystile-cluster-check-"))
+    verdicts = clustercheck.run(sizes, data_dir)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"check": v.name, "ok": v.ok, "summary": v.summary, "figures": v.figures}
+             for v in verdicts], indent=2) + "\n")
+    failed = [v.name for v in verdicts if not v.ok]
+    if failed:
+        raise CommandError(f"{len(failed)} check(s) failed: {'; '.join(failed)}; the "
+                           f"topology's logs are kept in {data_dir / 'logs'}")
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (1-1000)")
+    return int(text)
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -264,6 +291,16 @@ def parser() -> argparse.ArgumentParser:
     clu.add_argument("--data-dir", default="./.keystile/cluster",
                      help="where its stores and logs live (emptied at each start)")
     clu.set_defaults(func=cmd_cluster)
+
+    check = sub.add_parser("cluster-check", help="start a cluster on free ports and prove its "
+                           "failure behaviour: key propagation, exact limits, a Redis master, "
+                           "a gateway host and the PostgreSQL primary lost")
+    check.add_argument("--keys", type=_count, default=20,
+                       help="new keys and revocations timed (default 20)")
+    check.add_argument("--load", type=_count, default=16,
+                       help="requests kept in flight during the failures (default 16)")
+    check.add_argument("--json", metavar="PATH", help="also write the verdicts and figures here")
+    check.set_defaults(func=cmd_cluster_check)
 
     admin = sub.add_parser("admin", help="serve the admin API")
     admin.add_argument("--config", help="TOML configuration file")
