@@ -207,24 +207,24 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 
 
 def cmd_cluster_check(args: argparse.Namespace) -> None:
-    import json
     import shutil
     import tempfile
 
-    from keystile import clustercheck
+    from keystile import cluster, clustercheck
 
     sizes = clustercheck.Sizes(keys=args.keys, load=args.load)
-    data_dir = Path(tempfile.mkdtemp(prefix="keystile-cluster-check-"))
-    verdicts = clustercheck.run(sizes, data_dir)
+    layout = cluster.Layout.free()
+    data_dir = (Path(args.data_dir).resolve() if args.data_dir
+                else Path(tempfile.mkdtemp(prefix="keystile-cluster-check-")))
+    verdicts = clustercheck.run(sizes, data_dir, layout)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            [{"check": v.name, "ok": v.ok, "summary": v.summary, "figures": v.figures}
-             for v in verdicts], indent=2) + "\n")
+        Path(args.json).write_bytes(clustercheck.to_json(layout, verdicts))
     failed = [v.name for v in verdicts if not v.ok]
     if failed:
         raise CommandError(f"{len(failed)} check(s) failed: {'; '.join(failed)}; the "
                            f"topology's logs are kept in {data_dir / 'logs'}")
-    shutil.rmtree(data_dir, ignore_errors=True)
+    if not args.data_dir:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _count(text: str) -> int:
@@ -300,6 +300,8 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--load", type=_count, default=16,
                        help="requests kept in flight during the failures (default 16)")
     check.add_argument("--json", metavar="PATH", help="also write the verdicts and figures here")
+    check.add_argument("--data-dir", help="where the cluster lives (kept); by default a "
+                       "temporary folder, removed when every check passed")
     check.set_defaults(func=cmd_cluster_check)
 
     admin = sub.add_parser("admin", help="serve the admin API")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import statistics
 import time
@@ -670,11 +671,17 @@ def format_verdict(verdict: Verdict) -> str:
     return f"[{'PASS' if verdict.ok else 'FAIL'}] {verdict.name}\n       {verdict.summary}"
 
 
-def run(sizes: Sizes, data_dir: Path, *, durable: bool = False,
+def to_json(layout: Layout, verdicts: list[Verdict]) -> bytes:
+    return orjson.dumps({"layout": dataclasses.asdict(layout),
+                         "checks": [dataclasses.asdict(v) for v in verdicts]},
+                        option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+                        | orjson.OPT_NON_STR_KEYS)
+
+
+def run(sizes: Sizes, data_dir: Path, layout: Layout, *, durable: bool = False,
         out: Callable[[str], None] = print) -> list[Verdict]:
-    """``keystile cluster-check``: a topology of its own on free ports under ``data_dir``,
-    every check, the report; the topology is stopped whatever happens."""
-    layout = Layout.free()
+    """``keystile cluster-check``: a topology of its own (``layout``: free ports) under
+    ``data_dir``, every check, the report; the topology is stopped whatever happens."""
     out(f"starting a cluster under {data_dir} (gateway hosts "
         f"{', '.join(str(g) for g in layout.gateways)}) …")
     started = time.perf_counter()
