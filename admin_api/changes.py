@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from gateway import invalidation
+from gateway import invalidation, replica
 from gateway.database import Connection
 from gateway.redisclient import Store
 
@@ -88,7 +88,9 @@ async def drain(conn: Connection, redis: Store, ids: list[int] | None = None) ->
             changes = [(r["kind"], r["ident"]) for r in rows if r["kind"] != "none"]
             hashes = [bytes(h) for r in rows for h in r["hashes"]]
             extra = [k for r in rows for k in r["redis_keys"]]
-            if not await invalidation.announce(redis, changes, hashes, extra):
+            # These rows' changes have committed: the position now is at or past theirs.
+            position = int(await conn.fetchval(replica.CURRENT))
+            if not await invalidation.announce(redis, changes, hashes, extra, position):
                 return False  # rows stay; retried
             await conn.execute(DONE, [r["id"] for r in rows])
     except asyncpg.LockNotAvailableError:

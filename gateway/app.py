@@ -87,10 +87,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    postgres, redis = await asyncio.gather(probe(deps.keys.pool.fetchval("SELECT 1")),
-                                           probe(deps.keys.redis.ping()))
+    probes = [probe(deps.keys.pool.fetchval("SELECT 1")), probe(deps.keys.redis.ping())]
+    if deps.keys.replica is not None:
+        probes.append(probe(deps.keys.replica.fetchval("SELECT 1")))
+    postgres, redis, *replica = await asyncio.gather(*probes)
     checks = {"postgres": postgres, "redis": redis,
               "invalidations": "ok" if request.app[LISTENING].is_set() else "not subscribed"}
+    if replica:
+        checks["postgres_replica"] = replica[0]
     ready = all(v == "ok" for v in checks.values())
     return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},
                              status=200 if ready else 503)
@@ -100,6 +104,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     gw = settings.gateway
     pool = await create_pool(settings.database_url, settings.stores)
+    try:
+        replica = (await create_pool(settings.database_read_url, settings.stores)
+                   if settings.database_read_url else None)
+    except BaseException:
+        await pool.close()
+        raise
     redis = create_redis(settings.redis_url, settings.stores)
     upstream = UpstreamClient(gw.upstream_ca_file)
     cache = LocalCache(gw.cache_size, gw.cache_ttl_s, gw.negative_ttl_s,
@@ -110,12 +120,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     limiter = Limiter(redis, pool)
     fast = (FastLimiter(limiter, gw.fast_sync_interval_s, gw.fast_unsynced_share,
                         usage.pending) if gw.limits_mode == "fast" else None)
-    app[DEPS] = Deps(gw, RouteTable(settings.routes), KeyLookup(cache, redis, pool,
-                                                                  gw.redis_cache_ttl_s),
-                     providers, upstream, limiter, usage, LocalLimiter(),
-                     settings.stores.timeout_s, fast)
+    lookup = KeyLookup(cache, redis, pool, gw.redis_cache_ttl_s, replica)
+    app[DEPS] = Deps(gw, RouteTable(settings.routes), lookup, providers, upstream, limiter,
+                     usage, LocalLimiter(), settings.stores.timeout_s, fast)
 
-    def apply(kind: str, ident: str) -> None:
+    def apply(change: invalidation.Change) -> None:
+        kind, ident = change.kind, change.ident
+        lookup.heard(change.position)
         if fast is not None:
             fast.forget(kind, ident)
         if kind == "key":
@@ -156,6 +167,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         deadlines.close()
         await redis.aclose()
         await pool.close()
+        if replica is not None:
+            await replica.close()
 
 
 async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -1,9 +1,10 @@
 """Telling every gateway worker that keys or organisations changed.
 
 For each changed secret digest the admin API bumps the digest's generation (so no in-flight
-lookup re-shares an old record) and drops its shared record, deletes counters it was given,
-and only once all of that is done publishes one message per change on a channel every worker
-listens on; workers drop what they cached. Every Redis command touches one key, so this works
+lookup re-shares an old record), drops its shared record and keeps beside them the primary's
+WAL position of the change (``gateway.replica``), deletes counters it was given, and only once
+all of that is done publishes one message per change on a channel every worker listens on;
+workers drop what they cached. Every Redis command touches one key, so this works
 on a Redis Cluster as on one node (PUBLISH reaches every node of a cluster)."""
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.keycache import GENERATION_FIELD, HASH_KEY, RECORD_FIELD
+from gateway import replica
+from gateway.keycache import HASH_KEY
 from gateway.limits.script import LIMITS
+from gateway.metrics import INVALIDATION_LAG
 from gateway.redisclient import Store, refresh_topology, topology_read
 
 log = logging.getLogger(__name__)
@@ -31,33 +36,57 @@ HEALTH_TIMEOUT_S = 3.0  # and must answer within this
 GENERATION_TTL_S = 3600
 
 
-def message(kind: str, ident: str) -> bytes:
-    return orjson.dumps({"type": kind, "id": ident})
+# One secret's hash: its generation bumped and its shared record dropped, in one step, and the
+# WAL position of the change kept unless a later one is there already (positions written as
+# 16 hex digits compare as strings). A lookup that sees the new generation sees the position.
+_CHANGED = """
+local seen = redis.call('HGET', KEYS[1], 'l')
+if ARGV[1] ~= '' and (not seen or seen < ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'l', ARGV[1])
+end
+redis.call('HINCRBY', KEYS[1], 'g', 1)
+redis.call('HDEL', KEYS[1], 'r')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: str  # "key", "org", or "all" (everything cached may be stale)
+    ident: str
+    position: int = 0  # the primary's WAL position once the change had committed (0: unknown)
+
+
+def message(kind: str, ident: str, position: int = 0, at: float | None = None) -> bytes:
+    """``at``: when it was announced (Unix time), for the workers' lag metric."""
+    return orjson.dumps({"type": kind, "id": ident, "lsn": replica.encode(position),
+                         "at": time.time() if at is None else at})
 
 
 async def announce(redis: Store, changes: Iterable[tuple[str, str]],
-                   hashes: Iterable[bytes] = (), redis_keys: Iterable[str] = ()) -> bool:
+                   hashes: Iterable[bytes] = (), redis_keys: Iterable[str] = (),
+                   position: int = 0) -> bool:
     """``changes`` are ("key" | "org", id) pairs; ``hashes`` the secrets whose shared records
     must go; ``redis_keys`` limit states whose lifetime and quota counts must be forgotten
-    (re-seeded from PostgreSQL). False when Redis refused: the caller keeps the change and
-    tries again (every step may safely run twice)."""
+    (re-seeded from PostgreSQL); ``position`` the primary's WAL position once they had
+    committed (a gateway reads them from a replica only once it has replayed that far).
+    False when Redis refused: the caller keeps the change and tries again (every step may
+    safely run twice)."""
     try:
         if redis_keys:
             forget = redis.register_script(LIMITS)
             for name in redis_keys:  # one state, one slot, each
                 await forget(keys=[name], args=["f"])
+        at = replica.encode(position)
         async with redis.pipeline(transaction=False) as pipe:
             for digest in hashes:
-                name = HASH_KEY.format(digest.hex())
-                # The generation first: a lookup's write-back between the two then fails
-                # its check, and one before them is dropped by the HDEL.
-                pipe.hincrby(name, GENERATION_FIELD, 1)
-                pipe.hdel(name, RECORD_FIELD)
-                pipe.expire(name, GENERATION_TTL_S)
+                # EVAL, not EVALSHA: a cluster pipeline does not load scripts first.
+                pipe.eval(_CHANGED, 1, HASH_KEY.format(digest.hex()), at, GENERATION_TTL_S)
             if len(pipe):
                 await pipe.execute()
         # Only now: a worker that hears this and looks again must not find the old record.
-        messages = [message(kind, ident) for kind, ident in changes]
+        messages = [message(kind, ident, position) for kind, ident in changes]
         if messages:
             async with redis.pipeline(transaction=False) as pipe:
                 for body in messages:
@@ -69,7 +98,16 @@ async def announce(redis: Store, changes: Iterable[tuple[str, str]],
         return False
 
 
-async def listen(redis: Store, apply: Callable[[str, str], None],
+def _heard(data: bytes) -> Change:
+    """A message as a change; its lag observed. Raises on a malformed one."""
+    body = orjson.loads(data)
+    at = body.get("at")
+    if isinstance(at, int | float):
+        INVALIDATION_LAG.observe(max(time.time() - at, 0.0))
+    return Change(str(body["type"]), str(body["id"]), replica.decode(body.get("lsn")))
+
+
+async def listen(redis: Store, apply: Callable[[Change], None],
                  subscribed: asyncio.Event | None = None) -> None:
     """Applies every message until cancelled. A connection that goes quiet is probed with a
     PING every ``HEALTH_INTERVAL_S``; one that fails or does not answer within
@@ -83,7 +121,7 @@ async def listen(redis: Store, apply: Callable[[str, str], None],
             await asyncio.wait_for(pubsub.subscribe(CHANNEL), HEALTH_TIMEOUT_S)
             # Whatever was cached before this subscription may have missed a change (also
             # at start-up, if Redis was down then: entries cached meanwhile were unheard).
-            apply("all", "")
+            apply(Change("all", ""))
             if subscribed is not None:
                 subscribed.set()
             loop = asyncio.get_running_loop()
@@ -103,10 +141,11 @@ async def listen(redis: Store, apply: Callable[[str, str], None],
                 if item is None or item.get("type") != "message":
                     continue
                 try:
-                    data = orjson.loads(item["data"])
-                    apply(str(data["type"]), str(data["id"]))
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    change = _heard(item["data"])
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                     log.warning("ignored a malformed invalidation message")
+                    continue
+                apply(change)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("invalidation channel lost (%s); reconnecting", type(exc).__name__)
             refresh_topology(redis)  # on a cluster: the node heard may have failed over

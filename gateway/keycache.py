@@ -1,4 +1,5 @@
-"""Key lookup by secret hash: per-worker cache → Redis → PostgreSQL, read-through.
+"""Key lookup by secret hash: per-worker cache → Redis → PostgreSQL (a replica, when one is
+configured and has caught up: ``gateway.replica``), read-through.
 
 The worker cache is a bounded LRU plus a short negative cache for unknown hashes. Its entries
 are trusted for ``cache_ttl_s`` while the worker hears the invalidation channel (every admin
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 import asyncpg
 from redis.exceptions import RedisError
 
+from gateway import replica
 from gateway.errors import GatewayError
 from gateway.keyrecord import SELECT_WITH_SECRET_BY_HASH, KeyRecord
 from gateway.metrics import STORE_ERRORS
@@ -37,6 +39,7 @@ POSTGRES_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.Inter
 HASH_KEY = "ks:h4:{}"
 RECORD_FIELD = "r"
 GENERATION_FIELD = "g"  # bumped by every admin change to the key owning this digest
+POSITION_FIELD = "l"  # the primary's WAL position of the latest such change (gateway.replica)
 
 # Store the record only if no admin change to this digest happened since the lookup began.
 _SET_IF_UNCHANGED = """
@@ -115,12 +118,18 @@ class LocalCache:
 
 
 class KeyLookup:
+    """``pool`` is the primary; ``replica`` (database_read_url) answers misses when it has
+    replayed every change this lookup knows of: those heard on the invalidation channel
+    (``heard``) and the one kept beside the secret's generation in Redis."""
+
     def __init__(self, cache: LocalCache, redis: Store, pool: asyncpg.Pool,
-                 redis_ttl_s: int) -> None:
+                 redis_ttl_s: int, replica: asyncpg.Pool | None = None) -> None:
         self.cache = cache
         self.redis = redis
         self.pool = pool
+        self.replica = replica
         self.redis_ttl_s = redis_ttl_s
+        self.position = 0  # the latest change's WAL position heard on the channel
         self._set_if_unchanged = redis.register_script(_SET_IF_UNCHANGED)
 
     async def find(self, digest: bytes) -> KeyRecord | None:
@@ -133,12 +142,12 @@ class KeyLookup:
             cache_result("worker").inc()
             return None if _secret_expired(cached.secret_expires_at, now) else cached.record
         local_generation = self.cache.generation
-        record, secret_expires_at, shared_generation = await self._from_redis(digest)
+        record, secret_expires_at, shared_generation, position = await self._from_redis(digest)
         if record is not None:
             cache_result("redis").inc()
         else:
-            cache_result("postgres").inc()
-            record, secret_expires_at = await self._from_postgres(digest)
+            record, secret_expires_at = await self._from_postgres(
+                digest, max(position, self.position))
             if record is not None and shared_generation is not None:
                 await self._share(digest, record, secret_expires_at, shared_generation, now)
         self.cache.put(digest, record, secret_expires_at, local_generation)
@@ -146,26 +155,50 @@ class KeyLookup:
             return None
         return record
 
+    def heard(self, position: int) -> None:
+        """A change committed at WAL ``position`` was announced: the replica is read only once
+        it has replayed that far."""
+        self.position = max(self.position, position)
+
     async def _from_redis(self, digest: bytes
-                          ) -> tuple[KeyRecord | None, datetime | None, str | None]:
+                          ) -> tuple[KeyRecord | None, datetime | None, str | None, int]:
+        """The shared record, if any; the secret's generation (None: Redis failed) and the
+        WAL position of its latest change."""
         try:
-            raw, seen = await self.redis.hmget(HASH_KEY.format(digest.hex()),
-                                               [RECORD_FIELD, GENERATION_FIELD])
+            raw, seen, position = await self.redis.hmget(
+                HASH_KEY.format(digest.hex()), [RECORD_FIELD, GENERATION_FIELD, POSITION_FIELD])
         except (RedisError, OSError) as exc:
             STORE_ERRORS.labels(store="redis").inc()
             log.warning("redis unavailable for key lookup: %s", type(exc).__name__)
-            return None, None, None
+            return None, None, None, 0
         generation = seen.decode() if isinstance(seen, bytes) else "0"
+        required = replica.decode(position)
         if not isinstance(raw, bytes):  # none shared (the client never decodes replies)
-            return None, None, generation
+            return None, None, generation, required
         try:
             record, secret_expires_at = KeyRecord.from_json(raw)
         except (ValueError, TypeError, KeyError):
             log.warning("undecodable shared key record; reading PostgreSQL instead")
-            return None, None, generation
-        return record, secret_expires_at, generation
+            return None, None, generation, required
+        return record, secret_expires_at, generation, required
 
-    async def _from_postgres(self, digest: bytes) -> tuple[KeyRecord | None, datetime | None]:
+    async def _from_postgres(self, digest: bytes, required: int
+                             ) -> tuple[KeyRecord | None, datetime | None]:
+        """From the replica if it has replayed WAL position ``required``, else (or if it
+        fails) from the primary."""
+        if self.replica is not None:
+            try:
+                row = await replica.fetchrow(self.replica, required,
+                                             SELECT_WITH_SECRET_BY_HASH, digest)
+                cache_result("replica").inc()
+                return _from_row(row)
+            except replica.Stale:
+                pass
+            except POSTGRES_FAILURES as exc:
+                STORE_ERRORS.labels(store="postgres_replica").inc()
+                log.warning("postgres replica unavailable for key lookup; reading the primary",
+                            extra={"error": type(exc).__name__})
+        cache_result("postgres").inc()
         try:
             row = await self.pool.fetchrow(SELECT_WITH_SECRET_BY_HASH, digest)
         except POSTGRES_FAILURES as exc:
@@ -173,11 +206,7 @@ class KeyLookup:
             log.warning("postgres unavailable for key lookup",
                         extra={"error": type(exc).__name__})
             raise GatewayError("store_unavailable") from None
-        if row is None:
-            return None, None
-        values = dict(row)
-        secret_expires_at = values.pop("secret_expires_at")
-        return KeyRecord.from_values(values), secret_expires_at
+        return _from_row(row)
 
     async def _share(self, digest: bytes, record: KeyRecord,
                      secret_expires_at: datetime | None, generation: str, now: datetime) -> None:
@@ -190,6 +219,14 @@ class KeyLookup:
                 args=[generation, record.to_json(secret_expires_at), ttl])
         except (RedisError, OSError) as exc:
             log.warning("redis unavailable for key sharing", extra={"error": type(exc).__name__})
+
+
+def _from_row(row: asyncpg.Record | None) -> tuple[KeyRecord | None, datetime | None]:
+    if row is None:
+        return None, None
+    values = dict(row)
+    secret_expires_at = values.pop("secret_expires_at")
+    return KeyRecord.from_values(values), secret_expires_at
 
 
 def _secret_expired(secret_expires_at: datetime | None, now: datetime) -> bool:

@@ -33,7 +33,8 @@ UPSTREAM_LATENCY = Histogram("keystile_upstream_duration_seconds",
                              ["route"], buckets=BUCKETS)
 CACHE = Counter("keystile_key_cache_total",
                 "Key lookups by where they were answered: worker (cache hit), negative "
-                "(known unknown), redis (shared record), postgres (miss everywhere)",
+                "(known unknown), redis (shared record), replica (database_read_url), "
+                "postgres (the primary)",
                 ["result"])
 REDIS_ROUND_TRIPS = Counter("keystile_redis_round_trips_total",
                             "Round trips to Redis: one per command or pipeline sent")
@@ -54,6 +55,10 @@ CONNECTIONS_DROPPED = Counter(
     "Client connections a worker closed or refused, by reason: idle_timeout, header_timeout, "
     "body_timeout, evicted_idle (to make room at max_connections), too_many_connections "
     "(refused with 503: at max_connections and none idle)", ["reason"])
+INVALIDATION_LAG = Histogram(
+    "keystile_invalidation_lag_seconds",
+    "Seconds from the admin API announcing a change to a worker applying it (both clocks: "
+    "hosts' clock skew adds to it)", buckets=BUCKETS)
 ADMIN_REQUESTS = Counter("keystile_admin_requests_total", "Admin API requests",
                          ["method", "route", "status"])
 

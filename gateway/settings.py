@@ -26,6 +26,7 @@ from gateway.secretbox import parse_key
 
 ENV_OVERRIDES = {
     "KEYSTILE_DATABASE_URL": ("database_url",),
+    "KEYSTILE_DATABASE_READ_URL": ("database_read_url",),
     "KEYSTILE_REDIS_URL": ("redis_url",),
     "KEYSTILE_ADMIN_TOKEN": ("admin", "token"),
     "KEYSTILE_JWT_SECRET": ("dialect", "nuxera", "jwt_secret"),
@@ -216,6 +217,9 @@ class DialectOptions(_Strict):
 
 class Settings(_Strict):
     database_url: str = "postgresql://keystile@127.0.0.1:5432/keystile"
+    database_read_url: str | None = Field(
+        None, description="a streaming replica the gateway reads keys from on a cache miss "
+        "(never staler than the changes it has heard of: else it reads database_url)")
     redis_url: str = "redis://127.0.0.1:6379/0"
     admin: AdminSettings = AdminSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -244,10 +248,10 @@ class Settings(_Strict):
     def dialect_options(self, name: str) -> DialectOptions:
         return self.dialect.get(name, DialectOptions())
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_read_url")
     @classmethod
-    def _postgres_url(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value
 

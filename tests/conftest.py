@@ -94,6 +94,22 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
 
 
 @pytest.fixture(scope="session")
+def pg_replica(stores: Stores, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[EmbeddedPostgres]:
+    """A streaming replica of the run's embedded PostgreSQL: started only when a test asks
+    for it, once per run."""
+    if stores.postgres is None:
+        pytest.skip("a replica is made of the embedded PostgreSQL; KEYSTILE_TEST_DATABASE_URL "
+                    "names another server")
+    replica = EmbeddedPostgres.replica_of(stores.postgres, tmp_path_factory.mktemp("replica"))
+    replica.start()
+    try:
+        yield replica
+    finally:
+        replica.stop()
+
+
+@pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
     """Six more redis-server processes (three masters, three replicas): started only when a
     test asks for them, once per run."""

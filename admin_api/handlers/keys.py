@@ -158,6 +158,9 @@ async def create(request: web.Request, principal: Principal, body: KeyCreate,
         record = await keys.insert(conn, values, keyformat.hash_key(raw))
         if body.is_default:
             record = await keys.set_default(conn, record.id, True)
+        # Announced too: a worker that called the new secret unknown (its negative cache)
+        # forgets that, and one reading a replica waits until the replica has the key.
+        await changes.key(conn, record.id)
         out = key_out(record, now)
         await _record(conn, request, principal, "key.create", record, audit_view(out))
     await changes.announce(request.app[POOL], request.app[REDIS])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -17,26 +18,38 @@ from tests.conftest import Stores
 
 async def test_key_and_org_changes_publish_invalidations(admin: Admin, org: dict[str, Any],
                                                          stores: Stores) -> None:
-    key = await admin.key(org["id"], owner_id="o")
+    """Each message names the change, the primary's WAL position once it had committed (16
+    hex digits, never going back) and when it was announced."""
     client = redis.asyncio.Redis.from_url(stores.redis_url)
     pubsub = client.pubsub()
     await pubsub.subscribe(CHANNEL)
     await pubsub.get_message(timeout=5)  # the subscribe confirmation
-    path = f"/v1/keys/{key['id']}"
+    positions: list[int] = []
+
+    def check(message: dict[str, Any] | None, kind: str, ident: str) -> None:
+        assert message is not None, (kind, ident)
+        body = orjson.loads(message["data"])
+        assert (body["type"], body["id"]) == (kind, ident)
+        assert len(body["lsn"]) == 16 and abs(body["at"] - time.time()) < 10
+        positions.append(int(body["lsn"], 16))
+        assert positions == sorted(positions) and positions[0] > 0
+
     try:
+        key = await admin.key(org["id"], owner_id="o")  # a new key is announced too
+        check(await pubsub.get_message(ignore_subscribe_messages=True, timeout=5), "key",
+              key["id"])
+        path = f"/v1/keys/{key['id']}"
         for method, suffix, payload in (("PATCH", "", {"scopes": ["a:b"]}),
                                         ("POST", "/pause", None), ("POST", "/resume", None),
                                         ("POST", "/rotate", None), ("PUT", "/default", None),
                                         ("POST", "/usage", {"op": "set", "value": 1}),
                                         ("POST", "/revoke", None), ("DELETE", "", None)):
             await admin.call(method, path + suffix, json=payload)
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
-            assert message is not None, (method, suffix)
-            assert orjson.loads(message["data"]) == {"type": "key", "id": key["id"]}
+            check(await pubsub.get_message(ignore_subscribe_messages=True, timeout=5), "key",
+                  key["id"])
         await admin.call("PATCH", f"/v1/orgs/{org['id']}", json={"name": "n"}, expect=200)
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
-        assert message is not None
-        assert orjson.loads(message["data"]) == {"type": "org", "id": org["id"]}
+        check(await pubsub.get_message(ignore_subscribe_messages=True, timeout=5), "org",
+              org["id"])
     finally:
         await pubsub.aclose()
         await client.aclose()

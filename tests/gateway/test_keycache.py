@@ -148,9 +148,9 @@ async def test_a_lookup_racing_an_admin_change_cannot_share_the_old_record(
     redis = create_redis(stores.redis_url, StoreSettings())
     try:
         lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), redis, pool, 60)
-        record, _, generation = await lookup._from_redis(digest)
+        record, _, generation, _ = await lookup._from_redis(digest)
         assert record is None and generation is not None
-        before, expires = await lookup._from_postgres(digest)
+        before, expires = await lookup._from_postgres(digest, 0)
         assert before is not None and before.status == "active"
         await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
         await lookup._share(digest, before, expires, generation, datetime.now(UTC))

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keyformat
 from tests.admin_api.conftest import OPERATOR, Admin
-from tests.gateway.conftest import Upstream
+from tests.gateway.conftest import Upstream, eventually
 
 
 def _value(text: str, name: str, **labels: str) -> float:
@@ -46,6 +46,29 @@ async def test_metrics_count_requests_codes_cache_and_latency(
     assert grew("keystile_key_cache_total", result="worker") >= 2
     assert "keystile_usage_flush_lag_seconds" in after
     assert "keystile_fail_open_total" in after or "keystile_store_errors_total" in after
+
+
+def _plain(text: str, name: str) -> float:
+    """An unlabelled sample's value."""
+    return next((float(line.split()[1]) for line in text.splitlines()
+                 if line.startswith(name + " ")), 0.0)
+
+
+async def test_every_change_a_worker_applies_shows_in_the_invalidation_lag(
+        gateway: TestClient, admin: Admin, org: dict[str, Any]) -> None:
+    before = await (await gateway.get("/metrics")).text()
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    await admin.call("POST", f"/v1/keys/{key['id']}/pause", expect=200)
+
+    async def heard_both() -> bool:
+        after = await (await gateway.get("/metrics")).text()
+        return (_plain(after, "keystile_invalidation_lag_seconds_count")
+                - _plain(before, "keystile_invalidation_lag_seconds_count")) == 2
+    await eventually(heard_both)
+    after = await (await gateway.get("/metrics")).text()
+    lag = (_plain(after, "keystile_invalidation_lag_seconds_sum")
+           - _plain(before, "keystile_invalidation_lag_seconds_sum"))
+    assert 0 <= lag < 5  # two changes on one machine: milliseconds, with room for a busy one
 
 
 async def test_a_client_gone_before_the_answer_is_counted_499_not_an_error(
