@@ -235,12 +235,11 @@ class Topology:
         env = {**os.environ,
                "KEYSTILE_DATABASE_URL": self.database_url,
                "KEYSTILE_REDIS_URL": self.redis_url,
+               "KEYSTILE_DATABASE_READ_URL": self.database_read_url,
                "KEYSTILE_ADMIN_TOKEN": self.token,
                # A gateway killed by SIGKILL leaves its metrics folder behind: keep it here.
                "TMPDIR": str(self.data_dir / "tmp"),
                "PYTHONUNBUFFERED": "1"}
-        if _read_url_supported():
-            env["KEYSTILE_DATABASE_READ_URL"] = self.database_read_url
         return env
 
     def start(self) -> Topology:
@@ -297,29 +296,21 @@ class Topology:
         self.primary.start()
 
 
-def _read_url_supported() -> bool:
-    """Whether this Keystile has ``database_read_url`` (gateways read key lookups from the
-    replica)."""
-    from gateway.settings import Settings
-
-    return "database_read_url" in Settings.model_fields
-
-
 def banner(top: Topology) -> str:
     lay = top.layout
     gw = [g.http for g in lay.gateways]
     admin = lay.admin.http
     redis_nodes = ", ".join(str(e) for e in lay.redis)
-    read = ("key lookups on cache miss from the replica (database_read_url)"
-            if _read_url_supported() else "key lookups on cache miss from the primary")
     return f"""
 Keystile cluster is up (Ctrl-C stops everything).
 
-  gateway hosts   {gw[0]}  {gw[1]}   ({lay.workers} workers each; {read})
+  gateway hosts   {gw[0]}  {gw[1]}   ({lay.workers} workers each)
   admin API       {admin}   (OpenAPI: {admin}/openapi.json)
   upstream        {lay.upstream.http}   (echoes; requests per key id: /_upstream/counts)
   PostgreSQL      primary {top.primary.url}
-                  replica {top.replica.url}   (streaming, read-only)
+                  replica {top.replica.url}
+                          (streaming, read-only: the gateways' key lookups on a cache miss,
+                           database_read_url)
   Redis Cluster   {redis_nodes}   (3 masters, 3 replicas)
   configuration   {top.config}
   logs            {top.logs}/
