@@ -14,7 +14,8 @@ measured figures:
    answers 503 ``store_unavailable``, and everything recovers when it returns;
 7. nothing over-spent, no usage lost beyond the write-behind bound (what the killed host had
    not flushed: at most ``usage_flush_interval_s`` of its traffic) — counted key by key, the
-   upstream's count against PostgreSQL's.
+   upstream's count against PostgreSQL's;
+8. through all of it, no host answered 500 or logged an unhandled error.
 
 Every worker is reached on purpose: keep-alive connections are opened until each worker of a
 host has one (the access log names the worker that served a request), and a propagation is
@@ -727,9 +728,36 @@ async def check_accounting(run: Run) -> Verdict:
         f"{len(over)} limited key(s) over their limit", fig)
 
 
+async def check_no_server_errors(run: Run) -> Verdict:
+    """Through all of the above, no host answered 500, logged an error (an unhandled one is
+    logged at ERROR with its traceback) or lost a worker: every failure was a declared
+    refusal (401, 429, 503)."""
+    top = run.top
+    bad: dict[str, dict[str, int]] = {}
+    warned: dict[str, int] = {}
+    for process in (top.admin, *top.gateways.values()):
+        lines = process.log.read_text(errors="replace").splitlines()
+        counts = Counter({"500 answers": sum('"status":500' in line for line in lines),
+                          "errors logged": sum(" ERROR " in line or " CRITICAL " in line
+                                               for line in lines),
+                          "workers died": sum("gateway worker" in line and "exited" in line
+                                              for line in lines)})
+        if +counts:
+            bad[process.name] = dict(+counts)
+        # asyncpg's pool logs a WARNING with a traceback each time it cannot reconnect
+        # while PostgreSQL is down: expected, counted for the report.
+        warned[process.name] = sum("Traceback (most recent call last)" in line
+                                   for line in lines)
+    return Verdict("no 500, no error logged, no worker lost on any host", not bad,
+                   f"admin API and both gateway hosts: {bad or 'none'} (tracebacks in "
+                   f"warnings, asyncpg reconnecting while the primary was down: {warned})",
+                   {"found": bad, "warning_tracebacks": warned})
+
+
 CHECKS: tuple[Callable[[Run], Awaitable[Verdict]], ...] = (
     check_new_key, check_exact_limit, check_revocation, check_redis_failover,
-    check_gateway_host_killed, check_postgres_primary_stopped, check_accounting)
+    check_gateway_host_killed, check_postgres_primary_stopped, check_accounting,
+    check_no_server_errors)
 
 
 async def run_checks(top: Topology, sizes: Sizes,

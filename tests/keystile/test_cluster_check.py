@@ -26,6 +26,7 @@ CHECKS = (
     "one gateway host killed: the other keeps serving",
     "PostgreSQL primary stopped: known keys served, admin 503, all recovers",
     "nothing over-spent, no usage lost beyond the write-behind bound",
+    "no 500, no error logged, no worker lost on any host",
 )
 
 
