@@ -203,7 +203,8 @@ def cmd_dev(args: argparse.Namespace) -> None:
 def cmd_cluster(args: argparse.Namespace) -> None:
     from keystile import cluster
 
-    cluster.run(cluster.Layout(), Path(args.data_dir).resolve())
+    layout = cluster.Layout.free() if args.free_ports else cluster.Layout()
+    cluster.run(layout, Path(args.data_dir).resolve())
 
 
 def cmd_cluster_check(args: argparse.Namespace) -> None:
@@ -290,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
                          "two gateway hosts (127.0.0.2:8080, 127.0.0.3:8080)")
     clu.add_argument("--data-dir", default="./.keystile/cluster",
                      help="where its stores and logs live (emptied at each start)")
+    clu.add_argument("--free-ports", action="store_true",
+                     help="free ports on the same addresses instead of the fixed ones")
     clu.set_defaults(func=cmd_cluster)
 
     check = sub.add_parser("cluster-check", help="start a cluster on free ports and prove its "

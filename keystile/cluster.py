@@ -39,6 +39,7 @@ START_TIMEOUT_S = 60.0  # a gateway host or the admin API, once its stores are u
 STOP_TIMEOUT_S = 30.0
 ROUTE = "/echo"  # the one route of the topology, to the counting upstream
 USAGE_FLUSH_INTERVAL_S = 1.0  # [gateway] usage_flush_interval_s: the write-behind bound
+READY = "The Keystile cluster is ready."
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,11 +325,13 @@ Try (route {ROUTE} needs a key; the gateway forwards its id as X-Keystile-Key-Id
         -d '{{"name": "acme", "provider_id": "acme"}}' | python3 -c "$JSON" id)
   KEY=$(curl -s -X POST $ADMIN/v1/keys -H "Authorization: Bearer $TOKEN" \\
         -d '{{"org_id": "'$ORG'", "usage_limit": 100}}' | python3 -c "$JSON" key)
-  curl -s {gw[0]}{ROUTE}/hello -H "X-API-Key: $KEY"
-  curl -s {gw[1]}{ROUTE}/hello -H "X-API-Key: $KEY"
-  curl -s {lay.upstream.http}/_upstream/counts
+  curl -s -w '\\n' {gw[0]}{ROUTE}/hello -H "X-API-Key: $KEY"
+  curl -s -w '\\n' {gw[1]}{ROUTE}/hello -H "X-API-Key: $KEY"
+  curl -s -w '\\n' {lay.upstream.http}/_upstream/counts
 
 `make cluster-check` proves the failure behaviour on a topology of its own.
+
+{READY}
 """
 
 
