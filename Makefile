@@ -18,6 +18,19 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/keystile dev $(ARGS)
 
+## cluster: a production-shaped topology on this machine, each host on its own loopback
+## address: PostgreSQL primary + streaming replica, a Redis Cluster (3 masters, 3 replicas),
+## the admin API, gateway hosts 127.0.0.2:8080 and 127.0.0.3:8080; Ctrl-C stops it all
+.PHONY: cluster cluster-check
+cluster: $(STAMP)
+	$(BIN)/keystile cluster $(ARGS)
+
+## cluster-check: starts its own cluster on free ports and proves its failure behaviour
+## (key propagation, exact limits, a Redis master / a gateway host / the PostgreSQL primary
+## lost); prints the measured figures, fails when a check does. ARGS="--json out.json"
+cluster-check: $(STAMP)
+	$(BIN)/keystile cluster-check $(ARGS)
+
 ## test: the test suite against embedded PostgreSQL and Redis; "no tests ran" is a failure
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \

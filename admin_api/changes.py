@@ -103,7 +103,10 @@ async def drain_forever(pool: asyncpg.Pool, redis: Store, stop: asyncio.Event) -
         try:
             async with pool.acquire() as conn:
                 await drain(conn, redis)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                # a pooled connection that read the server's goodbye (a primary stopped):
+                # this loop must outlive it, or the outbox is never retried again
+                asyncpg.InternalClientError) as exc:
             log.warning("invalidation outbox not drained: %s", type(exc).__name__)
         with contextlib.suppress(TimeoutError):  # the interval passed: try again
             await asyncio.wait_for(stop.wait(), RETRY_INTERVAL_S)

@@ -103,6 +103,15 @@ _STORE_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
+    # The server is shutting down (a stopped or crashed primary): a query in flight gets
+    # 57P01/57P02; a pooled connection that already read the server's goodbye but not yet
+    # its closed socket refuses the next query with asyncpg's InternalClientError ("cannot
+    # switch to state …; another operation (2) is in progress"), and the transaction around
+    # it then cannot end on a closed connection (InterfaceError, as the gateway counts it).
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,
+    asyncpg.InterfaceError,
     RedisConnectionError,
     RedisTimeoutError,
     RedisError,  # OOM, READONLY after a failover, BUSY: Redis cannot take it now

@@ -210,6 +210,40 @@ def cmd_dev(args: argparse.Namespace) -> None:
                 runner)
 
 
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from keystile import cluster
+
+    layout = cluster.Layout.free() if args.free_ports else cluster.Layout()
+    cluster.run(layout, Path(args.data_dir).resolve())
+
+
+def cmd_cluster_check(args: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+
+    from keystile import cluster, clustercheck
+
+    sizes = clustercheck.Sizes(keys=args.keys, load=args.load)
+    layout = cluster.Layout.free()
+    data_dir = (Path(args.data_dir).resolve() if args.data_dir
+                else Path(tempfile.mkdtemp(prefix="keystile-cluster-check-")))
+    verdicts = clustercheck.run(sizes, data_dir, layout)
+    if args.json:
+        Path(args.json).write_bytes(clustercheck.to_json(layout, verdicts))
+    failed = [v.name for v in verdicts if not v.ok]
+    if failed:
+        raise CommandError(f"{len(failed)} check(s) failed: {'; '.join(failed)}; the "
+                           f"topology's logs are kept in {data_dir / 'logs'}")
+    if not args.data_dir:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (1-1000)")
+    return int(text)
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -261,6 +295,27 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--upstream-port", type=_port, default=9000, help="the demo echo upstream")
     _store_flags(dev, "instead of the embedded one")
     dev.set_defaults(func=cmd_dev)
+
+    clu = sub.add_parser("cluster", help="a production-shaped topology on this machine: "
+                         "PostgreSQL primary and replica, a Redis Cluster, the admin API and "
+                         "two gateway hosts (127.0.0.2:8080, 127.0.0.3:8080)")
+    clu.add_argument("--data-dir", default="./.keystile/cluster",
+                     help="where its stores and logs live (emptied at each start)")
+    clu.add_argument("--free-ports", action="store_true",
+                     help="free ports on the same addresses instead of the fixed ones")
+    clu.set_defaults(func=cmd_cluster)
+
+    check = sub.add_parser("cluster-check", help="start a cluster on free ports and prove its "
+                           "failure behaviour: key propagation, exact limits, a Redis master, "
+                           "a gateway host and the PostgreSQL primary lost")
+    check.add_argument("--keys", type=_count, default=20,
+                       help="new keys and revocations timed (default 20)")
+    check.add_argument("--load", type=_count, default=16,
+                       help="requests kept in flight during the failures (default 16)")
+    check.add_argument("--json", metavar="PATH", help="also write the verdicts and figures here")
+    check.add_argument("--data-dir", help="where the cluster lives (kept); by default a "
+                       "temporary folder, removed when every check passed")
+    check.set_defaults(func=cmd_cluster_check)
 
     admin = sub.add_parser("admin", help="serve the admin API")
     admin.add_argument("--config", help="TOML configuration file")

@@ -378,7 +378,7 @@ class EmbeddedRedisCluster:
         self.data_dir = data_dir.resolve()
         self.node_timeout_ms = node_timeout_ms
         node_hosts = [hosts[i % len(hosts)] for i in range(size)]
-        self.ports = list(ports) if ports is not None else _cluster_ports(node_hosts)
+        self.ports = list(ports) if ports is not None else cluster_ports(node_hosts)
         if len(self.ports) != size or len(set(self.ports)) != size:
             raise StoreStartError(f"a cluster of {size} nodes needs {size} distinct ports")
         self.host_of = dict(zip(self.ports, node_hosts, strict=True))
@@ -511,7 +511,7 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-def _cluster_ports(hosts: list[str]) -> list[int]:
+def cluster_ports(hosts: list[str]) -> list[int]:
     """A free port for each node, on its host, whose cluster bus port (port + 10000, fixed
     in Redis 6.2) is free too; an ephemeral port would put the bus past 65535, so these are
     drawn below the ephemeral range."""
