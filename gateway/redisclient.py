@@ -128,8 +128,9 @@ def create_redis(url: str, stores: StoreSettings) -> Store:
     return Redis(connection_pool=pool)
 
 
-# The cluster refused these without running them (or they never left): safe to send again.
-_UNRUN = (NotSent, ClusterDownError, SlotNotCoveredError)
+# The cluster refused these without running them (or they never left): safe to send again,
+# once the slot map is read again.
+UNRUN = (NotSent, ClusterDownError, SlotNotCoveredError)
 # After these the client's idea of the topology may be stale: read it again.
 _TOPOLOGY_ERRORS = (ConnectionError, TimeoutError, ClusterDownError, SlotNotCoveredError)
 _HOLDING: contextvars.ContextVar[bool] = contextvars.ContextVar("redis_holding",
@@ -194,7 +195,7 @@ class Cluster(RedisCluster):
                 try:
                     with _torn_down_is_lost():
                         return await super().execute_command(*args, **kwargs)
-                except _UNRUN:
+                except UNRUN:
                     self.refresh_topology()
                     if attempt == RETRIES:
                         raise

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError
 
 from gateway.limits.plan import Plan
 from gateway.limits.script import LATE, LIMITS, NEED_SEED
-from gateway.redisclient import Store, at_most_once
+from gateway.redisclient import UNRUN, Store, at_most_once
 from gateway.redisclock import RedisClock
 from gateway.redispipe import RedisPipe
 
@@ -105,14 +105,36 @@ class ScriptRunner:
     async def run(self, plans: list[Plan], background: bool = False) -> list[Any]:
         """The script for every plan, in one pipeline: a result (or the error) each.
         ``background``: for work no request waits on (fast mode's syncs)."""
-        results = await self._pipelined(plans, background)
+        # On a cluster, after a master failed over, what never reached it goes once more, to
+        # the new master: the failure has marked the slot map for reading again. (The pipe of
+        # a single node has already retried what it could not send.)
+        try:
+            results = await self._pipelined(plans, background)
+        except UNRUN:
+            # Raised for the whole pipeline: it sent nothing only if all of it went to one
+            # node — one slot, as the plans of one organisation are.
+            if self.pipe is not None or not self._one_slot(plans):
+                raise
+            results = await self._pipelined(plans, background)
+        unrun = [i for i, result in enumerate(results) if isinstance(result, UNRUN)]
+        if unrun and self.pipe is None:
+            await self._again(plans, results, unrun, background)
         unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if unknown:  # Redis restarted, failed over or flushed its scripts: none of these ran
             await self.redis.script_load(LIMITS)
-            again = await self._pipelined([plans[i] for i in unknown], background)
-            for i, result in zip(unknown, again, strict=True):
-                results[i] = result
+            await self._again(plans, results, unknown, background)
         return results
+
+    def _one_slot(self, plans: list[Plan]) -> bool:
+        keyslot = getattr(self.redis, "keyslot", None)
+        return keyslot is not None and len({keyslot(plan.keys[0]) for plan in plans}) == 1
+
+    async def _again(self, plans: list[Plan], results: list[Any], which: list[int],
+                     background: bool) -> None:
+        """Runs ``plans[i]`` for each ``i`` in ``which`` once more, in place in ``results``."""
+        again = await self._pipelined([plans[i] for i in which], background)
+        for i, result in zip(which, again, strict=True):
+            results[i] = result
 
     async def _pipelined(self, plans: list[Plan], background: bool = False) -> list[Any]:
         sent = time.time()

@@ -15,11 +15,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.app import create_app
 from gateway.settings import AdminSettings, Settings
+from gateway.state import LISTENING
 from keystile.embedded import EmbeddedRedisCluster
 from tests.admin_api.conftest import OPERATOR_TOKEN, Admin
 from tests.conftest import Stores
-from tests.gateway.conftest import Upstream
+from tests.gateway.conftest import Upstream, routes_for
 from tests.gateway.test_workers import _concurrently, _eventually, _start_gateway
 from tests.keystile.conftest import Cli, cli  # noqa: F401
 
@@ -194,3 +196,29 @@ async def test_fast_mode_keeps_its_bound_on_a_cluster(
     served = statuses[200]
     await _usage_in_postgres(admin, key["id"], served)
     assert len(upstream.seen) == served
+
+
+async def test_a_worker_idle_through_a_failover_serves_its_next_burst(
+        aiohttp_client: Any, stores: Stores, upstream: Upstream, admin: Admin,
+        org: dict[str, Any], cluster_url: str, redis_cluster: EmbeddedRedisCluster) -> None:
+    """A worker that sent nothing while a master failed over still holds connections to the
+    dead node and the old slot map: its next burst must find the new master (what was never
+    sent is sent again once the map is re-read), not be refused 503 while it learns."""
+    settings = Settings(database_url=stores.database_url, redis_url=cluster_url,
+                        routes=routes_for(upstream.url))
+    app = create_app(settings)
+    gateway = await aiohttp_client(app)
+    await asyncio.wait_for(app[LISTENING].wait(), 10)
+    key = await admin.key(org["id"], scopes=["svc:read"], usage_limit=10_000)
+    for _ in range(5):  # connections to the master of the key's limit state, in use
+        assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
+    master = redis_cluster.master_of(f"ks:{{{org['id']}}}:")
+    redis_cluster.kill(master)
+    await asyncio.to_thread(redis_cluster.wait_ok)  # the replica is promoted, the slots served
+
+    async def one() -> int:
+        resp = await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})
+        await resp.read()
+        return resp.status
+    statuses = Counter(await asyncio.gather(*(one() for _ in range(100))))
+    assert statuses == {200: 100}, statuses
