@@ -31,8 +31,11 @@ from gateway.redisclient import Store
 
 log = logging.getLogger(__name__)
 
-# A lookup that PostgreSQL cannot answer is a 503, never a 500 and never a pass.
-POSTGRES_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# A lookup that PostgreSQL cannot answer is a 503, never a 500 and never a pass. Among them
+# the server's goodbye as asyncpg may meet it: a pooled connection that has read it but not
+# yet its closed socket refuses the next query with an InternalClientError.
+POSTGRES_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                     asyncpg.InternalClientError)
 
 # Redis: hex digest -> hash {r: record JSON, g: generation} (bump the version with the
 # record's shape). Keys of the older layouts (ks:h3:*, ks:gen) are no longer read; they expire.

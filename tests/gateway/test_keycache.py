@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keycache, keyformat
 from gateway.database import create_pool
+from gateway.errors import GatewayError
 from gateway.keycache import HASH_KEY, RECORD_FIELD
 from gateway.redisclient import create_redis
 from gateway.settings import StoreSettings
@@ -161,6 +162,39 @@ async def test_a_lookup_racing_an_admin_change_cannot_share_the_old_record(
         assert after is not None and after.status == "revoked"
         shared = await redis.hget(name, RECORD_FIELD)
         assert shared is not None and b'"revoked"' in shared
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def test_a_lookup_on_a_connection_the_server_just_ended_is_a_503_not_a_500(
+        admin: Admin, org: dict[str, Any], stores: Stores) -> None:
+    """The primary stopping or restarting ends the pool's connections; a lookup meeting one
+    is ``store_unavailable`` (503), whichever way asyncpg notices, and the next one works.
+    (The goodbye and the closed socket race: a round here met asyncpg's InternalClientError,
+    a 500 before, about once in twenty.)"""
+    application = "keystile-gateway-goodbye-test"
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    digest = keyformat.hash_key(key["key"])
+    pool = await create_pool(f"{stores.database_url}?application_name={application}",
+                             StoreSettings(pool_min_size=1, pool_max_size=1))
+    redis = create_redis(stores.redis_url, StoreSettings())
+    refused = 0
+    try:
+        for _ in range(60):
+            lookup = keycache.KeyLookup(keycache.LocalCache(0, 60.0, 0.0), redis, pool, 60)
+            await admin.db.fetchval("SELECT count(pg_terminate_backend(pid)) FROM "
+                                    "pg_stat_activity WHERE application_name = $1", application)
+            try:
+                record = await lookup._from_postgres(digest, 0)
+            except GatewayError as exc:
+                assert exc.code == "store_unavailable"
+                refused += 1
+            else:
+                assert record[0] is not None and record[0].id == key["id"]
+        assert refused > 0
+        record = await lookup._from_postgres(digest, 0)  # the pool has made a new connection
+        assert record[0] is not None
     finally:
         await redis.aclose()
         await pool.close()
