@@ -1,7 +1,8 @@
 """Usage written behind to PostgreSQL: each process adds up what its requests spent and
 flushes it in one batch per interval (and on shutdown) — lifetime count, last use and daily
 counts. PostgreSQL stays the source of truth; a process that dies loses at most what it had
-not flushed yet, i.e. at most ``flush_interval_s`` of its traffic."""
+not flushed yet: its last ``flush_interval_s`` of traffic, and what the flush under way (a
+batch taken when the flush began) had not committed."""
 
 from __future__ import annotations
 
