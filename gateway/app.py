@@ -93,9 +93,9 @@ async def readyz(request: web.Request) -> web.Response:
     postgres, redis, *replica = await asyncio.gather(*probes)
     checks = {"postgres": postgres, "redis": redis,
               "invalidations": "ok" if request.app[LISTENING].is_set() else "not subscribed"}
-    if replica:
-        checks["postgres_replica"] = replica[0]
     ready = all(v == "ok" for v in checks.values())
+    if replica:  # reported, but not needed: the primary answers while it is down
+        checks["postgres_replica"] = replica[0]
     return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},
                              status=200 if ready else 503)
 
@@ -105,7 +105,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     gw = settings.gateway
     pool = await create_pool(settings.database_url, settings.stores)
     try:
-        replica = (await create_pool(settings.database_read_url, settings.stores)
+        # No connection at start: a replica that is down must not keep the gateway from
+        # starting (the primary answers meanwhile).
+        replica = (await create_pool(settings.database_read_url,
+                                     settings.stores.model_copy(update={"pool_min_size": 0}))
                    if settings.database_read_url else None)
     except BaseException:
         await pool.close()
@@ -127,6 +130,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     def apply(change: invalidation.Change) -> None:
         kind, ident = change.kind, change.ident
         lookup.heard(change.position)
+        if kind == "all":  # (re)subscribed: changes may have gone unheard
+            lookup.unfence()
         if fast is not None:
             fast.forget(kind, ident)
         if kind == "key":

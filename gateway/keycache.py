@@ -122,8 +122,11 @@ class LocalCache:
 
 class KeyLookup:
     """``pool`` is the primary; ``replica`` (database_read_url) answers misses when it has
-    replayed every change this lookup knows of: those heard on the invalidation channel
-    (``heard``) and the one kept beside the secret's generation in Redis."""
+    replayed every change this lookup knows of: the primary's position when the invalidation
+    channel was last (re)subscribed (``unfence``: read again before the replica is next
+    used, since changes may have gone unheard before), those heard on it since (``heard``),
+    and the one kept beside the secret's generation in Redis. While Redis cannot be read,
+    the replica is not used: a change committed meanwhile could not be announced."""
 
     def __init__(self, cache: LocalCache, redis: Store, pool: asyncpg.Pool,
                  redis_ttl_s: int, replica: asyncpg.Pool | None = None) -> None:
@@ -132,7 +135,9 @@ class KeyLookup:
         self.pool = pool
         self.replica = replica
         self.redis_ttl_s = redis_ttl_s
-        self.position = 0  # the latest change's WAL position heard on the channel
+        self.position = 0  # the latest change's WAL position known
+        self.fenced = False  # the primary's position since the last (re)subscription is known
+        self._epoch = 0  # moves on every unfence: a position read before it is too old
         self._set_if_unchanged = redis.register_script(_SET_IF_UNCHANGED)
 
     async def find(self, digest: bytes) -> KeyRecord | None:
@@ -149,8 +154,9 @@ class KeyLookup:
         if record is not None:
             cache_result("redis").inc()
         else:
-            record, secret_expires_at = await self._from_postgres(
-                digest, max(position, self.position))
+            # Without Redis, no change made meanwhile was announced: the primary answers.
+            required = None if shared_generation is None else max(position, self.position)
+            record, secret_expires_at = await self._from_postgres(digest, required)
             if record is not None and shared_generation is not None:
                 await self._share(digest, record, secret_expires_at, shared_generation, now)
         self.cache.put(digest, record, secret_expires_at, local_generation)
@@ -162,6 +168,25 @@ class KeyLookup:
         """A change committed at WAL ``position`` was announced: the replica is read only once
         it has replayed that far."""
         self.position = max(self.position, position)
+
+    def unfence(self) -> None:
+        """Changes may have gone unheard (the channel was (re)subscribed): the replica waits
+        until the primary's current position is known."""
+        self.fenced = False
+        self._epoch += 1
+
+    async def _fence(self) -> bool:
+        """Learns the primary's position if needed; False when it cannot be read."""
+        if self.fenced:
+            return True
+        epoch = self._epoch
+        try:
+            position = int(await self.pool.fetchval(replica.CURRENT))
+        except POSTGRES_FAILURES:
+            return False
+        self.heard(position)
+        self.fenced = epoch == self._epoch
+        return True
 
     async def _from_redis(self, digest: bytes
                           ) -> tuple[KeyRecord | None, datetime | None, str | None, int]:
@@ -185,11 +210,12 @@ class KeyLookup:
             return None, None, generation, required
         return record, secret_expires_at, generation, required
 
-    async def _from_postgres(self, digest: bytes, required: int
+    async def _from_postgres(self, digest: bytes, required: int | None
                              ) -> tuple[KeyRecord | None, datetime | None]:
-        """From the replica if it has replayed WAL position ``required``, else (or if it
-        fails) from the primary."""
-        if self.replica is not None:
+        """From the replica if it has replayed WAL position ``required`` and every change
+        heard of, else (or if it fails, or ``required`` is None) from the primary."""
+        if self.replica is not None and required is not None and await self._fence():
+            required = max(required, self.position)
             try:
                 row = await replica.fetchrow(self.replica, required,
                                              SELECT_WITH_SECRET_BY_HASH, digest)

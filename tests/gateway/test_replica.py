@@ -5,6 +5,7 @@ for as long as a test needs."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,11 +15,13 @@ import redis.asyncio
 from aiohttp.test_utils import TestClient
 
 from gateway import keycache, keyformat, replica
+from gateway.app import create_app
 from gateway.database import connect, create_pool
 from gateway.keycache import HASH_KEY, POSITION_FIELD, RECORD_FIELD
 from gateway.redisclient import create_redis
 from gateway.settings import Settings, StoreSettings
-from keystile.embedded import EmbeddedPostgres
+from gateway.state import LISTENING
+from keystile.embedded import EmbeddedPostgres, free_port
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import eventually
@@ -152,11 +155,65 @@ async def test_a_lookup_that_has_not_heard_the_change_waits_for_the_replica(
         position = await client.hget(HASH_KEY.format(digest.hex()), POSITION_FIELD)
         assert replica.decode(position) > 0
         lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), client, pool, 60, read)
-        assert lookup.position == 0  # it heard nothing
+        lookup.fenced = True  # as a worker subscribed before the change, which heard nothing
+        assert lookup.position == 0
         record = await lookup.find(digest)
         assert record is not None and record.status == "revoked"
     finally:
         await client.aclose()
+        await read.close()
+        await pool.close()
+
+
+async def test_a_worker_that_heard_nothing_learns_the_primary_position_first(
+        admin: Admin, org: dict[str, Any], standby: asyncpg.Connection, stores: Stores,
+        pg_replica: EmbeddedPostgres) -> None:
+    """A worker started (or re-subscribed) after a revocation whose position Redis no longer
+    holds (the secret's hash expired, or Redis was emptied) reads the primary's position
+    before it trusts the replica."""
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    digest = keyformat.hash_key(key["key"])
+    await caught_up(standby, stores)
+    await paused(standby)
+    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+    pool = await create_pool(stores.database_url, StoreSettings())
+    read = await create_pool(pg_replica.url, StoreSettings())
+    client = create_redis(stores.redis_url, StoreSettings())
+    try:
+        await client.delete(HASH_KEY.format(digest.hex()))
+        lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), client, pool, 60, read)
+        record = await lookup.find(digest)
+        assert record is not None and record.status == "revoked"
+        assert await client.hget(HASH_KEY.format(digest.hex()), RECORD_FIELD) is None or \
+            b'"revoked"' in await client.hget(HASH_KEY.format(digest.hex()), RECORD_FIELD)
+        assert lookup.fenced and lookup.position > 0
+        lookup.unfence()  # the channel was re-subscribed: learnt again before the next use
+        assert not lookup.fenced
+    finally:
+        await client.aclose()
+        await read.close()
+        await pool.close()
+
+
+async def test_without_redis_the_replica_is_not_trusted(
+        admin: Admin, org: dict[str, Any], standby: asyncpg.Connection, stores: Stores,
+        pg_replica: EmbeddedPostgres) -> None:
+    """A change committed while Redis is down cannot be announced: the primary answers."""
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    await caught_up(standby, stores)
+    await paused(standby)
+    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+    pool = await create_pool(stores.database_url, StoreSettings())
+    read = await create_pool(pg_replica.url, StoreSettings())
+    nowhere = create_redis(f"redis://127.0.0.1:{free_port()}/0",
+                           StoreSettings(timeout_s=1.0))
+    try:
+        lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), nowhere, pool, 60, read)
+        lookup.fenced = True
+        record = await lookup.find(keyformat.hash_key(key["key"]))
+        assert record is not None and record.status == "revoked"
+    finally:
+        await nowhere.aclose()
         await read.close()
         await pool.close()
 
@@ -187,3 +244,19 @@ def test_wal_positions_as_kept_in_redis_and_messages() -> None:
     assert replica.encode(0) == ""
     # As strings, later positions sort later (the announcing script relies on it).
     assert replica.encode(0x1_0000_0000) > replica.encode(0xFFFF_FFFF)
+
+
+async def test_a_replica_that_is_down_neither_stops_the_gateway_nor_its_readiness(
+        aiohttp_client: Any, gateway_settings: Settings, admin: Admin,
+        org: dict[str, Any]) -> None:
+    settings = gateway_settings.model_copy(update={
+        "database_read_url": f"postgresql://keystile:x@127.0.0.1:{free_port()}/keystile"})
+    app = create_app(settings)
+    gateway = await aiohttp_client(app)
+    await asyncio.wait_for(app[LISTENING].wait(), 10)
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    assert (await get(gateway, key["key"]))[0] == 200  # the primary answered
+    ready = await gateway.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200 and body["status"] == "ok"
+    assert body["checks"]["postgres_replica"].startswith("unavailable")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import psutil
 from gateway.database import connect
 from keystile.cluster import READY
 from tests.keystile.conftest import Cli, cli  # noqa: F401
+from tests.keystile.test_cluster_check import _free
 
 
 def _block(banner: str, first: str) -> str:
@@ -34,16 +34,6 @@ async def _streaming(url: str) -> int:
                                        "WHERE state = 'streaming'"))
     finally:
         await conn.close()
-
-
-def _listening(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def test_cluster_banner_works_and_ctrl_c_stops_everything(cli: Cli,  # noqa: F811
@@ -74,10 +64,10 @@ def test_cluster_banner_works_and_ctrl_c_stops_everything(cli: Cli,  # noqa: F81
     assert asyncio.run(_streaming(primary.group(1))) == 1
 
     ports = [(h, int(p)) for h, p in re.findall(r"(127\.0\.0\.\d+):(\d+)", banner)]
-    assert all(_listening(h, p) for h, p in ports)
+    assert not any(_free(h, p) for h, p in ports)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert proc.wait(timeout=60) == 0
     leftovers = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
                  if str(data_dir) in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
-    assert [f"{h}:{p}" for h, p in ports if _listening(h, p)] == []
+    assert [f"{h}:{p}" for h, p in ports if not _free(h, p)] == []
