@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import orjson
 from aiohttp import web
+from asyncpg.exceptions._base import DataError as ArgumentError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -116,6 +117,11 @@ _STORE_ERRORS = (
     RedisTimeoutError,
     RedisError,  # OOM, READONLY after a failover, BUSY: Redis cannot take it now
 )
+# InterfaceErrors that are asyncpg telling us of our own mistake, not of a store gone away:
+# a 500 (a bug to fix), never "retry later". (Its DataError — a value asyncpg cannot send —
+# is answered 422 with PostgreSQL's own.)
+_CLIENT_MISTAKES = (asyncpg.ClientConfigurationError, asyncpg.UnsupportedClientFeatureError,
+                    asyncpg.UnsupportedServerFeatureError)
 # Two transactions got in each other's way; the client may simply retry.
 _CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
@@ -191,13 +197,17 @@ async def _canonical_errors(request: web.Request, handler: Handler) -> web.Strea
     except _CONFLICTS:
         return error_response(request_id, 409, "concurrent_update",
                               "another request changed the same data at the same time; retry")
-    except asyncpg.DataError as exc:
+    except (asyncpg.DataError, ArgumentError) as exc:
         # Validation should catch these first; this is the net under it.
         log.warning("value rejected by PostgreSQL", extra={"request_id": request_id,
                                                            "error": type(exc).__name__})
         return error_response(request_id, 422, "invalid_value",
                               "a value in the request cannot be stored (out of range or "
                               "containing NUL characters); correct it and retry")
+    except _CLIENT_MISTAKES:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        return error_response(request_id, 500, "internal_error",
+                              f"unexpected server error; quote request id {request_id}")
     except _STORE_ERRORS as exc:
         store = "Redis" if type(exc).__module__.startswith("redis") else "PostgreSQL"
         log.warning("%s unavailable (%s), request %s", store, type(exc).__name__, request_id)

@@ -148,6 +148,7 @@ class _Process:
                 self.proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.kill()
+                return
         self._kill_group()
         self.proc = None
 
@@ -173,6 +174,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 KEYSTILE = [sys.executable, "-m", "keystile.cli"]
+MARKER = ".keystile-cluster"  # in a data folder keystile cluster made (and may empty)
 
 
 @dataclass
@@ -273,14 +275,18 @@ class Topology:
             raise StoreStartError(f"keystile migrate failed: {done.stderr.strip()[-500:]}")
 
     def stop(self) -> None:
-        """Gateways first (their usage is flushed on SIGTERM), the stores last."""
-        for gateway in self.gateways.values():
-            gateway.stop()
-        self.admin.stop()
-        self.upstream.stop()
-        self.redis.stop()
-        self.replica.stop()
-        self.primary.stop()
+        """Gateways first (their usage is flushed on SIGTERM), the stores last; every part
+        is stopped even if stopping another failed (the first failure is raised after)."""
+        parts = [*(g.stop for g in self.gateways.values()), self.admin.stop,
+                 self.upstream.stop, self.redis.stop, self.replica.stop, self.primary.stop]
+        failure: BaseException | None = None
+        for stop in parts:
+            try:
+                stop()
+            except BaseException as exc:  # stop the rest, then report the first failure
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     # What the checks break and mend.
 
@@ -347,7 +353,14 @@ def running(layout: Layout, data_dir: Path, *, durable: bool = True) -> Iterator
 def run(layout: Layout, data_dir: Path) -> None:
     """``keystile cluster``: a fresh topology under ``data_dir`` until SIGINT or SIGTERM."""
     if data_dir.exists():
-        shutil.rmtree(data_dir)  # the Redis Cluster is in memory: a fresh start each time
+        # The Redis Cluster is in memory: a fresh start each time. Only a folder this made
+        # is emptied: "--data-dir ." must not wipe the current one.
+        if any(data_dir.iterdir()) and not (data_dir / MARKER).exists():
+            raise StoreStartError(f"{data_dir} is not empty and was not made by keystile "
+                                  "cluster; give --data-dir a new or empty folder")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    (data_dir / MARKER).write_text("made by keystile cluster: emptied at each start\n")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())

@@ -80,3 +80,27 @@ async def test_every_shape_of_goodbye_is_503(aiohttp_client: Any, error: Excepti
     body = await resp.json()
     assert body["error"]["code"] == "store_unavailable"
     assert "PostgreSQL is unavailable" in body["error"]["message"]
+
+
+MISTAKES = [
+    (asyncpg.exceptions._base.DataError("invalid input for query argument $1: 'x'"), 422,
+     "invalid_value"),
+    (asyncpg.ClientConfigurationError("bad option"), 500, "internal_error"),
+    (asyncpg.UnsupportedServerFeatureError("no such feature"), 500, "internal_error"),
+]
+
+
+@pytest.mark.parametrize(("error", "status", "code"), MISTAKES,
+                         ids=lambda e: type(e).__name__ if isinstance(e, Exception) else "")
+async def test_asyncpg_telling_of_our_own_mistake_is_not_retry_later(
+        aiohttp_client: Any, error: Exception, status: int, code: str) -> None:
+    """Other InterfaceErrors are asyncpg refusing what the code asked, not a store gone:
+    never 503 "retry later"."""
+    async def handler(request: web.Request) -> web.Response:
+        raise error
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/v1/keys", handler)
+    client = await aiohttp_client(app)
+    resp = await client.get("/v1/keys")
+    assert (resp.status, (await resp.json())["error"]["code"]) == (status, code)
