@@ -221,7 +221,7 @@ async def test_a_worker_idle_through_a_failover_serves_its_next_burst(
         await resp.read()
         return resp.status
     statuses = Counter(await asyncio.gather(*(one() for _ in range(100))))
-    # All 100 were 503 before. A connection used within the last second is not PINGed before
-    # use, so a spend written to the dead node's socket may still be lost unanswered (sent:
-    # not sent again, 503): on a busy machine one or two in a hundred.
+    # All 100 were 503 before. What never left is sent again once, so a batch whose second
+    # try still meets the old map (another batch is re-reading it) is refused: on a busy
+    # machine one or two in a hundred.
     assert set(statuses) <= {200, 503} and statuses[200] >= 95, statuses
