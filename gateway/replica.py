@@ -3,10 +3,11 @@
 A replica applies the primary's changes a little later than they commit. A gateway that read
 a key from it right after a revocation could cache the key as still active — and share it
 through Redis. So every announced change carries the primary's WAL position once the change
-had committed (``pg_current_wal_insert_lsn()``, read by the admin API as it announces), kept in the
-invalidation message and beside each changed secret's generation in Redis. A lookup reads the
-replica only once the replica has replayed at least the position of every change the lookup
-knows of; otherwise it reads the primary.
+had committed (``pg_current_wal_insert_lsn()``, read by the admin API as it announces), kept
+in the invalidation message and beside each changed secret's generation in Redis; a worker
+also reads the primary's position whenever it (re)subscribes to the channel. A lookup reads
+the replica only once the replica has replayed at least the position of every change the
+lookup knows of; otherwise it reads the primary.
 
 The check runs as its own statement before the lookup, on the same connection: the lookup's
 snapshot, taken after it, then holds everything the check saw replayed (a check inside the
