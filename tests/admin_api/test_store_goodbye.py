@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 
 from admin_api.app import create_app
 from admin_api.errors import error_middleware
@@ -54,6 +54,17 @@ async def test_terminated_pool_connections_are_503_not_500(
         assert answers[(method, 503, "store_unavailable")] > 0, answers
 
 
+async def _raised(aiohttp_client: Any, error: Exception) -> ClientResponse:
+    """The answer to a request whose handler raises ``error``, through the error middleware."""
+    async def handler(request: web.Request) -> web.Response:
+        raise error
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/v1/keys", handler)
+    client = await aiohttp_client(app)
+    return await client.get("/v1/keys")
+
+
 GOODBYES = [
     asyncpg.AdminShutdownError("terminating connection due to administrator command"),
     asyncpg.CrashShutdownError("terminating connection because of crash of another process"),
@@ -69,13 +80,7 @@ async def test_every_shape_of_goodbye_is_503(aiohttp_client: Any, error: Excepti
     """What asyncpg raises as the server goes (the race above reaches each of them only
     sometimes — the closed transaction was met by cluster-check), through the admin API's
     error middleware."""
-    async def handler(request: web.Request) -> web.Response:
-        raise error
-
-    app = web.Application(middlewares=[error_middleware])
-    app.router.add_get("/v1/keys", handler)
-    client = await aiohttp_client(app)
-    resp = await client.get("/v1/keys")
+    resp = await _raised(aiohttp_client, error)
     assert resp.status == 503
     body = await resp.json()
     assert body["error"]["code"] == "store_unavailable"
@@ -96,11 +101,5 @@ async def test_asyncpg_telling_of_our_own_mistake_is_not_retry_later(
         aiohttp_client: Any, error: Exception, status: int, code: str) -> None:
     """Other InterfaceErrors are asyncpg refusing what the code asked, not a store gone:
     never 503 "retry later"."""
-    async def handler(request: web.Request) -> web.Response:
-        raise error
-
-    app = web.Application(middlewares=[error_middleware])
-    app.router.add_get("/v1/keys", handler)
-    client = await aiohttp_client(app)
-    resp = await client.get("/v1/keys")
+    resp = await _raised(aiohttp_client, error)
     assert (resp.status, (await resp.json())["error"]["code"]) == (status, code)

@@ -6,6 +6,7 @@ for as long as a test needs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -138,31 +139,48 @@ async def test_a_key_created_while_the_replica_lags_works_at_once(
     assert await standby.fetchval("SELECT count(*) FROM keys WHERE id = $1", key["id"]) == 0
 
 
+@contextlib.asynccontextmanager
+async def lookup_of(stores: Stores, pg_replica: EmbeddedPostgres, redis_url: str | None = None,
+                    replica_closed: bool = False) -> AsyncIterator[keycache.KeyLookup]:
+    """A worker's key lookup on its own pools and Redis client (``redis_url``: another
+    Redis), closed afterwards."""
+    pool = await create_pool(stores.database_url, StoreSettings())
+    read = await create_pool(pg_replica.url, StoreSettings())
+    client = create_redis(redis_url or stores.redis_url, StoreSettings(timeout_s=1.0))
+    try:
+        if replica_closed:
+            await read.close()  # every call on it now fails
+        yield keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), client, pool, 60, read)
+    finally:
+        await client.aclose()
+        await read.close()
+        await pool.close()
+
+
+async def revoked_behind(admin: Admin, org: dict[str, Any], standby: asyncpg.Connection,
+                         stores: Stores) -> tuple[dict[str, Any], bytes]:
+    """A key the replica has, then revoked while the replica's replay is paused: the replica
+    still says "active". The key and its digest."""
+    key = await admin.key(org["id"], scopes=["svc:read"])
+    await caught_up(standby, stores)
+    await paused(standby)
+    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+    return key, keyformat.hash_key(key["key"])
+
+
 async def test_a_lookup_that_has_not_heard_the_change_waits_for_the_replica(
         admin: Admin, org: dict[str, Any], standby: asyncpg.Connection, stores: Stores,
         pg_replica: EmbeddedPostgres) -> None:
     """A worker may look a secret up before the revocation's message reaches it: the WAL
     position kept beside the secret's generation in Redis holds it back from the replica."""
-    key = await admin.key(org["id"], scopes=["svc:read"])
-    digest = keyformat.hash_key(key["key"])
-    await caught_up(standby, stores)
-    await paused(standby)
-    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
-    pool = await create_pool(stores.database_url, StoreSettings())
-    read = await create_pool(pg_replica.url, StoreSettings())
-    client = create_redis(stores.redis_url, StoreSettings())
-    try:
-        position = await client.hget(HASH_KEY.format(digest.hex()), POSITION_FIELD)
+    _, digest = await revoked_behind(admin, org, standby, stores)
+    async with lookup_of(stores, pg_replica) as lookup:
+        position = await lookup.redis.hget(HASH_KEY.format(digest.hex()), POSITION_FIELD)
         assert replica.decode(position) > 0
-        lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), client, pool, 60, read)
         lookup.fenced = True  # as a worker subscribed before the change, which heard nothing
         assert lookup.position == 0
         record = await lookup.find(digest)
         assert record is not None and record.status == "revoked"
-    finally:
-        await client.aclose()
-        await read.close()
-        await pool.close()
 
 
 async def test_a_worker_that_heard_nothing_learns_the_primary_position_first(
@@ -171,68 +189,38 @@ async def test_a_worker_that_heard_nothing_learns_the_primary_position_first(
     """A worker started (or re-subscribed) after a revocation whose position Redis no longer
     holds (the secret's hash expired, or Redis was emptied) reads the primary's position
     before it trusts the replica."""
-    key = await admin.key(org["id"], scopes=["svc:read"])
-    digest = keyformat.hash_key(key["key"])
-    await caught_up(standby, stores)
-    await paused(standby)
-    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
-    pool = await create_pool(stores.database_url, StoreSettings())
-    read = await create_pool(pg_replica.url, StoreSettings())
-    client = create_redis(stores.redis_url, StoreSettings())
-    try:
-        await client.delete(HASH_KEY.format(digest.hex()))
-        lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), client, pool, 60, read)
+    _, digest = await revoked_behind(admin, org, standby, stores)
+    name = HASH_KEY.format(digest.hex())
+    async with lookup_of(stores, pg_replica) as lookup:
+        await lookup.redis.delete(name)
         record = await lookup.find(digest)
         assert record is not None and record.status == "revoked"
-        assert await client.hget(HASH_KEY.format(digest.hex()), RECORD_FIELD) is None or \
-            b'"revoked"' in await client.hget(HASH_KEY.format(digest.hex()), RECORD_FIELD)
+        shared = await lookup.redis.hget(name, RECORD_FIELD)
+        assert shared is None or b'"revoked"' in shared
         assert lookup.fenced and lookup.position > 0
         lookup.unfence()  # the channel was re-subscribed: learnt again before the next use
         assert not lookup.fenced
-    finally:
-        await client.aclose()
-        await read.close()
-        await pool.close()
 
 
 async def test_without_redis_the_replica_is_not_trusted(
         admin: Admin, org: dict[str, Any], standby: asyncpg.Connection, stores: Stores,
         pg_replica: EmbeddedPostgres) -> None:
     """A change committed while Redis is down cannot be announced: the primary answers."""
-    key = await admin.key(org["id"], scopes=["svc:read"])
-    await caught_up(standby, stores)
-    await paused(standby)
-    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
-    pool = await create_pool(stores.database_url, StoreSettings())
-    read = await create_pool(pg_replica.url, StoreSettings())
-    nowhere = create_redis(f"redis://127.0.0.1:{free_port()}/0",
-                           StoreSettings(timeout_s=1.0))
-    try:
-        lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), nowhere, pool, 60, read)
+    _, digest = await revoked_behind(admin, org, standby, stores)
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    async with lookup_of(stores, pg_replica, redis_url=nowhere) as lookup:
         lookup.fenced = True
-        record = await lookup.find(keyformat.hash_key(key["key"]))
+        record = await lookup.find(digest)
         assert record is not None and record.status == "revoked"
-    finally:
-        await nowhere.aclose()
-        await read.close()
-        await pool.close()
 
 
 async def test_a_replica_that_fails_is_replaced_by_the_primary(
         admin: Admin, org: dict[str, Any], stores: Stores, pg_replica: EmbeddedPostgres
         ) -> None:
     key = await admin.key(org["id"], scopes=["svc:read"])
-    pool = await create_pool(stores.database_url, StoreSettings())
-    read = await create_pool(pg_replica.url, StoreSettings())
-    await read.close()  # every call on it now fails
-    client = create_redis(stores.redis_url, StoreSettings())
-    try:
-        lookup = keycache.KeyLookup(keycache.LocalCache(10, 60.0, 0.5), client, pool, 60, read)
+    async with lookup_of(stores, pg_replica, replica_closed=True) as lookup:
         record = await lookup.find(keyformat.hash_key(key["key"]))
         assert record is not None and record.id == key["id"]
-    finally:
-        await client.aclose()
-        await pool.close()
 
 
 def test_wal_positions_as_kept_in_redis_and_messages() -> None:
