@@ -58,10 +58,10 @@ class Change:
     position: int = 0  # the primary's WAL position once the change had committed (0: unknown)
 
 
-def message(kind: str, ident: str, position: int = 0, at: float | None = None) -> bytes:
-    """``at``: when it was announced (Unix time), for the workers' lag metric."""
+def message(kind: str, ident: str, position: int = 0) -> bytes:
+    """With the time it is announced (Unix time, ``at``), for the workers' lag metric."""
     return orjson.dumps({"type": kind, "id": ident, "lsn": replica.encode(position),
-                         "at": time.time() if at is None else at})
+                         "at": time.time()})
 
 
 async def announce(redis: Store, changes: Iterable[tuple[str, str]],
@@ -78,11 +78,11 @@ async def announce(redis: Store, changes: Iterable[tuple[str, str]],
             forget = redis.register_script(LIMITS)
             for name in redis_keys:  # one state, one slot, each
                 await forget(keys=[name], args=["f"])
-        at = replica.encode(position)
+        encoded = replica.encode(position)
         async with redis.pipeline(transaction=False) as pipe:
             for digest in hashes:
                 # EVAL, not EVALSHA: a cluster pipeline does not load scripts first.
-                pipe.eval(_CHANGED, 1, HASH_KEY.format(digest.hex()), at, GENERATION_TTL_S)
+                pipe.eval(_CHANGED, 1, HASH_KEY.format(digest.hex()), encoded, GENERATION_TTL_S)
             if len(pipe):
                 await pipe.execute()
         # Only now: a worker that hears this and looks again must not find the old record.
