@@ -123,7 +123,16 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
 @pytest.fixture
 def cluster_url(redis_cluster: EmbeddedRedisCluster) -> str:
     """The cluster's URL, every slot served (a test before may have failed a master over)
-    and every master emptied."""
+    and every master emptied. Nodes a test killed are started again first (they rejoin as
+    replicas), so every master has a replica to fail over to."""
+    dead = set(redis_cluster.procs) - set(redis_cluster.alive())
+    for port in dead:
+        redis_cluster.restart(port)
+    deadline = clock.monotonic() + 30
+    while not all("master_link_status:up" in redis_cluster.cli(port, "INFO", "replication")
+                  for port in dead):
+        assert clock.monotonic() < deadline, "a restarted Redis node never caught up"
+        clock.sleep(0.05)
     redis_cluster.wait_ok()
     redis_cluster.flush()
     return redis_cluster.url

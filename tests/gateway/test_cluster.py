@@ -213,6 +213,7 @@ async def test_a_worker_idle_through_a_failover_serves_its_next_burst(
     for _ in range(5):  # connections to the master of the key's limit state, in use
         assert (await gateway.get("/svc/x", headers={"X-API-Key": key["key"]})).status == 200
     master = redis_cluster.master_of(f"ks:{{{org['id']}}}:")
+    assert "connected_slaves:1" in redis_cluster.cli(master, "INFO", "replication")
     redis_cluster.kill(master)
     await asyncio.to_thread(redis_cluster.wait_ok)  # the replica is promoted, the slots served
 
