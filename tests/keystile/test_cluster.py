@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import psutil
+import pytest
 
 from gateway.database import connect
 from keystile.cluster import READY
@@ -71,3 +72,16 @@ def test_cluster_banner_works_and_ctrl_c_stops_everything(cli: Cli,  # noqa: F81
                  if str(data_dir) in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
     assert [f"{h}:{p}" for h, p in ports if not _free(h, p)] == []
+
+
+def test_cluster_refuses_to_empty_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    """``keystile cluster`` empties its data folder at each start: never one it did not make
+    (``--data-dir .`` must not wipe the current folder)."""
+    from keystile import cluster
+    from keystile.embedded import StoreStartError
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    with pytest.raises(StoreStartError, match="not made by keystile cluster"):
+        cluster.run(cluster.Layout.free(), tmp_path)
+    assert precious.read_text() == "keep me"
