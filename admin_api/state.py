@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from admin_api.webhooks.delivery import Sender
 from gateway.limits.exact import Limiter
 from gateway.redisclient import Store
 from gateway.settings import Settings
@@ -15,3 +16,4 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS: web.AppKey[Store] = web.AppKey("redis")
 LIMITER = web.AppKey("limiter", Limiter)
 USAGE = web.AppKey("usage", UsageRecorder)
+SENDER = web.AppKey("sender", Sender)

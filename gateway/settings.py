@@ -259,6 +259,30 @@ class DialectOptions(_Strict):
                            "organisation's provider_id")
 
 
+class WebhookSettings(_Strict):
+    """Sending webhooks (every admin API instance sends; the database shares the work)."""
+
+    timeout_s: float = Field(10.0, gt=0, le=60, description="one delivery attempt, "
+                             "connecting included")
+    retry_base_s: float = Field(10.0, gt=0, description="the wait after the first failed "
+                                "attempt; it doubles after each (with jitter)")
+    retry_max_s: float = Field(3600.0, gt=0, description="the longest wait between attempts")
+    give_up_after_s: float = Field(86400.0, gt=0, description="a delivery still failing this "
+                                   "long after its event is marked failed")
+    disable_after_s: float = Field(86400.0, gt=0, description="an endpoint failing every "
+                                   "attempt this long is disabled")
+    poll_interval_s: float = Field(1.0, gt=0, le=60, description="how often each instance "
+                                   "looks for deliveries due")
+    scan_interval_s: float = Field(30.0, gt=0, le=3600, description="how often keys are "
+                                   "checked for coming and past expiry")
+    concurrency: int = Field(32, ge=1, le=1024, description="deliveries in flight per instance")
+    retention_s: float = Field(30 * 86400.0, gt=0, description="finished deliveries and their "
+                               "events are kept this long")
+    allow_private_addresses: bool = Field(
+        False, description="deliver to loopback, private and link-local addresses (off: an "
+        "organisation cannot make Keystile probe its own network)")
+
+
 class Settings(_Strict):
     database_url: str = "postgresql://keystile@127.0.0.1:5432/keystile"
     database_read_url: str | None = Field(
@@ -268,6 +292,7 @@ class Settings(_Strict):
     admin: AdminSettings = AdminSettings()
     gateway: GatewaySettings = GatewaySettings()
     stores: StoreSettings = StoreSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     routes: list[RouteSettings] = []
     dialects: list[Literal["scrubs", "scrubbe", "nuxera", "opendental", "regen"]] = []
     dialect: dict[str, DialectOptions] = {}

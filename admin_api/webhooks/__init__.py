@@ -1,0 +1,1 @@
+"""Webhooks: signing, sending, and the expiry scheduler (every admin instance runs them)."""

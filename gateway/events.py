@@ -1,0 +1,81 @@
+"""Webhook events, written to the outbox in the transaction of the change that causes them.
+
+An event is recorded only when an enabled endpoint of its organisation asked for its type,
+and one delivery per such endpoint is queued with it; the admin API's senders take it from
+there (``admin_api.webhooks``). Events name the key by id, owner, name and display prefix,
+never by its secret."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from collections.abc import Mapping
+from typing import Any, Final
+
+from gateway import keyformat
+from gateway.database import Connection
+from gateway.keyrecord import KeyRecord
+
+KEY_CREATED: Final = "key.created"
+KEY_ROTATED: Final = "key.rotated"
+KEY_REVOKED: Final = "key.revoked"
+KEY_PAUSED: Final = "key.paused"
+KEY_EXPIRING: Final = "key.expiring"
+KEY_EXPIRED: Final = "key.expired"
+QUOTA_THRESHOLD: Final = "quota.threshold"
+USAGE_THRESHOLD: Final = "usage.threshold"
+TYPES: Final = (KEY_CREATED, KEY_ROTATED, KEY_REVOKED, KEY_PAUSED, KEY_EXPIRING, KEY_EXPIRED,
+                QUOTA_THRESHOLD, USAGE_THRESHOLD)
+
+# The event and its deliveries in one statement; nothing when no endpoint wants the type.
+RECORD = """WITH endpoints AS (
+    SELECT id FROM webhook_endpoints WHERE org_id = $2 AND enabled AND $4 = ANY(events)
+), event AS (
+    INSERT INTO webhook_events (id, org_id, key_id, type, payload, created_at)
+    SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM endpoints)
+    RETURNING id
+)
+INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering)
+SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, endpoints.id, $3
+FROM event CROSS JOIN endpoints"""
+
+# Orgs where some enabled endpoint wants any of the given types: the cheap test that spares
+# the work of finding events nobody asked for.
+WANTED = """SELECT DISTINCT org_id FROM webhook_endpoints
+WHERE org_id = ANY($1) AND enabled AND events && $2::text[]"""
+
+
+KEY_FIELDS: Final = ("id", "owner_id", "name", "prefix")
+
+
+def key_view(key: KeyRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """What an event says about a key: a key record, or a row with ``KEY_FIELDS``."""
+    if isinstance(key, KeyRecord):
+        return {name: getattr(key, name) for name in KEY_FIELDS}
+    return {name: key[name] for name in KEY_FIELDS}
+
+
+async def record(conn: Connection, type_: str, org_id: str, key: dict[str, Any],
+                 data: dict[str, Any], *, at: datetime | None = None) -> None:
+    """Queues a ``type_`` event about ``key`` (``key_view``) for ``org_id``'s endpoints."""
+    at = at or datetime.now(UTC)
+    event_id = keyformat.new_id("evt")
+    payload = {"id": event_id, "type": type_, "created_at": at.isoformat(),
+               "org_id": org_id, "key": key, "data": data}
+    await conn.execute(RECORD, event_id, org_id, key["id"], type_, payload, at)
+
+
+async def wanted(conn: Connection, org_ids: list[str], types: list[str]) -> set[str]:
+    return {r["org_id"] for r in await conn.fetch(WANTED, org_ids, types)}
+
+# An organisation's ``notifications`` as stored (jsonb; a missing field takes its default).
+DEFAULT_EXPIRING_BEFORE_S: Final = (7 * 86400, 86400)
+DEFAULT_PERCENT: Final = (80, 100)
+
+
+def expiring_before_s(notifications: Mapping[str, Any]) -> list[int]:
+    return list(notifications.get("expiring_before_s", DEFAULT_EXPIRING_BEFORE_S))
+
+
+def percents(notifications: Mapping[str, Any], field: str) -> list[int]:
+    """``quota_percent`` or ``usage_percent``."""
+    return list(notifications.get(field, DEFAULT_PERCENT))
