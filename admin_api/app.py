@@ -15,12 +15,15 @@ from admin_api.errors import Handler, add_standard_headers, error_middleware
 from admin_api.handlers.meta import OPENAPI, package_version
 from admin_api.openapi import build
 from admin_api.routes import ROUTES, add_routes
-from admin_api.state import LIMITER, POOL, REDIS, SETTINGS, USAGE
+from admin_api.state import LIMITER, POOL, REDIS, SENDER, SETTINGS, USAGE
+from admin_api.webhooks import expiry
+from admin_api.webhooks.delivery import Sender
 from gateway import logfilter
 from gateway.database import create_pool
 from gateway.limits.exact import Limiter
 from gateway.metrics import ADMIN_REQUESTS
 from gateway.redisclient import create_redis
+from gateway.secretbox import parse_key
 from gateway.settings import Settings
 from gateway.usage import UsageRecorder
 
@@ -55,6 +58,20 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITER].aclose()
 
 
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """Every admin instance sends due deliveries and scans for expiring keys."""
+    settings = app[SETTINGS]
+    box_key = parse_key(settings.encryption_key) if settings.encryption_key else None
+    app[SENDER] = Sender(app[POOL], settings.webhooks, box_key,
+                         user_agent=f"Keystile-Webhooks/{package_version()}")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(app[SENDER].run(stop)),
+             asyncio.create_task(expiry.run(app[POOL], settings.webhooks, stop))]
+    yield
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
@@ -71,7 +88,7 @@ def create_app(settings: Settings) -> web.Application:
                           client_max_size=settings.admin.request_body_limit)
     app[SETTINGS] = settings
     app[OPENAPI] = orjson.dumps(build(ROUTES, package_version()))
-    app.cleanup_ctx.extend([_postgres, _redis, _limits])
+    app.cleanup_ctx.extend([_postgres, _redis, _limits, _webhooks])
     app.on_response_prepare.append(add_standard_headers)
     add_routes(app)
     dialects.mount(app, settings)

@@ -7,9 +7,11 @@ never by its secret."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
+
+import asyncpg
 
 from gateway import keyformat
 from gateway.database import Connection
@@ -47,7 +49,7 @@ WHERE org_id = ANY($1) AND enabled AND events && $2::text[]"""
 KEY_FIELDS: Final = ("id", "owner_id", "name", "prefix")
 
 
-def key_view(key: KeyRecord | Mapping[str, Any]) -> dict[str, Any]:
+def key_view(key: KeyRecord | Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
     """What an event says about a key: a key record, or a row with ``KEY_FIELDS``."""
     if isinstance(key, KeyRecord):
         return {name: getattr(key, name) for name in KEY_FIELDS}

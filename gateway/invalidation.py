@@ -160,4 +160,4 @@ async def listen(redis: Store, apply: Callable[[Change], None],
         finally:
             if pubsub is not None:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]

@@ -65,6 +65,9 @@ INVALIDATION_LAG = Histogram(
     "hosts' clock skew adds to it)", buckets=BUCKETS)
 ADMIN_REQUESTS = Counter("keystile_admin_requests_total", "Admin API requests",
                          ["method", "route", "status"])
+WEBHOOK_ATTEMPTS = Counter("keystile_webhook_attempts_total",
+                           "Webhook delivery attempts by outcome: delivered (2xx), "
+                           "retrying, failed (given up)", ["outcome"])
 
 
 # The hot path's children, looked up once per label set (``labels()`` is slow per call).

@@ -1,8 +1,9 @@
 """Usage written behind to PostgreSQL: each process adds up what its requests spent and
 flushes it in one batch per interval (and on shutdown) — lifetime count, last use and daily
-counts. PostgreSQL stays the source of truth; a process that dies loses at most what it had
-not flushed yet: its last ``flush_interval_s`` of traffic, and what the flush under way (a
-batch taken when the flush began) had not committed."""
+counts, and the threshold webhook events the batch causes (``gateway.thresholds``).
+PostgreSQL stays the source of truth; a process that dies loses at most what it had not
+flushed yet: its last ``flush_interval_s`` of traffic, and what the flush under way (a batch
+taken when the flush began) had not committed."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import asyncpg
 
+from gateway import thresholds
 from gateway.metrics import FLUSH_LAG
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,8 @@ class UsageRecorder:
                 await conn.executemany(ADD_DAILY, [
                     (key_id, day, n) for key_id in sorted(batch.daily)
                     for day, n in sorted(batch.daily[key_id].items()) if n])
+                # Threshold webhooks, in the transaction that moved the counts.
+                await thresholds.detect(conn, batch.totals, batch.daily, datetime.now(UTC))
             self.flushed_at = time.monotonic()
         except BaseException as exc:
             # Not written (failure, or cancelled at shutdown): keep it for the next flush.

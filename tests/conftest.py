@@ -25,7 +25,9 @@ from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisClus
 
 # What ``keystile dev`` and the default config listen on (gateway, admin API, demo upstream).
 DEFAULT_PORTS = (8080, 8081, 9000)
-TABLES = "audit_log, key_usage_daily, key_secrets, keys, orgs, invalidation_outbox"
+TABLES = ("audit_log, key_usage_daily, key_secrets, keys, orgs, invalidation_outbox, "
+          "webhook_attempts, webhook_deliveries, webhook_events, webhook_endpoints, "
+          "webhook_marks")
 
 
 @dataclass(frozen=True)

@@ -27,19 +27,28 @@ from admin_api.models import (
 from admin_api.repository import audit, keys, orgs
 from admin_api.state import POOL, REDIS, SETTINGS
 from admin_api.views import audit_view, key_out, respond
-from gateway import keyformat
+from gateway import events, keyformat
 from gateway.database import Connection
 from gateway.keyrecord import KeyRecord
 from gateway.limits.exact import stale_counts
 from gateway.secretbox import parse_key, seal
 
 NOT_NULLABLE = ("name", "scopes", "rate_limits", "metadata")
+STATUS_EVENTS = {"revoked": events.KEY_REVOKED, "paused": events.KEY_PAUSED}
 
 
 async def _record(conn: Connection, request: web.Request, principal: Principal,
                   action: str, key: KeyRecord, changes: dict[str, Any]) -> None:
     await audit.record(conn, principal.actor, action, target_type="key", target_id=key.id,
                        org_id=key.org_id, changes=changes, request_id=request[REQUEST_ID])
+
+
+async def _announce(conn: Connection, principal: Principal, type_: str, key: KeyRecord,
+                    data: dict[str, Any]) -> None:
+    """The webhook event of a key change, in the change's transaction."""
+    actor = principal.actor
+    await events.record(conn, type_, key.org_id, events.key_view(key),
+                        {**data, "actor": {"type": actor.type, "id": actor.id}})
 
 
 async def _unset_previous_default(conn: Connection, request: web.Request, principal: Principal,
@@ -163,6 +172,8 @@ async def create(request: web.Request, principal: Principal, body: KeyCreate,
         await changes.key(conn, record.id)
         out = key_out(record, now)
         await _record(conn, request, principal, "key.create", record, audit_view(out))
+        await _announce(conn, principal, events.KEY_CREATED, record, {
+            "expires_at": expires_at.isoformat() if expires_at else None})
     await changes.announce(request.app[POOL], request.app[REDIS])
     return KeyCreated(**out.model_dump(), key=raw)
 
@@ -284,9 +295,10 @@ async def rotate(request: web.Request, principal: Principal, key_id: str, grace_
                                  timedelta(seconds=grace_seconds))
         updated = await keys.get(conn, key.id)
         assert updated is not None
-        await _record(conn, request, principal, "key.rotate", key,
-                      {"grace_seconds": grace_seconds,
-                       "previous_expires_at": ends.isoformat() if ends else None})
+        rotation = {"grace_seconds": grace_seconds,
+                    "previous_expires_at": ends.isoformat() if ends else None}
+        await _record(conn, request, principal, "key.rotate", key, rotation)
+        await _announce(conn, principal, events.KEY_ROTATED, updated, rotation)
     await changes.announce(request.app[POOL], request.app[REDIS])
     out = key_out(updated)
     return KeyRotated(**out.model_dump(), key=raw, previous_expires_at=ends)
@@ -306,6 +318,9 @@ async def set_status(request: web.Request, principal: Principal, key_id: str, ac
         await changes.key(conn, key.id)
         updated = await keys.set_status(conn, key.id, target)
         await _record(conn, request, principal, action, key, {"status": [key.status, target]})
+        if target in STATUS_EVENTS:
+            await _announce(conn, principal, STATUS_EVENTS[target], updated,
+                            {"previous_status": key.status})
     await changes.announce(request.app[POOL], request.app[REDIS])
     return key_out(updated)
 

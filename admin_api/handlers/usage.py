@@ -24,6 +24,7 @@ from admin_api.models import (
 from admin_api.repository import audit, keys
 from admin_api.state import LIMITER, POOL, REDIS, USAGE
 from admin_api.views import respond
+from gateway import thresholds
 from gateway.database import Queryable
 from gateway.keyrecord import KeyRecord
 from gateway.limits.exact import Limiter
@@ -76,6 +77,10 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
                                 fields=[{"field": "value", "message": "too large"}])
         await changes.key(conn, key.id)
         updated = await keys.change_usage(conn, key.id, body.op, body.value)
+        if updated.usage_count < key.usage_count:
+            await thresholds.forget_usage(conn, key.id)
+        await thresholds.detect(conn, {key.id: updated.usage_count - key.usage_count}, {},
+                                datetime.now(UTC))
         await audit.record(conn, principal.actor, "key.usage", target_type="key",
                            target_id=key.id, org_id=key.org_id,
                            changes={"op": body.op, "value": body.value,

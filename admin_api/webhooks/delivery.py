@@ -1,22 +1,276 @@
-"""Sending webhook deliveries (stub: being written)."""
+"""Sending webhook deliveries: at least once, signed, in creation order per endpoint and key.
+
+Every admin instance runs a ``Sender``. It claims due deliveries with ``FOR UPDATE SKIP
+LOCKED`` and a lease (an instance that dies mid-send leaves them to be claimed again once the
+lease ends), POSTs each outside any transaction, and records the attempt. A delivery is due
+when its endpoint is enabled, its next attempt time has come, and no earlier delivery of the
+same endpoint and key is still pending — so a receiver that was down gets each key's events
+in the order they happened. Failed attempts are retried with exponential backoff and jitter
+until ``give_up_after_s`` after the event, then the delivery is marked failed; an endpoint
+whose every attempt has failed for ``disable_after_s`` is disabled until someone enables it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass
 
+import aiohttp
 import asyncpg
+import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
+from admin_api.webhooks import signing
+from gateway.metrics import WEBHOOK_ATTEMPTS
 from gateway.settings import WebhookSettings
+
+log = logging.getLogger(__name__)
+
+# Deliveries due now, oldest due first, at most one per endpoint and key (the earliest
+# pending); claimed for ``lease`` seconds.
+CLAIM = """UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => $2)
+WHERE d.id IN (
+    SELECT c.id FROM webhook_deliveries c JOIN webhook_endpoints w ON w.id = c.endpoint_id
+    WHERE c.state = 'pending' AND c.next_attempt_at <= now() AND w.enabled
+      AND (c.leased_until IS NULL OR c.leased_until < now())
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                      WHERE e.endpoint_id = c.endpoint_id AND e.ordering = c.ordering
+                        AND e.state = 'pending' AND e.seq < c.seq)
+    ORDER BY c.next_attempt_at, c.seq LIMIT $1
+    FOR UPDATE OF c SKIP LOCKED)
+RETURNING d.id"""
+# What sending one delivery needs.
+LOAD = """SELECT d.id, d.endpoint_id, d.created_at, e.id AS event_id, e.type, e.payload,
+    w.url, w.secret, w.secret_sealed, w.previous_secret, w.previous_sealed,
+    COALESCE(w.previous_expires_at > now(), false) AS previous_live
+FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
+JOIN webhook_endpoints w ON w.id = d.endpoint_id WHERE d.id = $1"""
+# One attempt's outcome. The row lock orders attempts of one delivery (a resend can race
+# the sender), so each gets its own number.
+FINISH = """UPDATE webhook_deliveries SET attempts = attempts + 1, leased_until = NULL,
+    state = $2, next_attempt_at = now() + make_interval(secs => $3),
+    finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE COALESCE(finished_at, now()) END
+WHERE id = $1 RETURNING attempts"""
+ATTEMPT = """INSERT INTO webhook_attempts (delivery_id, n, status_code, error, latency_ms)
+VALUES ($1, $2, $3, $4, $5)"""
+STATE = """SELECT state, created_at, attempts FROM webhook_deliveries WHERE id = $1
+FOR UPDATE"""
+HEALTHY = "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1"
+# The endpoint has failed since failing_since; past the limit it is disabled.
+FAILING = """UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, now()),
+    enabled = enabled AND COALESCE(failing_since, now()) > now() - make_interval(secs => $2),
+    disabled_reason = CASE
+        WHEN enabled AND COALESCE(failing_since, now()) <= now() - make_interval(secs => $2)
+        THEN 'every attempt failed for ' || $2::bigint || ' s' ELSE disabled_reason END,
+    updated_at = now()
+WHERE id = $1 RETURNING enabled"""
+BODY_READ_LIMIT = 4096  # what is read of a receiver's answer: only its status matters
+
+
+def backoff_s(attempts: int, settings: WebhookSettings, rng: random.Random) -> float:
+    """The wait after the ``attempts``-th failed attempt: doubling from ``retry_base_s`` up
+    to ``retry_max_s``, with "equal jitter" (half fixed, half random) so receivers that come
+    back are not hit by every sender at once."""
+    ceiling = min(settings.retry_max_s,
+                  settings.retry_base_s * float(2 ** min(attempts - 1, 40)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def public_address(host: str) -> bool:
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_global)
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves names only to public addresses: a webhook URL must not reach into the
+    network Keystile runs in (checked per connection, so DNS re-binding does not help)."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = [r for r in await self._inner.resolve(host, port, family)
+                 if public_address(r["host"])]
+        if not found:
+            raise OSError(f"{host} resolves only to private, loopback or link-local "
+                          "addresses (see webhooks.allow_private_addresses)")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status_code: int | None
+    error: str | None
+    latency_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 class Sender:
-    def __init__(self, pool: asyncpg.Pool, settings: WebhookSettings, box_key: bytes | None
-                 ) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: WebhookSettings, box_key: bytes | None,
+                 user_agent: str = "Keystile-Webhooks") -> None:
         self.pool, self.settings, self.box_key = pool, settings, box_key
+        self.user_agent = user_agent
+        self.rng = random.Random()  # noqa: S311 - jitter, not a secret
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            resolver = (None if self.settings.allow_private_addresses
+                        else PublicOnlyResolver())
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=resolver, limit=0),
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+                headers={"User-Agent": self.user_agent})
+        return self._session
 
     async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
+        """Claims and sends until ``stop``; then waits for the sends under way."""
+        try:
+            while not stop.is_set():
+                claimed = 0
+                free = self.settings.concurrency - len(self._inflight)
+                if free > 0:
+                    try:
+                        claimed = await self._claim_and_start(free)
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                            asyncpg.InternalClientError) as exc:
+                        log.warning("webhook deliveries not claimed: %s", type(exc).__name__)
+                if claimed and claimed == free:
+                    continue  # more may be due at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
+        finally:
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+            if self._session is not None:
+                await self._session.close()
+
+    async def _claim_and_start(self, free: int) -> int:
+        lease = self.settings.timeout_s + 30
+        ids = [r["id"] for r in await self.pool.fetch(CLAIM, free, lease)]
+        for delivery_id in ids:
+            task = asyncio.create_task(self._deliver(delivery_id))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(ids)
+
+    async def _deliver(self, delivery_id: str) -> None:
+        try:
+            await self.resend(delivery_id)
+        except Exception as exc:  # the lease ends and it is claimed again
+            log.warning("webhook delivery %s not recorded: %s", delivery_id,
+                        type(exc).__name__)
 
     async def resend(self, delivery_id: str) -> None:
-        """One attempt now, recorded like any other (the delivery is 'delivered' if it
-        succeeds, whatever its state before)."""
+        """One attempt now, recorded like any other: the delivery is delivered when it
+        succeeds, whatever its state before."""
+        row = await self.pool.fetchrow(LOAD, delivery_id)
+        if row is None:
+            return  # deleted with its endpoint meanwhile
+        outcome = await self._post(row)
+        await self._record(row, outcome)
+
+    def _secrets(self, row: asyncpg.Record) -> list[str]:
+        live = [signing.load(row["secret"], row["secret_sealed"], row["endpoint_id"],
+                             self.box_key)]
+        if row["previous_live"] and row["previous_secret"] is not None:
+            live.append(signing.load(row["previous_secret"], row["previous_sealed"],
+                                     row["endpoint_id"], self.box_key))
+        return live
+
+    async def _post(self, row: asyncpg.Record) -> Outcome:
+        started = time.perf_counter()
+
+        def done(status: int | None, error: str | None) -> Outcome:
+            return Outcome(status, error, round((time.perf_counter() - started) * 1000, 3))
+
+        try:
+            url = URL(row["url"])
+            host = url.raw_host or ""
+            if not self.settings.allow_private_addresses and _is_ip(host) \
+                    and not public_address(host):
+                return done(None, f"{host} is a private, loopback or link-local address "
+                                  "(see webhooks.allow_private_addresses)")
+            body = orjson.dumps(row["payload"])
+            headers = {
+                "Content-Type": "application/json",
+                signing.HEADER: signing.header(self._secrets(row), int(time.time()), body),
+                "Keystile-Event-Id": row["event_id"],
+                "Keystile-Event-Type": row["type"],
+                "Keystile-Delivery-Id": row["id"],
+            }
+            async with self._client().post(url, data=body, headers=headers,
+                                           allow_redirects=False) as resp:
+                await resp.content.read(BODY_READ_LIMIT)
+                if 200 <= resp.status < 300:
+                    return done(resp.status, None)
+                return done(resp.status, f"the receiver answered {resp.status}")
+        except TimeoutError:
+            return done(None, f"no answer within {self.settings.timeout_s:g} s")
+        except (aiohttp.ClientError, OSError, ValueError, LookupError) as exc:
+            return done(None, _describe(exc))
+
+    async def _record(self, row: asyncpg.Record, outcome: Outcome) -> None:
+        disabled = False
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchrow(STATE, row["id"])
+            if current is None:
+                return  # deleted with its endpoint meanwhile
+            state, wait = current["state"], 0.0
+            if outcome.ok:
+                state = "delivered"
+                await conn.execute(HEALTHY, row["endpoint_id"])
+            else:
+                age = time.time() - current["created_at"].timestamp()
+                if state == "pending" and age >= self.settings.give_up_after_s:
+                    state = "failed"
+                elif state == "pending":
+                    wait = backoff_s(current["attempts"] + 1, self.settings, self.rng)
+                disabled = not await conn.fetchval(FAILING, row["endpoint_id"],
+                                                   self.settings.disable_after_s)
+            attempts = await conn.fetchval(FINISH, row["id"], state, wait)
+            await conn.execute(ATTEMPT, row["id"], attempts, outcome.status_code,
+                               outcome.error, outcome.latency_ms)
+        WEBHOOK_ATTEMPTS.labels(outcome="delivered" if outcome.ok else
+                                "failed" if state == "failed" else "retrying").inc()
+        if not outcome.ok:
+            log.info("webhook delivery %s attempt %d failed: %s", row["id"], attempts,
+                     outcome.error)
+        if disabled:
+            log.warning("webhook endpoint %s is disabled: its attempts have failed for %g s; "
+                        "enable it again with PATCH enabled=true", row["endpoint_id"],
+                        self.settings.disable_after_s)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    """A failed attempt in words for the deliveries list (no traceback, no secret)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"bad response: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"[:300]

@@ -8,10 +8,10 @@ import hashlib
 import hmac
 import secrets
 
-from gateway.secretbox import open_, seal
+from gateway.secretbox import SecretBoxError, open_, seal
 
 HEADER = "Keystile-Signature"
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 
 
 def new_secret() -> str:
@@ -49,4 +49,7 @@ def load(stored: bytes, sealed: bool, endpoint_id: str, box_key: bytes | None) -
         return bytes(stored).decode()
     if box_key is None:
         raise LookupError("this endpoint's secret is sealed; set KEYSTILE_ENCRYPTION_KEY")
-    return open_(box_key, endpoint_id, bytes(stored))
+    try:
+        return open_(box_key, endpoint_id, bytes(stored))
+    except SecretBoxError as exc:
+        raise LookupError(f"this endpoint's secret: {exc}") from None
