@@ -1,0 +1,144 @@
+"""Delivery: at least once, in order per key after an outage, outside the request path,
+given up and disabled after the configured time, private addresses refused."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from admin_api.webhooks.delivery import backoff_s, public_address
+from gateway.settings import WebhookSettings
+from tests.admin_api.conftest import Admin
+from tests.gateway.conftest import eventually
+from tests.webhooks.conftest import Receiver, subscribe_sql as subscribe
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
+    settings = WebhookSettings(retry_base_s=10, retry_max_s=3600)
+    rng = random.Random(7)
+    for attempts, ceiling in ((1, 10), (2, 20), (5, 160), (9, 2560), (10, 3600), (60, 3600)):
+        waits = [backoff_s(attempts, settings, rng) for _ in range(200)]
+        assert all(ceiling / 2 <= w <= ceiling for w in waits)
+        assert max(waits) - min(waits) > ceiling / 4  # jittered, not fixed
+
+
+def test_public_address() -> None:
+    assert public_address("93.184.215.14")
+    assert public_address("2606:4700::6810:84e5")
+    for private in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
+                    "fd00::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1"):
+        assert not public_address(private), private
+
+
+async def _deliveries(admin: Admin) -> list[Any]:
+    return await admin.db.fetch(
+        "SELECT d.state, d.attempts, e.type, e.key_id FROM webhook_deliveries d "
+        "JOIN webhook_events e ON e.id = d.event_id ORDER BY d.seq")
+
+
+async def test_a_receiver_that_was_down_gets_every_event_in_order_per_key(
+        admin: Admin, org: dict[str, Any]) -> None:
+    receiver = Receiver()  # not started: connections are refused
+    await subscribe(admin, org["id"], receiver.url)
+    made = []
+    a = await admin.key(org["id"], name="a")
+    b = await admin.key(org["id"], name="b")
+    made += [(a["id"], "key.created"), (b["id"], "key.created")]
+    for action, type_ in (("rotate", "key.rotated"), ("pause", "key.paused"),
+                          ("revoke", "key.revoked")):
+        for key in (b, a):
+            body = {"grace_seconds": 0} if action == "rotate" else None
+            await admin.call("POST", f"/v1/keys/{key['id']}/{action}", json=body, expect=200)
+            made.append((key["id"], type_))
+
+    async def retried() -> bool:  # both keys' first events have failed more than once
+        rows = await _deliveries(admin)
+        return all(r["attempts"] >= 2 for r in rows[:2])
+    await eventually(retried)
+    rows = await _deliveries(admin)
+    assert all(r["state"] == "pending" for r in rows)
+    # Later events of a key wait behind its first: nothing else was even tried.
+    assert [r["attempts"] for r in rows[2:]] == [0] * 6
+    errors = await admin.db.fetch("SELECT DISTINCT error FROM webhook_attempts")
+    assert [r["error"].split(":")[0] for r in errors] == ["cannot connect"]
+
+    await receiver.start()
+    try:
+        async def all_in() -> bool:
+            return len(receiver.got) >= len(made)
+        await eventually(all_in)
+    finally:
+        await receiver.stop()
+    got = [(e["key"]["id"], e["type"]) for e in receiver.events()]
+    assert sorted(got) == sorted(made)  # each exactly once
+    for key in (a, b):
+        assert [t for k, t in got if k == key["id"]] == [t for k, t in made if k == key["id"]]
+    assert {r["state"] for r in await _deliveries(admin)} == {"delivered"}
+
+
+async def test_a_slow_receiver_never_slows_the_gateway(
+        admin: Admin, org: dict[str, Any], gateway: TestClient, receiver: Receiver) -> None:
+    await subscribe(admin, org["id"], receiver.url)
+    receiver.gate.clear()  # the receiver holds every delivery until the test lets go
+    key = await admin.key(org["id"], scopes=["svc:read"], usage_limit=1000)
+    await asyncio.wait_for(receiver.arrived.wait(), 10)  # key.created is being delivered
+    statuses = []
+    for _ in range(50):
+        resp = await gateway.get("/svc/x", headers={"X-API-Key": key["key"],
+                                                    "X-Provider": "acme"})
+        await resp.read()
+        statuses.append(resp.status)
+    # Key changes through the admin API are not held up either.
+    await admin.call("POST", f"/v1/keys/{key['id']}/pause", expect=200)
+    assert statuses == [200] * 50
+    assert not receiver.gate.is_set() and receiver.got == []  # all of it while held
+    receiver.gate.set()
+
+    async def both() -> bool:
+        return len(receiver.got) >= 2
+    await eventually(both)
+    assert [e["type"] for e in receiver.events()] == ["key.created", "key.paused"]
+
+
+@pytest.mark.webhooks(give_up_after_s=0.3, disable_after_s=0.3)
+async def test_failing_deliveries_are_given_up_and_the_endpoint_disabled(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    receiver.status = 500
+    endpoint = await subscribe(admin, org["id"], receiver.url)
+    await admin.key(org["id"], name="first")
+
+    async def disabled() -> bool:
+        return not await admin.db.fetchval(
+            "SELECT enabled FROM webhook_endpoints WHERE id = $1", endpoint["id"])
+    await eventually(disabled)
+    row = await admin.db.fetchrow("SELECT state, attempts FROM webhook_deliveries")
+    assert row["state"] == "failed" and row["attempts"] >= 2
+    codes = await admin.db.fetch("SELECT DISTINCT status_code, error FROM webhook_attempts")
+    assert [(r["status_code"], r["error"]) for r in codes] == [
+        (500, "the receiver answered 500")]
+    reason = await admin.db.fetchval("SELECT disabled_reason FROM webhook_endpoints")
+    assert "failed" in reason
+    # While disabled, nothing is queued for it.
+    await admin.key(org["id"], name="second")
+    assert await admin.db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
+
+
+@pytest.mark.webhooks(allow_private_addresses=False)
+async def test_private_addresses_are_refused(admin: Admin, org: dict[str, Any],
+                                             receiver: Receiver) -> None:
+    await subscribe(admin, org["id"], receiver.url.replace("127.0.0.1", "localhost"))
+    await subscribe(admin, org["id"], receiver.url)
+    await admin.key(org["id"])
+
+    async def tried() -> bool:
+        return await admin.db.fetchval("SELECT count(*) FROM webhook_attempts") >= 2
+    await eventually(tried)
+    errors = sorted(r["error"] for r in await admin.db.fetch(
+        "SELECT error FROM webhook_attempts"))
+    assert any("127.0.0.1 is a private, loopback or link-local address" in e for e in errors)
+    assert any("localhost resolves only to private" in e for e in errors)
+    assert receiver.got == []

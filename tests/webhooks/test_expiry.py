@@ -1,0 +1,82 @@
+"""key.expiring and key.expired, found by the scheduler every admin instance runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from admin_api.webhooks import expiry
+from gateway.settings import Settings
+from tests.admin_api.conftest import Admin
+from tests.conftest import Stores
+from tests.gateway.conftest import eventually
+from tests.webhooks.conftest import FAST, Receiver, admin_settings, subscribe_sql as subscribe
+
+
+def _in(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+async def test_expiry_is_announced_once_across_three_admin_instances(
+        admin: Admin, org: dict[str, Any], receiver: Receiver, stores: Stores,
+        another_admin: Callable[[Settings], Any]) -> None:
+    await subscribe(admin, org["id"], receiver.url, events=["key.expiring", "key.expired"])
+    async with another_admin(admin_settings(stores)), another_admin(admin_settings(stores)):
+        soon = await admin.key(org["id"], name="soon", expires_at=_in(1.5))
+        week = await admin.key(org["id"], name="week", expires_at=_in(6 * 86400))
+        later = await admin.key(org["id"], name="later", expires_at=_in(30 * 86400))
+
+        async def expired() -> bool:
+            return bool(receiver.events("key.expired"))
+        await eventually(expired)
+    # Every occurrence due is marked: another round finds nothing to announce.
+    assert await expiry.scan(admin.db, FAST) == 0
+    expiring = receiver.events("key.expiring")
+    assert Counter((e["key"]["id"], e["data"]["warning_lead_s"]) for e in expiring) == {
+        (soon["id"], 86400): 1, (week["id"], 7 * 86400): 1}
+    assert [e["key"]["id"] for e in receiver.events("key.expired")] == [soon["id"]]
+    assert later["id"] not in {e["key"]["id"] for e in receiver.events()}
+    assert len(receiver.got) == 3
+    rows = await admin.db.fetch("SELECT count(*) AS n FROM webhook_events")
+    assert rows[0]["n"] == 3
+
+
+async def test_lead_times_are_the_organisations_and_a_new_expiry_warns_again(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    await admin.db.execute("UPDATE orgs SET notifications = $2 WHERE id = $1", org["id"],
+                           {"expiring_before_s": [3600]})
+    await subscribe(admin, org["id"], receiver.url, events=["key.expiring"])
+    key = await admin.key(org["id"], expires_at=_in(2 * 86400))
+    inside = await admin.key(org["id"], expires_at=_in(1800))
+
+    async def warned() -> bool:
+        return len(receiver.got) >= 1
+    await eventually(warned)
+    assert [e["key"]["id"] for e in receiver.events()] == [inside["id"]]
+    assert receiver.events()[0]["data"]["warning_lead_s"] == 3600
+    # The first key's expiry is brought forward into the lead time: it is warned now.
+    await admin.call("PATCH", f"/v1/keys/{key['id']}", json={"expires_at": _in(600)},
+                     expect=200)
+
+    async def both() -> bool:
+        return len(receiver.got) >= 2
+    await eventually(both)
+    assert receiver.events()[1]["key"]["id"] == key["id"]
+    assert 0 < receiver.events()[1]["data"]["expires_in_s"] <= 600
+
+
+async def test_keys_expired_before_the_endpoint_existed_are_not_announced(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    old = await admin.key(org["id"], expires_at=_in(3600))
+    await admin.db.execute("UPDATE keys SET expires_at = now() - interval '1 minute'")
+    await subscribe(admin, org["id"], receiver.url)
+    fresh = await admin.key(org["id"])  # key.created: the sender is running
+
+    async def created() -> bool:
+        return len(receiver.got) >= 1
+    await eventually(created)
+    assert await expiry.scan(admin.db, FAST) == 0
+    assert [e["key"]["id"] for e in receiver.events()] == [fresh["id"]]
+    assert old["id"] not in {e["key"]["id"] for e in receiver.events()}

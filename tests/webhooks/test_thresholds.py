@@ -1,0 +1,85 @@
+"""quota.threshold and usage.threshold, detected where the usage is spent (the gateway's
+write-behind flush, and the admin API's usage changes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway.thresholds import crossed
+from tests.admin_api.conftest import Admin
+from tests.gateway.conftest import eventually
+from tests.webhooks.conftest import Receiver, subscribe_sql as subscribe
+
+
+def test_crossed_names_each_threshold_reached_once() -> None:
+    assert crossed(0, 7, 10, [80, 100]) == []
+    assert crossed(7, 8, 10, [80, 100]) == [80]
+    assert crossed(7, 10, 10, [100, 80]) == [80, 100]
+    assert crossed(8, 10, 10, [80, 100]) == [100]
+    assert crossed(10, 12, 10, [80, 100]) == []
+    assert crossed(0, 1, 3, [50]) == []  # 50% of 3 is reached at 2 (rounded up)
+    assert crossed(1, 2, 3, [50]) == [50]
+    assert crossed(5, 3, 10, [40]) == []  # a refund goes down, never up
+    assert crossed(0, 5, 0, [80]) == []
+
+
+async def _spend(gateway: TestClient, key: str, n: int) -> list[int]:
+    statuses = []
+    for _ in range(n):
+        resp = await gateway.get("/svc/x", headers={"X-API-Key": key, "X-Provider": "acme"})
+        await resp.read()
+        statuses.append(resp.status)
+    return statuses
+
+
+async def test_thresholds_fire_once_as_the_gateway_spends(
+        admin: Admin, org: dict[str, Any], gateway: TestClient, receiver: Receiver) -> None:
+    await subscribe(admin, org["id"], receiver.url,
+                    events=["quota.threshold", "usage.threshold"])
+    quota_key = await admin.key(org["id"], scopes=["svc:read"], name="q",
+                                quota={"limit": 10, "period": "day"})
+    usage_key = await admin.key(org["id"], scopes=["svc:read"], name="u", usage_limit=5)
+    assert await _spend(gateway, quota_key["key"], 12) == [200] * 10 + [429] * 2
+    assert await _spend(gateway, usage_key["key"], 6) == [200] * 5 + [429]
+
+    async def four() -> bool:
+        return len(receiver.got) >= 4
+    await eventually(four)
+    quota = receiver.events("quota.threshold")
+    assert [(e["key"]["id"], e["data"]["percent"]) for e in quota] == [
+        (quota_key["id"], 80), (quota_key["id"], 100)]
+    assert quota[0]["data"]["limit"] == 10 and quota[0]["data"]["period"] == "day"
+    assert quota[0]["data"]["used"] >= 8 and quota[1]["data"]["used"] == 10
+    usage = receiver.events("usage.threshold")
+    assert [(e["key"]["id"], e["data"]["percent"]) for e in usage] == [
+        (usage_key["id"], 80), (usage_key["id"], 100)]
+    # Refused requests spend nothing and announce nothing more.
+    assert await _spend(gateway, quota_key["key"], 3) == [429] * 3
+    rows = await admin.db.fetch("SELECT type FROM webhook_events ORDER BY created_at")
+    assert sorted(r["type"] for r in rows) == ["quota.threshold"] * 2 + ["usage.threshold"] * 2
+
+
+async def test_the_organisations_percentages_apply_and_a_reset_announces_again(
+        admin: Admin, org: dict[str, Any], gateway: TestClient, receiver: Receiver) -> None:
+    await admin.db.execute("UPDATE orgs SET notifications = $2 WHERE id = $1", org["id"],
+                           {"usage_percent": [50]})
+    await subscribe(admin, org["id"], receiver.url, events=["usage.threshold"])
+    key = await admin.key(org["id"], scopes=["svc:read"], usage_limit=4)
+    assert await _spend(gateway, key["key"], 2) == [200, 200]
+
+    async def one() -> bool:
+        return len(receiver.got) >= 1
+    await eventually(one)
+    assert receiver.events()[0]["data"]["percent"] == 50
+    # An administrator resets the count: reaching 50% again is a new occurrence.
+    await admin.call("POST", f"/v1/keys/{key['id']}/usage", json={"op": "set", "value": 0},
+                     expect=200)
+    await admin.call("POST", f"/v1/keys/{key['id']}/usage",
+                     json={"op": "increment", "value": 3}, expect=200)
+
+    async def two() -> bool:
+        return len(receiver.got) >= 2
+    await eventually(two)
+    assert [e["data"]["used"] for e in receiver.events()] == [2, 3]
