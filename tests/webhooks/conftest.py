@@ -21,7 +21,7 @@ from gateway.settings import AdminSettings, GatewaySettings, Settings, WebhookSe
 from keystile.embedded import free_port
 from tests.admin_api.conftest import OPERATOR_TOKEN, Admin, admin, org, root  # noqa: F401
 from tests.conftest import Stores
-from tests.gateway.conftest import gateway, routes_for, upstream, Upstream  # noqa: F401
+from tests.gateway.conftest import Upstream, gateway, routes_for, upstream  # noqa: F401
 
 FAST = WebhookSettings(timeout_s=2, retry_base_s=0.05, retry_max_s=0.2, poll_interval_s=0.02,
                        scan_interval_s=0.05, allow_private_addresses=True)
@@ -132,20 +132,20 @@ def another_admin(aiohttp_client: Callable[..., Awaitable[TestClient]]
     return start
 
 
-async def subscribe(admin: Admin, org_id: str, url: str, **fields: Any) -> dict[str, Any]:
-    endpoint: dict[str, Any] = await admin.call(
+async def subscribe(api: Admin, org_id: str, url: str, **fields: Any) -> dict[str, Any]:
+    endpoint: dict[str, Any] = await api.call(
         "POST", f"/v1/orgs/{org_id}/webhooks", json={"url": url, **fields}, expect=201)
     return endpoint
 
 
-async def subscribe_sql(admin: Admin, org_id: str, url: str,  # TEMP until the API lands
+async def subscribe_sql(api: Admin, org_id: str, url: str,  # TEMP until the API lands
                         events: list[str] | None = None) -> dict[str, Any]:
     from admin_api.webhooks import signing
     from gateway import events as ev
     from gateway.keyformat import new_id
     secret = signing.new_secret()
     wid = new_id("whk")
-    await admin.db.execute(
+    await api.db.execute(
         "INSERT INTO webhook_endpoints (id, org_id, url, events, secret, secret_sealed) "
         "VALUES ($1, $2, $3, $4, $5, false)", wid, org_id, url, events or list(ev.TYPES),
         secret.encode())

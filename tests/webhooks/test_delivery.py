@@ -14,7 +14,8 @@ from admin_api.webhooks.delivery import backoff_s, public_address
 from gateway.settings import WebhookSettings
 from tests.admin_api.conftest import Admin
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import Receiver, subscribe_sql as subscribe
+from tests.webhooks.conftest import Receiver
+from tests.webhooks.conftest import subscribe_sql as subscribe
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
@@ -30,7 +31,7 @@ def test_public_address() -> None:
     assert public_address("93.184.215.14")
     assert public_address("2606:4700::6810:84e5")
     for private in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
-                    "fd00::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1"):
+                    "fd00::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1"):  # noqa: S104
         assert not public_address(private), private
 
 

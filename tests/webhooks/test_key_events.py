@@ -8,7 +8,8 @@ from typing import Any
 from admin_api.webhooks import signing
 from tests.admin_api.conftest import Admin
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import Receiver, subscribe_sql as subscribe
+from tests.webhooks.conftest import Receiver
+from tests.webhooks.conftest import subscribe_sql as subscribe
 
 
 async def test_each_key_event_arrives_once_with_a_valid_signature(
