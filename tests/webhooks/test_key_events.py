@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from admin_api.webhooks import signing
-from tests.admin_api.conftest import Admin
+from tests.admin_api.conftest import OPERATOR, Admin
 from tests.gateway.conftest import eventually
 from tests.webhooks.conftest import Receiver
 from tests.webhooks.conftest import subscribe_sql as subscribe
@@ -46,3 +46,36 @@ async def test_each_key_event_arrives_once_with_a_valid_signature(
     assert len({e["id"] for e in receiver.events()}) == 4
     rows = await admin.db.fetch("SELECT state, attempts FROM webhook_deliveries")
     assert [(r["state"], r["attempts"]) for r in rows] == [("delivered", 1)] * 4
+
+
+async def test_a_rolled_secret_signs_beside_the_new_one_until_its_grace_ends(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    endpoint = await subscribe(admin, org["id"], receiver.url)
+    old, new = endpoint["secret"], signing.new_secret()
+    await admin.db.execute(
+        "UPDATE webhook_endpoints SET previous_secret = secret, previous_sealed = false, "
+        "previous_expires_at = now() + interval '1 hour', secret = $2 WHERE id = $1",
+        endpoint["id"], new.encode())
+    await admin.key(org["id"], name="during")
+
+    async def one() -> bool:
+        return len(receiver.got) >= 1
+    await eventually(one)
+    got = receiver.got[0]
+    header = got.headers[signing.HEADER]
+    assert header.count("v1=") == 2
+    now = int(time.time())
+    assert signing.verify(header, got.body, old, now) and signing.verify(header, got.body, new,
+                                                                         now)
+    await admin.db.execute("UPDATE webhook_endpoints SET previous_expires_at = now()")
+    await admin.key(org["id"], name="after")
+
+    async def two() -> bool:
+        return len(receiver.got) >= 2
+    await eventually(two)
+    header = receiver.got[1].headers[signing.HEADER]
+    assert header.count("v1=") == 1
+    assert signing.verify(header, receiver.got[1].body, new, now)
+    assert not signing.verify(header, receiver.got[1].body, old, now)
+    metrics = await admin.client.get("/metrics", headers=OPERATOR)
+    assert 'keystile_webhook_attempts_total{outcome="delivered"}' in await metrics.text()
