@@ -7,7 +7,8 @@ when its endpoint is enabled, its next attempt time has come, and no earlier del
 same endpoint and key is still pending — so a receiver that was down gets each key's events
 in the order they happened. Failed attempts are retried with exponential backoff and jitter
 until ``give_up_after_s`` after the event, then the delivery is marked failed; an endpoint
-whose every attempt has failed for ``disable_after_s`` is disabled until someone enables it.
+whose every attempt has failed for ``disable_after_s`` (counted from the oldest event it could
+not take) is disabled until someone enables it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
@@ -64,11 +66,12 @@ VALUES ($1, $2, $3, $4, $5)"""
 STATE = """SELECT state, created_at, attempts FROM webhook_deliveries WHERE id = $1
 FOR UPDATE"""
 HEALTHY = "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1"
-# The endpoint has failed since failing_since; past the limit it is disabled.
-FAILING = """UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, now()),
-    enabled = enabled AND COALESCE(failing_since, now()) > now() - make_interval(secs => $2),
+# The endpoint has failed since failing_since (at the latest since the event it cannot take
+# was created); past the limit it is disabled.
+FAILING = """UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $3),
+    enabled = enabled AND COALESCE(failing_since, $3) > now() - make_interval(secs => $2),
     disabled_reason = CASE
-        WHEN enabled AND COALESCE(failing_since, now()) <= now() - make_interval(secs => $2)
+        WHEN enabled AND COALESCE(failing_since, $3) <= now() - make_interval(secs => $2)
         THEN 'every attempt failed for ' || $2::bigint || ' s' ELSE disabled_reason END,
     updated_at = now()
 WHERE id = $1 RETURNING enabled"""
@@ -243,8 +246,11 @@ class Sender:
                     state = "failed"
                 elif state == "pending":
                     wait = backoff_s(current["attempts"] + 1, self.settings, self.rng)
+                # A retry of a finished delivery says nothing of how long it has failed.
+                since = current["created_at"] if current["state"] == "pending" else None
                 disabled = not await conn.fetchval(FAILING, row["endpoint_id"],
-                                                   self.settings.disable_after_s)
+                                                   self.settings.disable_after_s,
+                                                   since or datetime.now(UTC))
             attempts = await conn.fetchval(FINISH, row["id"], state, wait)
             await conn.execute(ATTEMPT, row["id"], attempts, outcome.status_code,
                                outcome.error, outcome.latency_ms)

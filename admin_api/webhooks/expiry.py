@@ -75,9 +75,9 @@ async def scan(conn: Connection, settings: WebhookSettings) -> int:
         if not await conn.fetchval(LOCK):
             return 0
         await conn.execute(CLEAN, settings.retention_s)
-        longest = await conn.fetchval(LONGEST_LEAD, defaults)
-        if longest is None:
-            return 0
+        # None: no organisation wants expiry events (or none wants warnings ahead); keys
+        # that have expired are still looked for.
+        longest = await conn.fetchval(LONGEST_LEAD, defaults) or 0
         rows = await conn.fetch(DUE, defaults, EXPIRED_LOOKBACK_S, longest, BATCH)
         for row in rows:
             await events.record(conn, *_event(row), at=row["at"])

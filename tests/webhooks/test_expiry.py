@@ -81,3 +81,18 @@ async def test_keys_expired_before_the_endpoint_existed_are_not_announced(
     assert await expiry.scan(admin.db, FAST) == 0
     assert [e["key"]["id"] for e in receiver.events()] == [fresh["id"]]
     assert old["id"] not in {e["key"]["id"] for e in receiver.events()}
+
+
+async def test_an_organisation_without_warnings_still_hears_of_expiry(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    await admin.db.execute("UPDATE orgs SET notifications = $2 WHERE id = $1", org["id"],
+                           {"expiring_before_s": []})
+    await subscribe(admin, org["id"], receiver.url, events=["key.expiring", "key.expired"])
+    key = await admin.key(org["id"], expires_at=_in(3600))
+    await admin.db.execute("UPDATE keys SET expires_at = now()")  # after the endpoint's birth
+
+    async def expired() -> bool:
+        return len(receiver.got) >= 1
+    await eventually(expired)
+    assert [(e["type"], e["key"]["id"]) for e in receiver.events()] == [
+        ("key.expired", key["id"])]
