@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
+from yarl import URL
 
 from admin_api.caps import (
     MAX_METADATA_BYTES,
@@ -36,6 +37,7 @@ from admin_api.caps import (
     Name,
     NonEmptyName,
 )
+from gateway.events import DEFAULT_EXPIRING_BEFORE_S, DEFAULT_PERCENT, TYPES
 from gateway.keyformat import MAX_PREFIX_LEN, PREFIX_RE
 from gateway.scopes import SCOPE_RE
 from gateway.verification import PROVIDER_PATTERN
@@ -187,6 +189,24 @@ class StoredKeyDefaults(Output):
 
 # ---- organisations -------------------------------------------------------------------------
 
+LeadTime = Annotated[int, Field(ge=60, le=90 * 86400), INTEGRAL]
+Percent = Annotated[int, Field(ge=1, le=100), INTEGRAL]
+
+
+class Notifications(Input):
+    """When this organisation's webhooks hear of coming expiry and spent limits."""
+
+    expiring_before_s: Annotated[list[LeadTime], Field(max_length=5)] = Field(
+        default_factory=lambda: list(DEFAULT_EXPIRING_BEFORE_S),
+        description="key.expiring: seconds before expires_at (60 s to 90 days)")
+    quota_percent: Annotated[list[Percent], Field(max_length=5)] = Field(
+        default_factory=lambda: list(DEFAULT_PERCENT),
+        description="quota.threshold: shares of a period quota")
+    usage_percent: Annotated[list[Percent], Field(max_length=5)] = Field(
+        default_factory=lambda: list(DEFAULT_PERCENT),
+        description="usage.threshold: shares of the lifetime usage_limit")
+
+
 class OrgCreate(Input):
     name: NonEmptyName
     provider_id: ProviderId
@@ -195,6 +215,7 @@ class OrgCreate(Input):
     rate_limits: RateLimits = Field([], description="shared by all keys of the "
                                     "organisation")
     metadata: Metadata = {}
+    notifications: Notifications = Notifications()
 
 
 class OrgUpdate(Input):
@@ -206,6 +227,7 @@ class OrgUpdate(Input):
     key_defaults: KeyDefaults | NotNull = None
     rate_limits: RateLimits | NotNull = None
     metadata: Metadata | NotNull = None
+    notifications: Notifications | NotNull = None
 
 
 class OrgOut(Output):
@@ -216,6 +238,7 @@ class OrgOut(Output):
     key_defaults: StoredKeyDefaults
     rate_limits: list[RateLimit]
     metadata: dict[str, Any]
+    notifications: Notifications
     created_at: datetime
     updated_at: datetime
 
@@ -424,6 +447,124 @@ class AuditQuery(Query):
 
 
 # ---- plumbing ------------------------------------------------------------------------------
+
+# ---- webhooks ------------------------------------------------------------------------------
+
+EventType = Literal[TYPES]  # type: ignore[valid-type]
+MAX_WEBHOOK_URL_LEN = 2048
+
+
+def _webhook_url(value: str) -> str:
+    url = URL(value)
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if url.raw_user is not None or url.raw_password is not None:
+        raise ValueError("must not carry a user name or password; authenticate the "
+                         "receiver by the Keystile-Signature header")
+    if url.fragment:
+        raise ValueError("must not have a #fragment")
+    return value
+
+
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_WEBHOOK_URL_LEN),
+                       AfterValidator(_webhook_url)]
+EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=len(TYPES)),
+                       AfterValidator(lambda v: list(dict.fromkeys(v)))]
+
+
+class WebhookCreate(Input):
+    url: WebhookUrl
+    events: EventTypes = Field(default_factory=lambda: list(TYPES),
+                               description="the event types to send (default: all)")
+    description: Name = ""
+    enabled: bool = True
+
+
+class WebhookUpdate(Input):
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    url: WebhookUrl | NotNull = None
+    events: EventTypes | NotNull = None
+    description: Name | NotNull = None
+    enabled: bool | NotNull = Field(None, description="true re-enables an endpoint disabled "
+                                    "for failing")
+
+
+class WebhookOut(Output):
+    id: str
+    org_id: str
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None
+    previous_secret_expires_at: datetime | None = Field(
+        description="while in the future, the rolled-out secret still signs beside the new one")
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="the signing secret: shown once, never again")
+
+
+class WebhookRotate(Input):
+    grace_seconds: Annotated[int, Field(ge=0, le=7 * 86400), INTEGRAL] = 86400
+
+
+class WebhookRotated(WebhookCreated):
+    pass
+
+
+class WebhookList(Output):
+    data: list[WebhookOut]
+    next_cursor: str | None
+
+
+class WebhookListQuery(Query):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    cursor: Cursor | None = None
+
+
+DeliveryState = Literal["pending", "delivered", "failed"]
+
+
+class Attempt(Output):
+    n: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    latency_ms: float
+
+
+class Delivery(Output):
+    id: str
+    event_id: str
+    event_type: str
+    key_id: str | None
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: datetime | None = Field(description="when the next attempt is due "
+                                             "(pending deliveries only)")
+    created_at: datetime
+    finished_at: datetime | None
+    last_status_code: int | None
+    last_latency_ms: float | None
+    last_error: str | None
+    attempt_log: list[Attempt] = Field(description="every attempt, oldest first")
+
+
+class DeliveryList(Output):
+    data: list[Delivery]
+    next_cursor: str | None
+
+
+class DeliveryListQuery(Query):
+    state: DeliveryState | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    cursor: IntCursor | None = None
+
 
 class ErrorDetail(Output):
     code: str

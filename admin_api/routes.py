@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from admin_api import inputs
 from admin_api import models as m
 from admin_api.auth import PRINCIPAL, authenticate, require_manager, require_operator
-from admin_api.handlers import audit, keys, meta, orgs, owners, usage, verify
+from admin_api.handlers import audit, keys, meta, orgs, owners, usage, verify, webhooks
 from admin_api.state import POOL, SETTINGS
 
 HandlerFn = Callable[..., Awaitable[web.StreamResponse]]
@@ -94,6 +94,28 @@ ROUTES: tuple[Route, ...] = (
           body=m.OwnerLimits, response=m.OwnerLimitsOut),
     Route("DELETE", "/v1/orgs/{id}/owners/{owner_id}/limits", owners.delete_owner_limits,
           "Remove an owner's shared rate limits", "organisations", status=204),
+    Route("POST", "/v1/orgs/{id}/webhooks", webhooks.create_webhook,
+          "Register a webhook endpoint; its signing secret is in the response once",
+          "webhooks", body=m.WebhookCreate, response=m.WebhookCreated, status=201),
+    Route("GET", "/v1/orgs/{id}/webhooks", webhooks.list_webhooks,
+          "List an organisation's webhook endpoints", "webhooks", query=m.WebhookListQuery,
+          response=m.WebhookList),
+    Route("GET", "/v1/orgs/{id}/webhooks/{wid}", webhooks.get_webhook,
+          "Read a webhook endpoint", "webhooks", response=m.WebhookOut),
+    Route("PATCH", "/v1/orgs/{id}/webhooks/{wid}", webhooks.update_webhook,
+          "Change a webhook endpoint (enabled: true re-enables one disabled for failing)",
+          "webhooks", body=m.WebhookUpdate, response=m.WebhookOut),
+    Route("DELETE", "/v1/orgs/{id}/webhooks/{wid}", webhooks.delete_webhook,
+          "Remove a webhook endpoint and its deliveries", "webhooks", status=204),
+    Route("POST", "/v1/orgs/{id}/webhooks/{wid}/rotate", webhooks.rotate_webhook,
+          "Roll the signing secret; the old one signs beside it for grace_seconds",
+          "webhooks", body=m.WebhookRotate, response=m.WebhookRotated),
+    Route("GET", "/v1/orgs/{id}/webhooks/{wid}/deliveries", webhooks.list_deliveries,
+          "An endpoint's deliveries and their attempts, newest first", "webhooks",
+          query=m.DeliveryListQuery, response=m.DeliveryList),
+    Route("POST", "/v1/orgs/{id}/webhooks/{wid}/deliveries/{did}/retry",
+          webhooks.retry_delivery, "Send a delivery again now", "webhooks",
+          response=m.Delivery),
     Route("POST", "/v1/keys", keys.create_key, "Create a key; the raw key is in the response "
           "once", "keys", body=m.KeyCreate, response=m.KeyCreated, status=201),
     Route("GET", "/v1/keys", keys.list_keys, "List keys (metadata only)", "keys",

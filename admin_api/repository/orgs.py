@@ -10,19 +10,21 @@ from gateway import keyformat
 from gateway.database import Connection, Queryable
 
 ORG_COLUMNS = ("id, name, provider_id, key_prefix, key_defaults, rate_limits, metadata, "
-               "created_at, updated_at")
+               "notifications, created_at, updated_at")
 
 # Columns a PATCH may change; anything else never reaches SQL.
-UPDATABLE = ("name", "provider_id", "key_prefix", "key_defaults", "rate_limits", "metadata")
+UPDATABLE = ("name", "provider_id", "key_prefix", "key_defaults", "rate_limits", "metadata",
+             "notifications")
 
 
 async def insert(conn: Connection, values: dict[str, Any]) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"""INSERT INTO orgs (id, name, provider_id, key_prefix, key_defaults, rate_limits,
-            metadata)
-        VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {ORG_COLUMNS}""",
+            metadata, notifications)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {ORG_COLUMNS}""",
         values["id"], values["name"], values["provider_id"], values["key_prefix"],
         values["key_defaults"], values.get("rate_limits", []), values["metadata"],
+        values.get("notifications", {}),
     )
     assert row is not None  # INSERT … RETURNING always yields the row
     return row

@@ -137,16 +137,3 @@ async def subscribe(api: Admin, org_id: str, url: str, **fields: Any) -> dict[st
         "POST", f"/v1/orgs/{org_id}/webhooks", json={"url": url, **fields}, expect=201)
     return endpoint
 
-
-async def subscribe_sql(api: Admin, org_id: str, url: str,  # TEMP until the API lands
-                        events: list[str] | None = None) -> dict[str, Any]:
-    from admin_api.webhooks import signing
-    from gateway import events as ev
-    from gateway.keyformat import new_id
-    secret = signing.new_secret()
-    wid = new_id("whk")
-    await api.db.execute(
-        "INSERT INTO webhook_endpoints (id, org_id, url, events, secret, secret_sealed) "
-        "VALUES ($1, $2, $3, $4, $5, false)", wid, org_id, url, events or list(ev.TYPES),
-        secret.encode())
-    return {"id": wid, "secret": secret}

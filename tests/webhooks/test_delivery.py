@@ -14,8 +14,7 @@ from admin_api.webhooks.delivery import backoff_s, public_address
 from gateway.settings import WebhookSettings
 from tests.admin_api.conftest import Admin
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import Receiver
-from tests.webhooks.conftest import subscribe_sql as subscribe
+from tests.webhooks.conftest import Receiver, subscribe
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
@@ -126,6 +125,23 @@ async def test_failing_deliveries_are_given_up_and_the_endpoint_disabled(
     # While disabled, nothing is queued for it.
     await admin.key(org["id"], name="second")
     assert await admin.db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
+    base = f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}"
+    shown = await admin.call("GET", base, expect=200)
+    assert shown["enabled"] is False and "failed" in shown["disabled_reason"]
+    failed = (await admin.call("GET", f"{base}/deliveries?state=failed", expect=200))["data"]
+    assert len(failed) == 1 and failed[0]["event_type"] == "key.created"
+    assert failed[0]["last_status_code"] == 500
+    assert failed[0]["attempts"] == len(failed[0]["attempt_log"]) >= 2
+    assert all(a["latency_ms"] >= 0 for a in failed[0]["attempt_log"])
+    # The receiver is fixed: an operator enables the endpoint and sends the delivery again.
+    receiver.status = 200
+    enabled = await admin.call("PATCH", base, json={"enabled": True}, expect=200)
+    assert enabled["enabled"] and enabled["disabled_reason"] is None
+    assert enabled["failing_since"] is None
+    retried = await admin.call("POST", f"{base}/deliveries/{failed[0]['id']}/retry",
+                               expect=200)
+    assert retried["state"] == "delivered" and retried["last_status_code"] == 200
+    assert [e["key"]["name"] for e in receiver.events()] == ["first"]
 
 
 @pytest.mark.webhooks(allow_private_addresses=False)

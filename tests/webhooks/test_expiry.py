@@ -12,8 +12,7 @@ from gateway.settings import Settings
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import FAST, Receiver, admin_settings
-from tests.webhooks.conftest import subscribe_sql as subscribe
+from tests.webhooks.conftest import FAST, Receiver, admin_settings, subscribe
 
 
 def _in(seconds: float) -> str:

@@ -8,8 +8,7 @@ from typing import Any
 from admin_api.webhooks import signing
 from tests.admin_api.conftest import OPERATOR, Admin
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import Receiver
-from tests.webhooks.conftest import subscribe_sql as subscribe
+from tests.webhooks.conftest import Receiver, subscribe
 
 
 async def test_each_key_event_arrives_once_with_a_valid_signature(
@@ -51,11 +50,10 @@ async def test_each_key_event_arrives_once_with_a_valid_signature(
 async def test_a_rolled_secret_signs_beside_the_new_one_until_its_grace_ends(
         admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
     endpoint = await subscribe(admin, org["id"], receiver.url)
-    old, new = endpoint["secret"], signing.new_secret()
-    await admin.db.execute(
-        "UPDATE webhook_endpoints SET previous_secret = secret, previous_sealed = false, "
-        "previous_expires_at = now() + interval '1 hour', secret = $2 WHERE id = $1",
-        endpoint["id"], new.encode())
+    rolled = await admin.call("POST", f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}/rotate",
+                              json={"grace_seconds": 3600}, expect=200)
+    old, new = endpoint["secret"], rolled["secret"]
+    assert old != new and rolled["previous_secret_expires_at"] is not None
     await admin.key(org["id"], name="during")
 
     async def one() -> bool:
@@ -67,7 +65,10 @@ async def test_a_rolled_secret_signs_beside_the_new_one_until_its_grace_ends(
     now = int(time.time())
     assert signing.verify(header, got.body, old, now) and signing.verify(header, got.body, new,
                                                                          now)
-    await admin.db.execute("UPDATE webhook_endpoints SET previous_expires_at = now()")
+    # Rolled again without grace: only the newest signs.
+    newest = (await admin.call("POST",
+                               f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}/rotate",
+                               json={"grace_seconds": 0}, expect=200))["secret"]
     await admin.key(org["id"], name="after")
 
     async def two() -> bool:
@@ -75,7 +76,7 @@ async def test_a_rolled_secret_signs_beside_the_new_one_until_its_grace_ends(
     await eventually(two)
     header = receiver.got[1].headers[signing.HEADER]
     assert header.count("v1=") == 1
-    assert signing.verify(header, receiver.got[1].body, new, now)
-    assert not signing.verify(header, receiver.got[1].body, old, now)
+    assert signing.verify(header, receiver.got[1].body, newest, now)
+    assert not signing.verify(header, receiver.got[1].body, new, now)
     metrics = await admin.client.get("/metrics", headers=OPERATOR)
     assert 'keystile_webhook_attempts_total{outcome="delivered"}' in await metrics.text()

@@ -19,8 +19,7 @@ from tests.conftest import Stores
 from tests.gateway.conftest import Upstream, eventually
 from tests.gateway.test_workers import _start_gateway
 from tests.keystile.conftest import Cli, cli  # noqa: F401
-from tests.webhooks.conftest import FAST, Receiver, admin_settings
-from tests.webhooks.conftest import subscribe_sql as subscribe
+from tests.webhooks.conftest import FAST, Receiver, admin_settings, subscribe
 
 
 async def _spend(port: int, key: str, n: int) -> Counter[int]:

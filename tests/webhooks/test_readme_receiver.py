@@ -19,7 +19,7 @@ from admin_api.webhooks import signing
 from keystile.embedded import free_port
 from tests.admin_api.conftest import Admin
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import subscribe_sql as subscribe
+from tests.webhooks.conftest import subscribe
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -35,16 +35,15 @@ def _receiver_source() -> str:
 def readme_receiver(tmp_path: Path) -> Any:
     procs: list[subprocess.Popen[str]] = []
 
-    def start(secret: str) -> tuple[subprocess.Popen[str], int]:
+    def start(secret: str, port: int) -> subprocess.Popen[str]:
         script = tmp_path / "receiver.py"
         script.write_text(_receiver_source())
-        port = free_port()
         proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True,
                                 env={**os.environ, "KEYSTILE_WEBHOOK_SECRET": secret,
                                      "PORT": str(port)})
         procs.append(proc)
-        return proc, port
+        return proc
 
     yield start
     for proc in procs:
@@ -66,8 +65,10 @@ async def _listening(port: int) -> None:
 
 async def test_the_readme_receiver_verifies_real_deliveries(
         admin: Admin, org: dict[str, Any], readme_receiver: Any) -> None:
-    secret = signing.new_secret()
-    proc, port = readme_receiver(secret)
+    port = free_port()
+    endpoint = await subscribe(admin, org["id"], f"http://127.0.0.1:{port}/hooks")
+    secret = endpoint["secret"]
+    proc = readme_receiver(secret, port)
     await _listening(port)
     # A forged delivery (signed with another secret) and a stale one are refused.
     body = b'{"type": "key.revoked"}'
@@ -78,9 +79,6 @@ async def test_the_readme_receiver_verifies_real_deliveries(
             async with session.post(f"http://127.0.0.1:{port}/hooks", data=body,
                                     headers={signing.HEADER: header}) as resp:
                 assert resp.status == 400
-    endpoint = await subscribe(admin, org["id"], f"http://127.0.0.1:{port}/hooks")
-    await admin.db.execute("UPDATE webhook_endpoints SET secret = $2 WHERE id = $1",
-                           endpoint["id"], secret.encode())
     key = await admin.key(org["id"], name="readme")
     assert proc.stdout is not None
     line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 10)

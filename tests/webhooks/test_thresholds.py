@@ -10,8 +10,7 @@ from aiohttp.test_utils import TestClient
 from gateway.thresholds import crossed
 from tests.admin_api.conftest import Admin
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import Receiver
-from tests.webhooks.conftest import subscribe_sql as subscribe
+from tests.webhooks.conftest import Receiver, subscribe
 
 
 def test_crossed_names_each_threshold_reached_once() -> None:
