@@ -40,11 +40,8 @@ INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering)
 SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, endpoints.id, $3
 FROM event CROSS JOIN endpoints"""
 
-# Orgs where some enabled endpoint wants any of the given types: the cheap test that spares
-# the work of finding events nobody asked for.
-WANTED = """SELECT DISTINCT org_id FROM webhook_endpoints
-WHERE org_id = ANY($1) AND enabled AND events && $2::text[]"""
-
+# Senders LISTEN here: a commit that queued deliveries wakes them at once (else they poll).
+CHANNEL: Final = "keystile_webhooks"
 
 KEY_FIELDS: Final = ("id", "owner_id", "name", "prefix")
 
@@ -63,19 +60,14 @@ async def record(conn: Connection, type_: str, org_id: str, key: dict[str, Any],
     event_id = keyformat.new_id("evt")
     payload = {"id": event_id, "type": type_, "created_at": at.isoformat(),
                "org_id": org_id, "key": key, "data": data}
-    await conn.execute(RECORD, event_id, org_id, key["id"], type_, payload, at)
+    status = await conn.execute(RECORD, event_id, org_id, key["id"], type_, payload, at)
+    if not status.endswith(" 0"):  # "INSERT 0 <deliveries>"
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
-
-async def wanted(conn: Connection, org_ids: list[str], types: list[str]) -> set[str]:
-    return {r["org_id"] for r in await conn.fetch(WANTED, org_ids, types)}
 
 # An organisation's ``notifications`` as stored (jsonb; a missing field takes its default).
 DEFAULT_EXPIRING_BEFORE_S: Final = (7 * 86400, 86400)
 DEFAULT_PERCENT: Final = (80, 100)
-
-
-def expiring_before_s(notifications: Mapping[str, Any]) -> list[int]:
-    return list(notifications.get("expiring_before_s", DEFAULT_EXPIRING_BEFORE_S))
 
 
 def percents(notifications: Mapping[str, Any], field: str) -> list[int]:

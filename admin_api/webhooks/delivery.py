@@ -22,6 +22,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -31,6 +32,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from admin_api.webhooks import signing
+from gateway import events
 from gateway.metrics import WEBHOOK_ATTEMPTS
 from gateway.settings import WebhookSettings
 
@@ -132,6 +134,8 @@ class Sender:
         self.rng = random.Random()  # noqa: S311 - jitter, not a secret
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._listener: Any = None  # the pooled connection that LISTENs
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -144,9 +148,14 @@ class Sender:
         return self._session
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Claims and sends until ``stop``; then waits for the sends under way."""
+        """Claims and sends until ``stop``; then waits for the sends under way. It looks
+        again when woken — a commit that queued deliveries (NOTIFY), a delivery finished
+        (the next of its key may be due) — or every ``poll_interval_s``."""
+        stopping = asyncio.create_task(self._wake_on(stop))
         try:
             while not stop.is_set():
+                self._wake.clear()
+                await self._listen()
                 claimed = 0
                 free = self.settings.concurrency - len(self._inflight)
                 if free > 0:
@@ -158,12 +167,49 @@ class Sender:
                 if claimed and claimed == free:
                     continue  # more may be due at once
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
         finally:
+            stopping.cancel()
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
+            await self._unlisten()
             if self._session is not None:
                 await self._session.close()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        """A pooled connection kept for LISTEN; lost, it is made again on the next round
+        (polling covers the gap)."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        await self._unlisten()
+        try:
+            conn = await self.pool.acquire()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("webhook senders not listening: %s", type(exc).__name__)
+            return
+        try:
+            await conn.add_listener(events.CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self.pool.release(conn)
+            log.warning("webhook senders not listening: %s", type(exc).__name__)
+            return
+        self._listener = conn
+
+    async def _unlisten(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is None:
+            return
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await conn.remove_listener(events.CHANNEL, self._notified)
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self.pool.release(conn)
 
     async def _claim_and_start(self, free: int) -> int:
         lease = self.settings.timeout_s + 30
@@ -180,6 +226,7 @@ class Sender:
         except Exception as exc:  # the lease ends and it is claimed again
             log.warning("webhook delivery %s not recorded: %s", delivery_id,
                         type(exc).__name__)
+        self._wake.set()  # the next delivery of its key may be due now
 
     async def resend(self, delivery_id: str) -> None:
         """One attempt now, recorded like any other: the delivery is delivered when it

@@ -159,3 +159,25 @@ async def test_private_addresses_are_refused(admin: Admin, org: dict[str, Any],
     assert any("127.0.0.1 is a private, loopback or link-local address" in e for e in errors)
     assert any("localhost resolves only to private" in e for e in errors)
     assert receiver.got == []
+
+
+@pytest.mark.webhooks(poll_interval_s=60)
+async def test_senders_are_woken_by_new_events_and_by_finished_deliveries(
+        admin: Admin, org: dict[str, Any], gateway: TestClient, receiver: Receiver) -> None:
+    """With a poll a minute apart, every event still goes out at once: the commit that
+    queues it wakes the senders, and each delivery done lets the next of its key go."""
+    await subscribe(admin, org["id"], receiver.url)
+    key = await admin.key(org["id"], scopes=["svc:read"], usage_limit=2)
+    for _ in range(2):
+        resp = await gateway.get("/svc/x", headers={"X-API-Key": key["key"],
+                                                    "X-Provider": "acme"})
+        assert resp.status == 200
+    await admin.call("POST", f"/v1/keys/{key['id']}/pause", expect=200)
+    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+
+    async def all_five() -> bool:
+        return len(receiver.got) >= 5
+    await eventually(all_five)
+    types = [e["type"] for e in receiver.events()]
+    assert types[0] == "key.created" and sorted(types[1:]) == [
+        "key.paused", "key.revoked", "usage.threshold", "usage.threshold"]
