@@ -272,7 +272,8 @@ class WebhookSettings(_Strict):
     disable_after_s: float = Field(86400.0, gt=0, description="an endpoint failing every "
                                    "attempt this long is disabled")
     poll_interval_s: float = Field(1.0, gt=0, le=60, description="how often each instance "
-                                   "looks for deliveries due")
+                                   "looks for deliveries due when nothing woke it (a commit "
+                                   "that queues deliveries does, through NOTIFY)")
     scan_interval_s: float = Field(30.0, gt=0, le=3600, description="how often keys are "
                                    "checked for coming and past expiry")
     concurrency: int = Field(32, ge=1, le=1024, description="deliveries in flight per instance")
