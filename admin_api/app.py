@@ -62,7 +62,7 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     """Every admin instance sends due deliveries and scans for expiring keys."""
     settings = app[SETTINGS]
     box_key = parse_key(settings.encryption_key) if settings.encryption_key else None
-    app[SENDER] = Sender(app[POOL], settings.webhooks, box_key,
+    app[SENDER] = Sender(app[POOL], settings.database_url, settings.webhooks, box_key,
                          user_agent=f"Keystile-Webhooks/{package_version()}")
     stop = asyncio.Event()
     tasks = [asyncio.create_task(app[SENDER].run(stop)),

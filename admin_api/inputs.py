@@ -3,7 +3,8 @@ field and say what to fix."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -60,6 +61,20 @@ def query(request: web.Request, model: type[M]) -> M:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:
         raise _unprocessable(exc, "query parameters") from None
+
+
+def patch_fields(body: BaseModel, not_nullable: Iterable[str] | None = None
+                 ) -> dict[str, Any]:
+    """The fields a PATCH sent (JSON values): at least one, and none of ``not_nullable``
+    (default: any) sent as null — null clears only where clearing means something."""
+    fields = body.model_dump(mode="json", exclude_unset=True)
+    for name in fields if not_nullable is None else not_nullable:
+        if name in fields and fields[name] is None:
+            raise Unprocessable(f"{name}: cannot be null; leave it out to keep it",
+                                code="validation_failed")
+    if not fields:
+        raise Unprocessable("send at least one field to change", code="validation_failed")
+    return fields
 
 
 def encode_cursor(position: str | int) -> str:

@@ -21,9 +21,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                   schema="pg_catalog")
 
 
-async def connect(url: str, timeout: float = 10.0) -> asyncpg.Connection:
-    """A single connection with the same codecs as the pool (migrations, bootstrap, CLI)."""
-    conn = await asyncpg.connect(url, timeout=timeout)
+async def connect(url: str, timeout: float = 10.0, application_name: str | None = None
+                  ) -> asyncpg.Connection:
+    """A single connection with the same codecs as the pool (migrations, bootstrap, CLI);
+    ``application_name`` names it in ``pg_stat_activity``, over the URL's."""
+    settings = {"application_name": application_name} if application_name else None
+    conn = await asyncpg.connect(url, timeout=timeout, server_settings=settings)
     await _init_connection(conn)
     return conn
 

@@ -28,16 +28,26 @@ USAGE_THRESHOLD: Final = "usage.threshold"
 TYPES: Final = (KEY_CREATED, KEY_ROTATED, KEY_REVOKED, KEY_PAUSED, KEY_EXPIRING, KEY_EXPIRED,
                 QUOTA_THRESHOLD, USAGE_THRESHOLD)
 
+# Events about one key are queued one at a time (the sender takes the lock too, to let the
+# next delivery go), so each endpoint's deliveries about a key stand in commit order.
+QUEUE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('keystile webhooks ' || $1, 0))"
 # The event and its deliveries in one statement; nothing when no endpoint wants the type.
+# KEY SHARE: an endpoint removed meanwhile is skipped, not a foreign-key failure. A delivery
+# with an earlier one of its endpoint and key still pending waits behind it ('infinity').
 RECORD = """WITH endpoints AS (
     SELECT id FROM webhook_endpoints WHERE org_id = $2 AND enabled AND $4 = ANY(events)
+    FOR KEY SHARE
 ), event AS (
     INSERT INTO webhook_events (id, org_id, key_id, type, payload, created_at)
     SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM endpoints)
     RETURNING id
 )
-INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering)
-SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, endpoints.id, $3
+INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering, next_attempt_at)
+SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), event.id, endpoints.id, $3,
+    CASE WHEN EXISTS (SELECT 1 FROM webhook_deliveries q
+                      WHERE q.endpoint_id = endpoints.id AND q.ordering = $3
+                        AND q.state = 'pending') THEN 'infinity'::timestamptz
+         ELSE now() END
 FROM event CROSS JOIN endpoints"""
 
 # Senders LISTEN here: a commit that queued deliveries wakes them at once (else they poll).
@@ -60,6 +70,7 @@ async def record(conn: Connection, type_: str, org_id: str, key: dict[str, Any],
     event_id = keyformat.new_id("evt")
     payload = {"id": event_id, "type": type_, "created_at": at.isoformat(),
                "org_id": org_id, "key": key, "data": data}
+    await conn.execute(QUEUE_LOCK, key["id"])
     status = await conn.execute(RECORD, event_id, org_id, key["id"], type_, payload, at)
     if not status.endswith(" 0"):  # "INSERT 0 <deliveries>"
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)

@@ -11,49 +11,82 @@ new occurrence."""
 
 from __future__ import annotations
 
-import math
+from collections import defaultdict
 from collections.abc import Mapping
-from datetime import date, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from gateway import events
 from gateway.database import Connection
-from gateway.limits.periods import bounds
+from gateway.limits.periods import period_end, period_start
 
 # Keys of the batch with a limit whose organisation has an endpoint for threshold events,
-# with their counts as this transaction left them.
+# with their counts as this transaction left them (in id order: the queue locks are taken
+# in that order).
 CANDIDATES = """SELECT k.id, k.org_id, k.owner_id, k.name, k.prefix, k.usage_count,
-    k.usage_limit, k.quota, o.notifications,
-    CASE WHEN k.quota IS NOT NULL THEN (
-        SELECT COALESCE(sum(d.count), 0) FROM key_usage_daily d
-        WHERE d.key_id = k.id AND d.day >= CASE k.quota ->> 'period'
-            WHEN 'day' THEN $2::date WHEN 'week' THEN $3::date ELSE $4::date END) END
-        AS period_used
+    k.usage_limit, k.quota, o.notifications
 FROM keys k JOIN orgs o ON o.id = k.org_id
 WHERE k.id = ANY($1) AND (k.usage_limit IS NOT NULL OR k.quota IS NOT NULL)
   AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.org_id = k.org_id AND w.enabled
-              AND w.events && ARRAY['quota.threshold', 'usage.threshold'])"""
+              AND w.events && ARRAY['quota.threshold', 'usage.threshold'])
+ORDER BY k.id"""
+DAILY = """SELECT key_id, day, count FROM key_usage_daily
+WHERE key_id = ANY($1) AND day >= $2"""
 MARK = """INSERT INTO webhook_marks (key_id, occurrence) VALUES ($1, $2)
 ON CONFLICT DO NOTHING RETURNING true"""
 FORGET_USAGE = "DELETE FROM webhook_marks WHERE key_id = $1 AND occurrence LIKE 'usage:%'"
 
 
 def crossed(before: int, after: int, limit: int, percents: list[int]) -> list[int]:
-    """The percentages of ``limit`` that going from ``before`` to ``after`` reached."""
+    """The percentages of ``limit`` that going from ``before`` to ``after`` reached (p% of
+    it is reached at the smallest whole count at or above it)."""
     if limit <= 0:
         return []
-    return [p for p in sorted(set(percents))
-            if before < math.ceil(limit * p / 100) <= after]
+    return [p for p in sorted(set(percents)) if before < -(-limit * p // 100) <= after]
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    percent: int
+    used: int
+    start: datetime
+    end: datetime
+
+
+def _start_of(period: str, day: date) -> datetime:
+    return period_start(period, datetime.combine(day, time(), UTC))
+
+
+def quota_crossings(limit: int, period: str, percents: list[int],
+                    spent: Mapping[date, int], daily: Mapping[date, int]) -> list[Crossing]:
+    """The thresholds a batch (``spent`` per day) moved a quota across, period by period —
+    a batch written just after midnight may hold the end of the previous period — given
+    the daily counts as the batch left them."""
+    found = []
+    periods: dict[datetime, int] = defaultdict(int)
+    for day, n in spent.items():
+        periods[_start_of(period, day)] += n
+    for start, n in sorted(periods.items()):
+        end = period_end(period, start)
+        used = sum(c for day, c in daily.items() if start.date() <= day < end.date())
+        found += [Crossing(p, used, start, end)
+                  for p in crossed(used - n, used, limit, percents)]
+    return found
 
 
 async def detect(conn: Connection, totals: Mapping[str, int],
-                 daily: Mapping[str, Mapping[date, int]], now: datetime) -> None:
+                 daily: Mapping[str, Mapping[date, int]]) -> None:
     """After ``totals`` (lifetime) and ``daily`` were added, inside the same transaction."""
     if not totals:
         return
-    starts = {period: bounds(period, now) for period in ("day", "week", "month")}
-    rows = await conn.fetch(CANDIDATES, list(totals), *(starts[p][0].date()
-                                                        for p in ("day", "week", "month")))
+    rows = await conn.fetch(CANDIDATES, list(totals))
+    quota_keys = [r for r in rows if r["quota"] is not None and daily.get(r["id"])]
+    counts: dict[str, dict[date, int]] = defaultdict(dict)
+    if quota_keys:
+        since = min(_start_of(r["quota"]["period"], min(daily[r["id"]])) for r in quota_keys)
+        for d in await conn.fetch(DAILY, [r["id"] for r in quota_keys], since.date()):
+            counts[d["key_id"]][d["day"]] = d["count"]
     for row in rows:
         key_id, notes = row["id"], row["notifications"]
         if row["usage_limit"] is not None:
@@ -64,17 +97,18 @@ async def detect(conn: Connection, totals: Mapping[str, int],
                                 f"usage:{p}:{row['usage_limit']}",
                                 {"percent": p, "limit": row["usage_limit"], "used": after})
         quota: dict[str, Any] | None = row["quota"]
-        if quota is not None and row["period_used"] is not None:
-            start, end = starts[quota["period"]]
-            spent = sum(n for day, n in daily.get(key_id, {}).items() if day >= start.date())
-            after = int(row["period_used"])
-            for p in crossed(after - spent, after, quota["limit"],
-                             events.percents(notes, "quota_percent")):
-                await _announce(conn, row, events.QUOTA_THRESHOLD,
-                                f"quota:{p}:{quota['limit']}:{start.date().isoformat()}",
-                                {"percent": p, "limit": quota["limit"], "used": after,
-                                 "period": quota["period"], "period_start": start.isoformat(),
-                                 "resets_at": end.isoformat()})
+        if quota is None or key_id not in counts:
+            continue
+        for c in quota_crossings(quota["limit"], quota["period"],
+                                 events.percents(notes, "quota_percent"),
+                                 daily[key_id], counts[key_id]):
+            await _announce(
+                conn, row, events.QUOTA_THRESHOLD,
+                f"quota:{quota['period']}:{c.start.date().isoformat()}:{quota['limit']}:"
+                f"{c.percent}",
+                {"percent": c.percent, "limit": quota["limit"], "used": c.used,
+                 "period": quota["period"], "period_start": c.start.isoformat(),
+                 "resets_at": c.end.isoformat()})
 
 
 async def _announce(conn: Connection, row: Any, type_: str, occurrence: str,

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 import asyncpg
 
@@ -93,7 +93,7 @@ class UsageRecorder:
                     (key_id, day, n) for key_id in sorted(batch.daily)
                     for day, n in sorted(batch.daily[key_id].items()) if n])
                 # Threshold webhooks, in the transaction that moved the counts.
-                await thresholds.detect(conn, batch.totals, batch.daily, datetime.now(UTC))
+                await thresholds.detect(conn, batch.totals, batch.daily)
             self.flushed_at = time.monotonic()
         except BaseException as exc:
             # Not written (failure, or cancelled at shutdown): keep it for the next flush.

@@ -12,7 +12,7 @@ from admin_api import auth
 from admin_api.auth import Principal
 from admin_api.changes import Changes
 from admin_api.errors import REQUEST_ID, Conflict, Forbidden, NotFound, Unprocessable
-from admin_api.inputs import decode_int_cursor, encode_cursor
+from admin_api.inputs import decode_int_cursor, encode_cursor, patch_fields
 from admin_api.models import (
     KeyCreate,
     KeyCreated,
@@ -229,14 +229,8 @@ async def update_key(request: web.Request, principal: Principal, body: KeyUpdate
 
 async def update(request: web.Request, principal: Principal, key_id: str, body: KeyUpdate
                  ) -> KeyOut:
-    fields = body.model_dump(mode="json", exclude_unset=True)
+    fields = patch_fields(body, NOT_NULLABLE)
     audited = dict(fields)
-    for name in NOT_NULLABLE:
-        if name in fields and fields[name] is None:
-            raise Unprocessable(f"{name}: cannot be null; leave it out to keep it",
-                                code="validation_failed")
-    if not fields:
-        raise Unprocessable("send at least one field to change", code="validation_failed")
     if body.expires_at is not None:
         fields["expires_at"] = body.expires_at  # the column wants a datetime, not a string
     changes = Changes()

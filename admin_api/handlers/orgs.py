@@ -9,8 +9,8 @@ from aiohttp import web
 
 from admin_api.auth import Principal
 from admin_api.changes import Changes
-from admin_api.errors import REQUEST_ID, Conflict, NotFound, Unprocessable
-from admin_api.inputs import decode_cursor, encode_cursor
+from admin_api.errors import REQUEST_ID, Conflict, NotFound
+from admin_api.inputs import decode_cursor, encode_cursor, patch_fields
 from admin_api.models import OrgCreate, OrgDeleteQuery, OrgList, OrgListQuery, OrgUpdate
 from admin_api.repository import audit, orgs
 from admin_api.state import POOL, REDIS
@@ -63,13 +63,7 @@ async def _load(conn: Queryable, org_id: str, lock: Literal["UPDATE"] | None = N
 async def update_org(request: web.Request, principal: Principal, body: OrgUpdate
                      ) -> web.Response:
     org_id = request.match_info["id"]
-    fields = body.model_dump(mode="json", exclude_unset=True)
-    nulls = [name for name, value in fields.items() if value is None]
-    if nulls:
-        raise Unprocessable(f"{nulls[0]}: cannot be null; leave it out to keep it",
-                            code="validation_failed")
-    if not fields:
-        raise Unprocessable("send at least one field to change", code="validation_failed")
+    fields = patch_fields(body)
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await _load(conn, org_id, "UPDATE")

@@ -79,8 +79,7 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
         updated = await keys.change_usage(conn, key.id, body.op, body.value)
         if updated.usage_count < key.usage_count:
             await thresholds.forget_usage(conn, key.id)
-        await thresholds.detect(conn, {key.id: updated.usage_count - key.usage_count}, {},
-                                datetime.now(UTC))
+        await thresholds.detect(conn, {key.id: updated.usage_count - key.usage_count}, {})
         await audit.record(conn, principal.actor, "key.usage", target_type="key",
                            target_id=key.id, org_id=key.org_id,
                            changes={"op": body.op, "value": body.value,

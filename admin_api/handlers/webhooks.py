@@ -4,15 +4,15 @@ key; the secret is in the create and rotate responses only."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
 
 from admin_api import auth
 from admin_api.auth import Principal
-from admin_api.errors import REQUEST_ID, NotFound, Unprocessable
-from admin_api.inputs import decode_cursor, decode_int_cursor, encode_cursor
+from admin_api.errors import REQUEST_ID, Conflict, NotFound
+from admin_api.inputs import decode_cursor, decode_int_cursor, encode_cursor, patch_fields
 from admin_api.models import (
     Delivery,
     DeliveryList,
@@ -47,9 +47,9 @@ async def _org(conn: Queryable, org_id: str) -> None:
 
 
 async def _endpoint(conn: Queryable, request: web.Request, org_id: str,
-                    for_update: bool = False) -> asyncpg.Record:
+                    lock: Literal["UPDATE", "NO KEY UPDATE"] | None = None) -> asyncpg.Record:
     await _org(conn, org_id)
-    row = await webhooks.get(conn, org_id, request.match_info["wid"], for_update=for_update)
+    row = await webhooks.get(conn, org_id, request.match_info["wid"], lock)
     if row is None:
         raise NotFound("no webhook endpoint with that id in this organisation",
                        code="webhook_not_found")
@@ -108,15 +108,9 @@ async def get_webhook(request: web.Request, principal: Principal) -> web.Respons
 async def update_webhook(request: web.Request, principal: Principal, body: WebhookUpdate
                          ) -> web.Response:
     org_id = _org_id(request, principal)
-    fields = body.model_dump(exclude_unset=True)
-    nulls = [name for name, value in fields.items() if value is None]
-    if nulls:
-        raise Unprocessable(f"{nulls[0]}: cannot be null; leave it out to keep it",
-                            code="validation_failed")
-    if not fields:
-        raise Unprocessable("send at least one field to change", code="validation_failed")
+    fields = patch_fields(body)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        row = await _endpoint(conn, request, org_id, for_update=True)
+        row = await _endpoint(conn, request, org_id, "NO KEY UPDATE")
         updated = await webhooks.update(conn, row["id"], fields)
         await _audit(conn, request, principal, "webhook.update", org_id, row["id"], fields)
     return respond(_out(updated))
@@ -125,7 +119,7 @@ async def update_webhook(request: web.Request, principal: Principal, body: Webho
 async def delete_webhook(request: web.Request, principal: Principal) -> web.Response:
     org_id = _org_id(request, principal)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        row = await _endpoint(conn, request, org_id, for_update=True)
+        row = await _endpoint(conn, request, org_id, "UPDATE")
         await webhooks.delete(conn, row["id"])
         await _audit(conn, request, principal, "webhook.delete", org_id, row["id"], {})
     return respond(None, 204)
@@ -135,7 +129,7 @@ async def rotate_webhook(request: web.Request, principal: Principal, body: Webho
                          ) -> web.Response:
     org_id = _org_id(request, principal)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        row = await _endpoint(conn, request, org_id, for_update=True)
+        row = await _endpoint(conn, request, org_id, "NO KEY UPDATE")
         secret, stored, sealed = _stored_secret(request, row["id"])
         updated = await webhooks.roll_secret(conn, row["id"], stored, sealed,
                                              body.grace_seconds)
@@ -173,7 +167,10 @@ async def retry_delivery(request: web.Request, principal: Principal) -> web.Resp
     delivery_id = request.match_info["did"]
     if await webhooks.delivery(pool, endpoint["id"], delivery_id) is None:
         raise NotFound("no delivery with that id for this endpoint", code="delivery_not_found")
-    await request.app[SENDER].resend(delivery_id)
+    try:
+        await request.app[SENDER].resend(delivery_id)
+    except signing.SecretUnavailable as exc:
+        raise Conflict(str(exc), code="encryption_key_missing") from None
     async with pool.acquire() as conn, conn.transaction():
         await _audit(conn, request, principal, "webhook.retry", org_id, endpoint["id"],
                      {"delivery_id": delivery_id})

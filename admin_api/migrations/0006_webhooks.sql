@@ -14,6 +14,8 @@ CREATE TABLE webhook_endpoints (
     description         text NOT NULL DEFAULT '',
     enabled             boolean NOT NULL DEFAULT true,
     disabled_reason     text,
+    -- When it was last enabled: failures before it no longer count towards disabling it.
+    enabled_at          timestamptz NOT NULL DEFAULT now(),
     -- The signing secret: AES-GCM sealed when KEYSTILE_ENCRYPTION_KEY is set, else plain.
     secret              bytea NOT NULL,
     secret_sealed       boolean NOT NULL,
@@ -45,6 +47,8 @@ CREATE TABLE webhook_deliveries (
     seq             bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     event_id        text NOT NULL REFERENCES webhook_events (id) ON DELETE CASCADE,
     endpoint_id     text NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    -- The key the event is about. Only the earliest pending delivery of an endpoint and key
+    -- is due; the ones behind it wait with next_attempt_at 'infinity' until it finishes.
     ordering        text NOT NULL,
     state           text NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'delivered', 'failed')),
@@ -60,6 +64,7 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
 CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (endpoint_id, ordering, seq)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, seq);
+CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
 
 CREATE TABLE webhook_attempts (
     delivery_id text NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
@@ -79,6 +84,7 @@ CREATE TABLE webhook_marks (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (key_id, occurrence)
 );
+CREATE INDEX webhook_marks_created ON webhook_marks (created_at);
 
 -- The expiry scheduler reads keys by when they expire.
 CREATE INDEX keys_expiry ON keys (expires_at) WHERE expires_at IS NOT NULL;

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -28,13 +28,15 @@ async def insert(conn: Connection, values: dict[str, Any], secret: bytes, sealed
     return row
 
 
-async def get(conn: Queryable, org_id: str, endpoint_id: str, *, for_update: bool = False
-              ) -> asyncpg.Record | None:
+async def get(conn: Queryable, org_id: str, endpoint_id: str,
+              lock: Literal["UPDATE", "NO KEY UPDATE"] | None = None) -> asyncpg.Record | None:
+    """``lock``: UPDATE to delete it, NO KEY UPDATE to change it (events being queued for
+    it meanwhile, which take KEY SHARE, need not wait)."""
     if not keyformat.is_id("whk", endpoint_id):
         return None
     return await conn.fetchrow(
         f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND org_id = $2"
-        + (" FOR UPDATE" if for_update else ""), endpoint_id, org_id)
+        + (f" FOR {lock}" if lock else ""), endpoint_id, org_id)
 
 
 async def page(conn: Queryable, org_id: str, after: str | None, limit: int
@@ -50,7 +52,8 @@ async def update(conn: Connection, endpoint_id: str, changes: dict[str, Any]
     columns = [c for c in UPDATABLE if c in changes]
     sets = "".join(f"{c} = ${i}, " for i, c in enumerate(columns, start=2))
     if changes.get("enabled") is True:  # enabled again: its failures are forgiven
-        sets += "disabled_reason = NULL, failing_since = NULL, "
+        sets += ("disabled_reason = NULL, failing_since = NULL, enabled_at = CASE WHEN enabled "
+                 "THEN enabled_at ELSE now() END, ")
     elif changes.get("enabled") is False:
         sets += "disabled_reason = 'disabled by request', "
     row = await conn.fetchrow(
@@ -80,7 +83,8 @@ async def delete(conn: Connection, endpoint_id: str) -> None:
 
 
 DELIVERY_COLUMNS = """d.id, d.seq, d.event_id, e.type AS event_type, e.key_id, d.state,
-    d.attempts, CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+    d.attempts, CASE WHEN d.state = 'pending' AND d.next_attempt_at <> 'infinity'
+                THEN d.next_attempt_at END AS next_attempt_at,
     d.created_at, d.finished_at,
     COALESCE((SELECT jsonb_agg(jsonb_build_object(
         'n', a.n, 'at', a.at, 'status_code', a.status_code, 'error', a.error,

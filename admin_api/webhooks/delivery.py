@@ -22,7 +22,6 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 import asyncpg
@@ -33,6 +32,7 @@ from yarl import URL
 
 from admin_api.webhooks import signing
 from gateway import events
+from gateway.database import connect
 from gateway.metrics import WEBHOOK_ATTEMPTS
 from gateway.settings import WebhookSettings
 
@@ -52,7 +52,8 @@ WHERE d.id IN (
     FOR UPDATE OF c SKIP LOCKED)
 RETURNING d.id"""
 # What sending one delivery needs.
-LOAD = """SELECT d.id, d.endpoint_id, d.created_at, e.id AS event_id, e.type, e.payload,
+LOAD = """SELECT d.id, d.endpoint_id, d.ordering, d.created_at, e.id AS event_id, e.type,
+    e.payload,
     w.url, w.secret, w.secret_sealed, w.previous_secret, w.previous_sealed,
     COALESCE(w.previous_expires_at > now(), false) AS previous_live
 FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
@@ -70,13 +71,22 @@ FOR UPDATE"""
 HEALTHY = "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1"
 # The endpoint has failed since failing_since (at the latest since the event it cannot take
 # was created); past the limit it is disabled.
-FAILING = """UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $3),
-    enabled = enabled AND COALESCE(failing_since, $3) > now() - make_interval(secs => $2),
+FAILING = """UPDATE webhook_endpoints
+    SET failing_since = COALESCE(failing_since, GREATEST($3, enabled_at)),
+    enabled = enabled AND COALESCE(failing_since, GREATEST($3, enabled_at))
+                          > now() - make_interval(secs => $2),
     disabled_reason = CASE
-        WHEN enabled AND COALESCE(failing_since, $3) <= now() - make_interval(secs => $2)
+        WHEN enabled AND COALESCE(failing_since, GREATEST($3, enabled_at))
+                         <= now() - make_interval(secs => $2)
         THEN 'every attempt failed for ' || $2::bigint || ' s' ELSE disabled_reason END,
     updated_at = now()
 WHERE id = $1 RETURNING enabled"""
+# The delivery finished: the next of its endpoint and key is due now.
+NEXT = """UPDATE webhook_deliveries SET next_attempt_at = now()
+WHERE id = (SELECT id FROM webhook_deliveries
+            WHERE endpoint_id = $1 AND ordering = $2 AND state = 'pending'
+            ORDER BY seq LIMIT 1)
+  AND next_attempt_at = 'infinity'"""
 BODY_READ_LIMIT = 4096  # what is read of a receiver's answer: only its status matters
 
 
@@ -89,10 +99,39 @@ def backoff_s(attempts: int, settings: WebhookSettings, rng: random.Random) -> f
     return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def public_address(host: str) -> bool:
+    """A globally routable address — an IPv6 form carrying an IPv4 address (mapped, NAT64,
+    6to4, IPv4-compatible) is judged by that IPv4 address."""
     address = ipaddress.ip_address(host.split("%", 1)[0])
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool((mapped or address).is_global)
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and (address in NAT64 or int(address) >> 32 == 0):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded.is_global
+    return address.is_global
+
+
+def refuse_host(host: str, allow_private: bool) -> str | None:
+    """Why a URL's host is not sent to, or None. Numeric hosts that are not a canonical IP
+    address (``2130706433``, ``127.1``, ``0x7f.1``) are refused: the system resolver reads
+    them as an address that a check of the name would miss."""
+    literal = host.split("%", 1)[0]
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        try:
+            socket.inet_aton(host)
+        except OSError:
+            return None  # a name: the resolver checks what it resolves to
+        return f"{host} is not a canonical IP address; write it as a.b.c.d"
+    if not allow_private and not public_address(literal):
+        return (f"{host} is a private, loopback or link-local address (see "
+                "webhooks.allow_private_addresses)")
+    return None
 
 
 class PublicOnlyResolver(AbstractResolver):
@@ -127,15 +166,16 @@ class Outcome:
 
 
 class Sender:
-    def __init__(self, pool: asyncpg.Pool, settings: WebhookSettings, box_key: bytes | None,
-                 user_agent: str = "Keystile-Webhooks") -> None:
-        self.pool, self.settings, self.box_key = pool, settings, box_key
+    def __init__(self, pool: asyncpg.Pool, database_url: str, settings: WebhookSettings,
+                 box_key: bytes | None, user_agent: str = "Keystile-Webhooks") -> None:
+        self.pool, self.database_url = pool, database_url
+        self.settings, self.box_key = settings, box_key
         self.user_agent = user_agent
         self.rng = random.Random()  # noqa: S311 - jitter, not a secret
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._listener: Any = None  # the pooled connection that LISTENs
+        self._listener: asyncpg.Connection | None = None  # LISTENs on its own
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -184,32 +224,30 @@ class Sender:
         self._wake.set()
 
     async def _listen(self) -> None:
-        """A pooled connection kept for LISTEN; lost, it is made again on the next round
-        (polling covers the gap)."""
+        """A connection of its own kept for LISTEN (not the pool's: it would hold one for
+        good); lost, it is made again on the next round, and the poll covers the gap."""
         if self._listener is not None and not self._listener.is_closed():
             return
         await self._unlisten()
         try:
-            conn = await self.pool.acquire()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            conn = await connect(self.database_url, timeout=self.settings.timeout_s,
+                                 application_name="keystile webhook listener")
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("webhook senders not listening: %s", type(exc).__name__)
             return
         try:
             await conn.add_listener(events.CHANNEL, self._notified)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            await self.pool.release(conn)
+        except (OSError, TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            conn.terminate()
             log.warning("webhook senders not listening: %s", type(exc).__name__)
             return
         self._listener = conn
 
     async def _unlisten(self) -> None:
         conn, self._listener = self._listener, None
-        if conn is None:
-            return
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await conn.remove_listener(events.CHANNEL, self._notified)
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await self.pool.release(conn)
+        if conn is not None:
+            conn.terminate()  # closing a connection ends its LISTEN; nothing to wait for
 
     async def _claim_and_start(self, free: int) -> int:
         lease = self.settings.timeout_s + 30
@@ -223,6 +261,8 @@ class Sender:
     async def _deliver(self, delivery_id: str) -> None:
         try:
             await self.resend(delivery_id)
+        except signing.SecretUnavailable as exc:  # ours to fix, not the receiver's
+            log.error("webhook delivery %s not sent: %s", delivery_id, exc)
         except Exception as exc:  # the lease ends and it is claimed again
             log.warning("webhook delivery %s not recorded: %s", delivery_id,
                         type(exc).__name__)
@@ -234,7 +274,8 @@ class Sender:
         row = await self.pool.fetchrow(LOAD, delivery_id)
         if row is None:
             return  # deleted with its endpoint meanwhile
-        outcome = await self._post(row)
+        live = self._secrets(row)  # SecretUnavailable: no attempt made, none recorded
+        outcome = await self._post(row, live)
         await self._record(row, outcome)
 
     def _secrets(self, row: asyncpg.Record) -> list[str]:
@@ -245,7 +286,7 @@ class Sender:
                                      row["endpoint_id"], self.box_key))
         return live
 
-    async def _post(self, row: asyncpg.Record) -> Outcome:
+    async def _post(self, row: asyncpg.Record, live: list[str]) -> Outcome:
         started = time.perf_counter()
 
         def done(status: int | None, error: str | None) -> Outcome:
@@ -254,14 +295,13 @@ class Sender:
         try:
             url = URL(row["url"])
             host = url.raw_host or ""
-            if not self.settings.allow_private_addresses and _is_ip(host) \
-                    and not public_address(host):
-                return done(None, f"{host} is a private, loopback or link-local address "
-                                  "(see webhooks.allow_private_addresses)")
+            refused = refuse_host(host, self.settings.allow_private_addresses)
+            if refused:
+                return done(None, refused)
             body = orjson.dumps(row["payload"])
             headers = {
                 "Content-Type": "application/json",
-                signing.HEADER: signing.header(self._secrets(row), int(time.time()), body),
+                signing.HEADER: signing.header(live, int(time.time()), body),
                 "Keystile-Event-Id": row["event_id"],
                 "Keystile-Event-Type": row["type"],
                 "Keystile-Delivery-Id": row["id"],
@@ -274,12 +314,13 @@ class Sender:
                 return done(resp.status, f"the receiver answered {resp.status}")
         except TimeoutError:
             return done(None, f"no answer within {self.settings.timeout_s:g} s")
-        except (aiohttp.ClientError, OSError, ValueError, LookupError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             return done(None, _describe(exc))
 
     async def _record(self, row: asyncpg.Record, outcome: Outcome) -> None:
         disabled = False
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(events.QUEUE_LOCK, row["ordering"])
             current = await conn.fetchrow(STATE, row["id"])
             if current is None:
                 return  # deleted with its endpoint meanwhile
@@ -301,6 +342,8 @@ class Sender:
             attempts = await conn.fetchval(FINISH, row["id"], state, wait)
             await conn.execute(ATTEMPT, row["id"], attempts, outcome.status_code,
                                outcome.error, outcome.latency_ms)
+            if state != "pending":
+                await conn.execute(NEXT, row["endpoint_id"], row["ordering"])
         WEBHOOK_ATTEMPTS.labels(outcome="delivered" if outcome.ok else
                                 "failed" if state == "failed" else "retrying").inc()
         if not outcome.ok:
@@ -312,18 +355,13 @@ class Sender:
                         self.settings.disable_after_s)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
 def _describe(exc: BaseException) -> str:
-    """A failed attempt in words for the deliveries list (no traceback, no secret)."""
+    """A failed attempt in words for the deliveries list: no traceback, and no text that
+    could carry the URL (its query may hold the receiver's own token)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"bad response: {exc.message}"
-    return f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError):
+        return f"cannot connect: {exc.strerror or exc}"  # the resolver's refusal says why
+    return f"failed: {type(exc).__name__}"

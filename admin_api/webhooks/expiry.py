@@ -7,7 +7,8 @@ two scans at once announce it once. A key well inside several lead times (create
 days to live, with warnings at 7 days and 1 day) is warned once, at the shortest lead it is
 inside; changing ``expires_at`` makes a new occurrence.
 
-The scan also drops finished deliveries (and their events) older than ``retention_s``."""
+Each round then drops finished deliveries (and their events) older than ``retention_s``, and
+marks no longer needed."""
 
 from __future__ import annotations
 
@@ -48,10 +49,14 @@ DUE = """WITH due AS (
       AND EXISTS (SELECT 1 FROM webhook_endpoints w
                   WHERE w.org_id = k.org_id AND w.enabled AND w.created_at < k.expires_at
                     AND w.events && ARRAY['key.expiring', 'key.expired'])
-), occurrences AS (
+), named AS (
     SELECT due.*, CASE WHEN lead_s IS NULL THEN 'expired:' ELSE 'expiring:' || lead_s || ':'
                   END || extract(epoch FROM expires_at)::text AS occurrence
     FROM due WHERE expires_at <= now() OR lead_s IS NOT NULL
+), occurrences AS (  -- those not announced yet, so announced ones never fill the batch
+    SELECT * FROM named WHERE NOT EXISTS (
+        SELECT 1 FROM webhook_marks m WHERE m.key_id = named.id
+                                        AND m.occurrence = named.occurrence)
     ORDER BY expires_at LIMIT $4
 ), marked AS (
     INSERT INTO webhook_marks (key_id, occurrence)
@@ -65,16 +70,24 @@ CLEAN = """DELETE FROM webhook_events WHERE id IN (
     WHERE e.created_at < now() - make_interval(secs => $1)
       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                       WHERE d.event_id = e.id AND d.state = 'pending')
-    LIMIT 10000)"""
+    LIMIT 1000)"""
+# Marks no longer needed: a quota period is at most 31 days; an expiry warning is at most
+# 90 days ahead and an expiry is looked back on for EXPIRED_LOOKBACK_S. Lifetime marks stay.
+FORGET = """DELETE FROM webhook_marks WHERE ctid IN (
+    SELECT ctid FROM webhook_marks
+    WHERE created_at < now() - interval '32 days'
+      AND (occurrence LIKE 'quota:%' OR (occurrence LIKE 'expir%'
+                                         AND created_at < now() - interval '98 days'))
+    LIMIT 1000)"""
 
 
-async def scan(conn: Connection, settings: WebhookSettings) -> int:
-    """One round; returns how many events it recorded (0 when another instance scans)."""
+async def scan(conn: Connection, settings: WebhookSettings) -> int | None:
+    """One round; returns how many events it recorded, or None when another instance was
+    scanning (and this one did nothing)."""
     defaults = list(events.DEFAULT_EXPIRING_BEFORE_S)
     async with conn.transaction():
         if not await conn.fetchval(LOCK):
-            return 0
-        await conn.execute(CLEAN, settings.retention_s)
+            return None
         # None: no organisation wants expiry events (or none wants warnings ahead); keys
         # that have expired are still looked for.
         longest = await conn.fetchval(LONGEST_LEAD, defaults) or 0
@@ -82,6 +95,12 @@ async def scan(conn: Connection, settings: WebhookSettings) -> int:
         for row in rows:
             await events.record(conn, *_event(row), at=row["at"])
     return len(rows)
+
+
+async def clean(conn: Connection, settings: WebhookSettings) -> None:
+    """Drops what retention no longer keeps, a batch at a time, each in its own statement."""
+    await conn.execute(CLEAN, settings.retention_s)
+    await conn.execute(FORGET)
 
 
 def _event(row: asyncpg.Record) -> tuple[str, str, dict[str, object], dict[str, object]]:
@@ -102,6 +121,7 @@ async def run(pool: asyncpg.Pool, settings: WebhookSettings, stop: asyncio.Event
             async with pool.acquire() as conn:
                 while await scan(conn, settings) == BATCH and not stop.is_set():
                     pass  # a backlog: keep going
+                await clean(conn, settings)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 asyncpg.InternalClientError) as exc:
             log.warning("webhook expiry scan failed: %s", type(exc).__name__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 from gateway.secretbox import SecretBoxError, open_, seal
@@ -31,10 +32,15 @@ def verify(value: str, body: bytes, secret: str, now: int, tolerance_s: int = 30
     """What a receiver does: some ``v1`` matches, and ``t`` is recent (no replays)."""
     parts = [p.partition("=") for p in value.split(",")]
     stamps = [v for k, _, v in parts if k == "t"]
-    if len(stamps) != 1 or not stamps[0].isdigit() or abs(now - int(stamps[0])) > tolerance_s:
+    if len(stamps) != 1 or not re.fullmatch(r"[0-9]{1,12}", stamps[0]) \
+            or abs(now - int(stamps[0])) > tolerance_s:
         return False
-    expected = signature(secret, int(stamps[0]), body)
-    return any(hmac.compare_digest(expected, v) for k, _, v in parts if k == "v1")
+    expected = signature(secret, int(stamps[0]), body).encode()
+    return any(hmac.compare_digest(expected, v.encode()) for k, _, v in parts if k == "v1")
+
+
+class SecretUnavailable(LookupError):
+    """A sealed secret without the encryption key that opens it: the operator's to fix."""
 
 
 def store(secret: str, endpoint_id: str, box_key: bytes | None) -> tuple[bytes, bool]:
@@ -48,8 +54,10 @@ def load(stored: bytes, sealed: bool, endpoint_id: str, box_key: bytes | None) -
     if not sealed:
         return bytes(stored).decode()
     if box_key is None:
-        raise LookupError("this endpoint's secret is sealed; set KEYSTILE_ENCRYPTION_KEY")
+        raise SecretUnavailable(f"the signing secret of {endpoint_id} is encrypted; set "
+                                "KEYSTILE_ENCRYPTION_KEY to the key it was stored under")
     try:
         return open_(box_key, endpoint_id, bytes(stored))
-    except SecretBoxError as exc:
-        raise LookupError(f"this endpoint's secret: {exc}") from None
+    except SecretBoxError:
+        raise SecretUnavailable(f"KEYSTILE_ENCRYPTION_KEY does not open the signing secret of "
+                                f"{endpoint_id}; set the key it was stored under") from None

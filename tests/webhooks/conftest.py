@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from admin_api.accesslog import AccessLogger
 from admin_api.app import create_app
+from admin_api.webhooks import expiry
 from gateway.settings import AdminSettings, GatewaySettings, Settings, WebhookSettings
 from keystile.embedded import free_port
 from tests.admin_api.conftest import OPERATOR_TOKEN, Admin, admin, org, root  # noqa: F401
@@ -137,3 +138,15 @@ async def subscribe(api: Admin, org_id: str, url: str, **fields: Any) -> dict[st
         "POST", f"/v1/orgs/{org_id}/webhooks", json={"url": url, **fields}, expect=201)
     return endpoint
 
+
+
+async def nothing_left_to_announce(db: Any) -> None:
+    """A scan of this test's own finds no expiry left to announce (it waits while another
+    instance's scan holds the lock)."""
+    for _ in range(200):
+        found = await expiry.scan(db, FAST)
+        if found is not None:
+            assert found == 0, f"{found} expiry event(s) were still due"
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("another instance kept scanning")

@@ -7,12 +7,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from admin_api.webhooks import expiry
 from gateway.settings import Settings
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import FAST, Receiver, admin_settings, subscribe
+from tests.webhooks.conftest import Receiver, admin_settings, nothing_left_to_announce, subscribe
 
 
 def _in(seconds: float) -> str:
@@ -32,7 +31,7 @@ async def test_expiry_is_announced_once_across_three_admin_instances(
             return bool(receiver.events("key.expired"))
         await eventually(expired)
     # Every occurrence due is marked: another round finds nothing to announce.
-    assert await expiry.scan(admin.db, FAST) == 0
+    await nothing_left_to_announce(admin.db)
     expiring = receiver.events("key.expiring")
     assert Counter((e["key"]["id"], e["data"]["warning_lead_s"]) for e in expiring) == {
         (soon["id"], 86400): 1, (week["id"], 7 * 86400): 1}
@@ -77,7 +76,7 @@ async def test_keys_expired_before_the_endpoint_existed_are_not_announced(
     async def created() -> bool:
         return len(receiver.got) >= 1
     await eventually(created)
-    assert await expiry.scan(admin.db, FAST) == 0
+    await nothing_left_to_announce(admin.db)
     assert [e["key"]["id"] for e in receiver.events()] == [fresh["id"]]
     assert old["id"] not in {e["key"]["id"] for e in receiver.events()}
 

@@ -12,14 +12,13 @@ from typing import Any
 
 import aiohttp
 
-from admin_api.webhooks import expiry
 from gateway.settings import Settings
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import Upstream, eventually
 from tests.gateway.test_workers import _start_gateway
 from tests.keystile.conftest import Cli, cli  # noqa: F401
-from tests.webhooks.conftest import FAST, Receiver, admin_settings, subscribe
+from tests.webhooks.conftest import Receiver, admin_settings, nothing_left_to_announce, subscribe
 
 
 async def _spend(port: int, key: str, n: int) -> Counter[int]:
@@ -56,7 +55,7 @@ async def test_two_admins_and_two_workers_announce_each_occurrence_once(
                 "SELECT sum(count) FROM key_usage_daily WHERE key_id = $1", quota["id"])
             return usage == 40 and daily == 40 and len(receiver.got) >= 6
         await eventually(settled, timeout=15)
-    assert await expiry.scan(admin.db, FAST) == 0
+    await nothing_left_to_announce(admin.db)
     got = Counter((e["key"]["id"], e["type"], e["data"].get("percent"))
                   for e in receiver.events())
     assert got == {
