@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from admin_api.webhooks.delivery import backoff_s, public_address
+from admin_api.webhooks.delivery import backoff_s, public_address, refuse_host
 from gateway.settings import WebhookSettings
 from tests.admin_api.conftest import Admin
 from tests.gateway.conftest import eventually
@@ -29,9 +29,20 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
 def test_public_address() -> None:
     assert public_address("93.184.215.14")
     assert public_address("2606:4700::6810:84e5")
+    assert public_address("64:ff9b::5db8:d70e")  # NAT64 of a public address
     for private in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
-                    "fd00::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1"):  # noqa: S104
+                    "fd00::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1",  # noqa: S104
+                    "64:ff9b::a00:1", "2002:a00:1::1", "::7f00:1"):
         assert not public_address(private), private
+
+
+def test_hosts_refused_before_connecting() -> None:
+    assert refuse_host("hooks.example.com", False) is None  # names: the resolver checks
+    assert refuse_host("93.184.215.14", False) is None
+    assert "private" in (refuse_host("10.0.0.1", False) or "")
+    assert refuse_host("10.0.0.1", True) is None
+    for sneaky in ("2130706433", "127.1", "0x7f.0.0.1", "017700000001"):
+        assert "not a canonical IP address" in (refuse_host(sneaky, True) or ""), sneaky
 
 
 async def _deliveries(admin: Admin) -> list[Any]:
@@ -181,3 +192,73 @@ async def test_senders_are_woken_by_new_events_and_by_finished_deliveries(
     types = [e["type"] for e in receiver.events()]
     assert types[0] == "key.created" and sorted(types[1:]) == [
         "key.paused", "key.revoked", "usage.threshold", "usage.threshold"]
+
+
+@pytest.mark.webhooks(give_up_after_s=10 * 86400)
+async def test_failures_before_an_endpoint_was_enabled_again_do_not_count(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    receiver.status = 500
+    endpoint = await subscribe(admin, org["id"], receiver.url)
+    # An endpoint of long standing, and an event two days old that the receiver keeps
+    # refusing: it has been failing for longer than a day, so it is disabled at once.
+    await admin.db.execute("UPDATE webhook_endpoints SET enabled_at = now() - interval '3 days'")
+    await admin.db.execute(
+        "INSERT INTO webhook_events (id, org_id, key_id, type, payload, created_at) "
+        "VALUES ('evt_old', $1, 'key_x', 'key.revoked', '{}', now() - interval '2 days')",
+        org["id"])
+    await admin.db.execute(
+        "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering, created_at) "
+        "VALUES ('dlv_old', 'evt_old', $1, 'key_x', now() - interval '2 days')",
+        endpoint["id"])
+    await admin.db.execute("SELECT pg_notify('keystile_webhooks', '')")
+    base = f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}"
+
+    async def disabled() -> bool:
+        return (await admin.call("GET", base, expect=200))["enabled"] is False
+    await eventually(disabled)
+    await admin.call("PATCH", base, json={"enabled": True}, expect=200)
+
+    async def failed_again() -> bool:
+        return await admin.db.fetchval("SELECT attempts FROM webhook_deliveries") >= 3
+    await eventually(failed_again)
+    shown = await admin.call("GET", base, expect=200)
+    assert shown["enabled"] is True and shown["failing_since"] is not None
+
+
+async def test_a_secret_this_instance_cannot_open_is_not_the_receivers_failure(
+        admin: Admin, org: dict[str, Any], receiver: Receiver,
+        caplog: pytest.LogCaptureFixture) -> None:
+    endpoint = await subscribe(admin, org["id"], receiver.url)
+    # As if stored under an encryption key this instance was not given.
+    await admin.db.execute("UPDATE webhook_endpoints SET secret_sealed = true")
+    await admin.key(org["id"])
+
+    async def logged() -> bool:
+        return any("KEYSTILE_ENCRYPTION_KEY" in r.getMessage() for r in caplog.records)
+    await eventually(logged)
+    row = await admin.db.fetchrow("SELECT id, state, attempts FROM webhook_deliveries")
+    assert (row["state"], row["attempts"]) == ("pending", 0) and receiver.got == []
+    assert (await admin.call("GET", f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}",
+                             expect=200))["enabled"]
+    body = await admin.call(
+        "POST", f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}/deliveries/{row['id']}/retry",
+        expect=409)
+    assert body["error"]["code"] == "encryption_key_missing"
+    assert endpoint["secret"] not in caplog.text
+
+
+async def test_deliveries_behind_an_earlier_one_wait_without_a_due_time(
+        admin: Admin, org: dict[str, Any]) -> None:
+    receiver = Receiver()  # down
+    endpoint = await subscribe(admin, org["id"], receiver.url)
+    key = await admin.key(org["id"])
+    await admin.call("POST", f"/v1/keys/{key['id']}/pause", expect=200)
+    await admin.call("POST", f"/v1/keys/{key['id']}/revoke", expect=200)
+    rows = await admin.db.fetch(
+        "SELECT next_attempt_at = 'infinity' AS waiting FROM webhook_deliveries ORDER BY seq")
+    assert [r["waiting"] for r in rows] == [False, True, True]
+    listed = (await admin.call(
+        "GET", f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}/deliveries",
+        expect=200))["data"]
+    assert [d["event_type"] for d in listed] == ["key.revoked", "key.paused", "key.created"]
+    assert [d["next_attempt_at"] is None for d in listed] == [True, True, False]

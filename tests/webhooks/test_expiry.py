@@ -7,6 +7,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from admin_api.webhooks import expiry
 from gateway.settings import Settings
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
@@ -94,3 +97,22 @@ async def test_an_organisation_without_warnings_still_hears_of_expiry(
     await eventually(expired)
     assert [(e["type"], e["key"]["id"]) for e in receiver.events()] == [
         ("key.expired", key["id"])]
+
+
+async def test_announced_keys_never_fill_a_batch(
+        admin: Admin, org: dict[str, Any], receiver: Receiver,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(expiry, "BATCH", 2)
+    await subscribe(admin, org["id"], receiver.url, events=["key.expiring"])
+    first = [await admin.key(org["id"], expires_at=_in(3600 + i)) for i in range(3)]
+
+    async def three() -> bool:
+        return len(receiver.got) >= 3
+    await eventually(three)  # a full batch is followed by another round at once
+    late = await admin.key(org["id"], expires_at=_in(7200))  # sorts after the marked ones
+
+    async def four() -> bool:
+        return len(receiver.got) >= 4
+    await eventually(four)
+    assert sorted(e["key"]["id"] for e in receiver.events()) == sorted(
+        [k["id"] for k in first] + [late["id"]])

@@ -83,3 +83,20 @@ async def test_the_organisations_percentages_apply_and_a_reset_announces_again(
         return len(receiver.got) >= 2
     await eventually(two)
     assert [e["data"]["used"] for e in receiver.events()] == [2, 3]
+
+
+def test_a_batch_across_midnight_is_judged_in_each_period() -> None:
+    from datetime import date
+
+    from gateway.thresholds import quota_crossings
+    # Written just after midnight: 3 units of the 1st (reaching 10 of 10) and 1 of the 2nd.
+    spent = {date(2026, 12, 1): 3, date(2026, 12, 2): 1}
+    daily = {date(2026, 12, 1): 10, date(2026, 12, 2): 1}
+    found = quota_crossings(10, "day", [80, 100], spent, daily)
+    assert [(c.start.date(), c.percent, c.used) for c in found] == [
+        (date(2026, 12, 1), 80, 10), (date(2026, 12, 1), 100, 10)]
+    # The same days in a monthly quota are one period.
+    found = quota_crossings(12, "month", [90], spent, daily)
+    assert [(c.start.date(), c.percent, c.used) for c in found] == [
+        (date(2026, 12, 1), 90, 11)]
+    assert found[0].end.date() == date(2027, 1, 1)
