@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint mutants bench bench-propagation bench-instructions venv clean
+.PHONY: run test lint mutants bench bench-propagation bench-instructions bench-webhooks venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-instructions: $(STAMP)
 ## bench-propagation: how fast key changes reach every worker
 bench-propagation: $(STAMP)
 	$(BIN)/python bench/propagation.py $(if $(QUICK),--changes 20,)
+
+## bench-webhooks: webhook delivery throughput and latency, and a claim behind a backlog
+bench-webhooks: $(STAMP)
+	$(BIN)/python bench/webhooks.py $(if $(QUICK),--events 200 --backlog 2000,)
 
 ## mutants: targeted mutation testing (tests/mutation.py); lists the mutants the suite misses
 mutants: $(STAMP)
