@@ -30,7 +30,8 @@ FROM keys k JOIN orgs o ON o.id = k.org_id
 WHERE k.id = ANY($1) AND (k.usage_limit IS NOT NULL OR k.quota IS NOT NULL)
   AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.org_id = k.org_id AND w.enabled
               AND w.events && ARRAY['quota.threshold', 'usage.threshold'])
-ORDER BY k.id"""
+ORDER BY k.id COLLATE "C"
+"""
 DAILY = """SELECT key_id, day, count FROM key_usage_daily
 WHERE key_id = ANY($1) AND day >= $2"""
 MARK = """INSERT INTO webhook_marks (key_id, occurrence) VALUES ($1, $2)

@@ -92,7 +92,9 @@ async def scan(conn: Connection, settings: WebhookSettings) -> int | None:
         # that have expired are still looked for.
         longest = await conn.fetchval(LONGEST_LEAD, defaults) or 0
         rows = await conn.fetch(DUE, defaults, EXPIRED_LOOKBACK_S, longest, BATCH)
-        for row in rows:
+        # In key order, as a usage flush takes the keys' queue locks: neither waits on the
+        # other in a cycle.
+        for row in sorted(rows, key=lambda r: str(r["id"])):
             await events.record(conn, *_event(row), at=row["at"])
     return len(rows)
 
