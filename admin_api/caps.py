@@ -22,6 +22,7 @@ MAX_CURSOR_LEN = 64  # cursors this API hands out are ~30 characters
 MAX_RAW_KEY_LEN = 512  # a key presented to /v1/verify
 MAX_KEY_PREFIX_LEN = MAX_PREFIX_LEN  # 24
 MAX_PROVIDER_ID_LEN = 64  # see gateway.verification.PROVIDER_PATTERN
+MAX_WEBHOOKS = 16  # endpoints per organisation: every event is one delivery to each
 
 # The gateway tells upstreams a key's scopes in one header (space-separated); with the caps
 # above it stays below the 8 KB most servers accept for one header line (a test holds it).

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from admin_api import auth
 from admin_api.auth import Principal
+from admin_api.caps import MAX_WEBHOOKS
 from admin_api.errors import REQUEST_ID, Conflict, NotFound
 from admin_api.inputs import decode_cursor, decode_int_cursor, encode_cursor, patch_fields
 from admin_api.models import (
@@ -80,8 +81,12 @@ async def create_webhook(request: web.Request, principal: Principal, body: Webho
     values = {**body.model_dump(), "id": new_id("whk"), "org_id": org_id}
     secret, stored, sealed = _stored_secret(request, values["id"])
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        if await orgs.get(conn, org_id, lock="KEY SHARE") is None:
+        if await orgs.get(conn, org_id, lock="NO KEY UPDATE") is None:
             raise NotFound("no organisation with that id", code="org_not_found")
+        if await webhooks.count(conn, org_id) >= MAX_WEBHOOKS:
+            raise Conflict(f"an organisation has at most {MAX_WEBHOOKS} webhook endpoints; "
+                           "remove one, or subscribe an existing one to more events",
+                           code="too_many_webhooks")
         row = await webhooks.insert(conn, values, stored, sealed)
         await _audit(conn, request, principal, "webhook.create", org_id, values["id"],
                      body.model_dump())

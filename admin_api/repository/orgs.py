@@ -31,9 +31,11 @@ async def insert(conn: Connection, values: dict[str, Any]) -> asyncpg.Record:
 
 
 async def get(conn: Queryable, org_id: str,
-              lock: Literal["UPDATE", "KEY SHARE"] | None = None) -> asyncpg.Record | None:
+              lock: Literal["UPDATE", "NO KEY UPDATE", "KEY SHARE"] | None = None
+              ) -> asyncpg.Record | None:
     """``lock`` (inside a transaction): UPDATE to change or delete the organisation, KEY SHARE
-    to keep it from being deleted while a key is created in it."""
+    to keep it from being deleted while a key is created in it, NO KEY UPDATE to count its
+    webhook endpoints while adding one (keys can still be created meanwhile)."""
     if not keyformat.is_id("org", org_id):
         return None
     suffix = f" FOR {lock}" if lock else ""

@@ -28,6 +28,11 @@ async def insert(conn: Connection, values: dict[str, Any], secret: bytes, sealed
     return row
 
 
+async def count(conn: Queryable, org_id: str) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM webhook_endpoints WHERE org_id = $1",
+                                   org_id))
+
+
 async def get(conn: Queryable, org_id: str, endpoint_id: str,
               lock: Literal["UPDATE", "NO KEY UPDATE"] | None = None) -> asyncpg.Record | None:
     """``lock``: UPDATE to delete it, NO KEY UPDATE to change it (events being queued for

@@ -199,3 +199,12 @@ async def test_organisations_carry_notification_settings(admin: Admin) -> None:
         body = await admin.call("PATCH", f"/v1/orgs/{org['id']}",
                                 json={"notifications": bad}, expect=422)
         assert "notifications." in body["error"]["message"]
+
+
+async def test_an_organisation_has_at_most_16_endpoints(admin: Admin, org: dict[str, Any]
+                                                        ) -> None:
+    for _ in range(16):
+        await _create(admin, org["id"])
+    body = await admin.call("POST", f"/v1/orgs/{org['id']}/webhooks", json={"url": URL},
+                            expect=409)
+    assert body["error"]["code"] == "too_many_webhooks" and "16" in body["error"]["message"]
