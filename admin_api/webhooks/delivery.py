@@ -87,6 +87,7 @@ WHERE id = (SELECT id FROM webhook_deliveries
             WHERE endpoint_id = $1 AND ordering = $2 AND state = 'pending'
             ORDER BY seq LIMIT 1)
   AND next_attempt_at = 'infinity'"""
+LISTEN_RETRY_S = 30.0  # a lost LISTEN connection is made again at most this often
 BODY_READ_LIMIT = 4096  # what is read of a receiver's answer: only its status matters
 
 
@@ -176,6 +177,7 @@ class Sender:
         self._inflight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None  # LISTENs on its own
+        self._listen_again_at = 0.0
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -225,10 +227,15 @@ class Sender:
 
     async def _listen(self) -> None:
         """A connection of its own kept for LISTEN (not the pool's: it would hold one for
-        good); lost, it is made again on the next round, and the poll covers the gap."""
+        good); lost, it is made again at most every LISTEN_RETRY_S, and the poll covers the
+        gap (and covers for good behind a pooler that does not pass NOTIFY on)."""
         if self._listener is not None and not self._listener.is_closed():
             return
         await self._unlisten()
+        now = time.monotonic()
+        if now < self._listen_again_at:
+            return
+        self._listen_again_at = now + LISTEN_RETRY_S
         try:
             conn = await connect(self.database_url, timeout=self.settings.timeout_s,
                                  application_name="keystile webhook listener")

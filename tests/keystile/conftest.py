@@ -52,6 +52,18 @@ class Cli:
                 break
         raise AssertionError(f"{marker!r} not printed; output was:\n{''.join(seen)}")
 
+    def printed(self, proc: subprocess.Popen[str]) -> str:
+        """What ``proc`` has printed and no read has taken yet (for a failure's message)."""
+        lines, seen = self._lines(proc), []
+        while True:
+            try:
+                line = lines.get_nowait()
+            except queue.Empty:
+                return "".join(seen)
+            if line is None:
+                return "".join(seen)
+            seen.append(line)
+
     def _lines(self, proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
         """A reader thread per process, so waiting for a line can time out."""
         if proc.pid not in self.readers:
