@@ -143,16 +143,28 @@ def _lost(error: AttributeError) -> ConnectionError:
     return lost
 
 
+def _uncovered(error: SlotNotCoveredError) -> ClusterDownError:
+    down = ClusterDownError(f"a slot has no master right now ({error})")
+    down.__cause__ = error
+    return down
+
+
 @contextlib.contextmanager
-def _torn_down_is_lost() -> Iterator[None]:
-    """In a failover redis-py's cluster client re-reads the topology and closes the
-    connections of a node that left it, including ones another command is using: that
-    command fails with an AttributeError on the closed connection's stream. It is a lost
-    connection (whether the command ran is unknown), and is said so."""
+def _as_redis_errors() -> Iterator[None]:
+    """Two failover errors of redis-py's cluster client, said as what they are for us:
+    - it re-reads the topology and closes the connections of a node that left it, including
+      ones another command is using: that command fails with an AttributeError on the
+      closed connection's stream. It is a lost connection (whether the command ran is
+      unknown);
+    - while a master is down and not yet replaced its slots are uncovered:
+      SlotNotCoveredError, which is not a RedisError (callers that handle Redis failing
+      would let it through as a 500). The cluster is down for that slot."""
     try:
         yield
     except AttributeError as exc:
         raise _lost(exc) from exc
+    except SlotNotCoveredError as exc:
+        raise _uncovered(exc) from exc
 
 
 class _ClusterRetry(Retry):
@@ -193,7 +205,7 @@ class Cluster(RedisCluster):
         async with self.turn():
             for attempt in range(RETRIES + 1):
                 try:
-                    with _torn_down_is_lost():
+                    with _as_redis_errors():
                         return await super().execute_command(*args, **kwargs)
                 except UNRUN:
                     self.refresh_topology()
@@ -235,12 +247,14 @@ class _ClusterPipeline(ClusterPipeline):
                       allow_redirections: bool = True) -> list[Any]:
         async with self.cluster_client.turn():
             try:
-                with _torn_down_is_lost():
+                with _as_redis_errors():
                     results = list(await super().execute(raise_on_error, allow_redirections))
             except _TOPOLOGY_ERRORS:
                 self.cluster_client.refresh_topology()
                 raise
-        results = [_lost(r) if isinstance(r, AttributeError) else r for r in results]
+        results = [_lost(r) if isinstance(r, AttributeError)
+                   else _uncovered(r) if isinstance(r, SlotNotCoveredError) else r
+                   for r in results]
         if any(isinstance(r, _TOPOLOGY_ERRORS) and not isinstance(r, MaxConnectionsError)
                for r in results):
             self.cluster_client.refresh_topology()

@@ -229,3 +229,17 @@ async def test_a_worker_idle_through_a_failover_serves_its_next_burst(
     # try still meets the old map (another batch is re-reading it) is refused: on a busy
     # machine one or two in a hundred.
     assert set(statuses) <= {200, 503} and statuses[200] >= 95, statuses
+
+
+def test_cluster_failover_errors_are_redis_errors() -> None:
+    """While a master is down and not yet replaced, redis-py raises SlotNotCoveredError,
+    which is not a RedisError: every caller that turns a Redis failure into 503 (or a
+    per-worker fallback) would let it through as a 500. At the client's edge it is one."""
+    from redis.exceptions import ClusterDownError, RedisError, SlotNotCoveredError
+
+    from gateway.redisclient import _as_redis_errors
+    assert not issubclass(SlotNotCoveredError, RedisError)
+    with pytest.raises(ClusterDownError, match="no master right now"), _as_redis_errors():
+        raise SlotNotCoveredError("slot 42")
+    with pytest.raises(RedisError, match="closed while in use"), _as_redis_errors():
+        raise AttributeError("'NoneType' object has no attribute 'write'")
