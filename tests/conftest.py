@@ -122,22 +122,30 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
         cluster.stop()
 
 
-@pytest.fixture
-def cluster_url(redis_cluster: EmbeddedRedisCluster) -> str:
-    """The cluster's URL, every slot served (a test before may have failed a master over)
-    and every master emptied. Nodes a test killed are started again first (they rejoin as
-    replicas), so every master has a replica to fail over to."""
-    dead = set(redis_cluster.procs) - set(redis_cluster.alive())
+def _revive(cluster: EmbeddedRedisCluster) -> None:
+    """Starts the nodes a test killed again (they rejoin as replicas) and waits until they
+    have caught up, so every master has a replica to fail over to."""
+    dead = set(cluster.procs) - set(cluster.alive())
     for port in dead:
-        redis_cluster.restart(port)
+        cluster.restart(port)
     deadline = clock.monotonic() + 30
-    while not all("master_link_status:up" in redis_cluster.cli(port, "INFO", "replication")
+    while not all("master_link_status:up" in cluster.cli(port, "INFO", "replication")
                   for port in dead):
         assert clock.monotonic() < deadline, "a restarted Redis node never caught up"
         clock.sleep(0.05)
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: EmbeddedRedisCluster) -> Iterator[str]:
+    """The cluster's URL, every slot served (a test before may have failed a master over)
+    and every master emptied. Nodes a test killed are started again as soon as it ends:
+    left down until the next test that wants the cluster, their ports could be taken
+    meanwhile (a cluster bus port lies in the range outgoing connections draw from)."""
+    _revive(redis_cluster)
     redis_cluster.wait_ok()
     redis_cluster.flush()
-    return redis_cluster.url
+    yield redis_cluster.url
+    _revive(redis_cluster)
 
 
 ALLOW_FLUSHALL = "KEYSTILE_TEST_ALLOW_FLUSHALL"
