@@ -4,6 +4,7 @@ source of the OpenAPI document, so the two cannot drift apart."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -454,20 +455,34 @@ EventType = Literal[TYPES]  # type: ignore[valid-type]
 MAX_WEBHOOK_URL_LEN = 2048
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+# What a webhook URL may be, stated once for the validator and the OpenAPI document: http or
+# https, a host name or IPv4 address, an optional port, a path and query of printable ASCII.
+WEBHOOK_URL_PATTERN = (rf"^https?://{_LABEL}(?:\.{_LABEL})*(?::{_PORT})?"
+                       r"(?:[/?][!-\"$-~]*)?$")
+_WEBHOOK_URL_RE = re.compile(WEBHOOK_URL_PATTERN)
+
+
 def _webhook_url(value: str) -> str:
-    url = URL(value)
-    if url.scheme not in ("http", "https") or not url.raw_host:
+    url = URL(value) if "://" in value else None
+    if url is None or url.scheme not in ("http", "https") or not url.raw_host:
         raise ValueError("must be an absolute http:// or https:// URL with a host")
     if url.raw_user is not None or url.raw_password is not None:
         raise ValueError("must not carry a user name or password; authenticate the "
                          "receiver by the Keystile-Signature header")
-    if url.fragment:
+    if "#" in value:
         raise ValueError("must not have a #fragment")
+    if not _WEBHOOK_URL_RE.fullmatch(value):
+        raise ValueError("must be a plain URL: a host name (letters, digits, dots, hyphens) "
+                         "or IPv4 address, an optional port (1-65535), then a path and query "
+                         "of printable ASCII (percent-encode anything else)")
     return value
 
 
 WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_WEBHOOK_URL_LEN),
-                       AfterValidator(_webhook_url)]
+                       AfterValidator(_webhook_url),
+                       Field(json_schema_extra={"pattern": WEBHOOK_URL_PATTERN})]
 EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=len(TYPES)),
                        AfterValidator(lambda v: list(dict.fromkeys(v)))]
 

@@ -21,7 +21,8 @@ MAX_EXAMPLES = 15  # per operation and phase: about a minute in all on a busy 2-
 RUN_TIMEOUT_S = 240
 
 
-async def _run(base: str, tmp_path: Path, header: str, *filters: str) -> tuple[int, str]:
+async def _run(base: str, tmp_path: Path, header: str, *filters: str,
+               env: dict[str, str] | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--checks", "all", "--seed", "1",
         "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--no-color",
@@ -29,7 +30,7 @@ async def _run(base: str, tmp_path: Path, header: str, *filters: str) -> tuple[i
         "--header", header, *filters,
         cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.admin_api.schemathesis_hooks",
-             "PYTHONPATH": str(ROOT)})
+             "PYTHONPATH": str(ROOT), **(env or {})})
     out, _ = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT_S)
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
@@ -41,8 +42,17 @@ async def test_schema_and_behaviour_agree(admin: Admin, root: dict[str, Any],
     code, out = await _run(base, tmp_path, f"Authorization: Bearer {OPERATOR_TOKEN}",
                            "--include-tag", "organisations", "--exclude-path-regex", "owners")
     assert code == 0, out[-20000:]
+    # The run above may delete organisations (the root key's with them): the rest runs with
+    # a root key of an organisation made now, the webhook routes against it and a real
+    # endpoint of it.
+    fresh = await admin.org("schemathesis")
+    root = await admin.key(fresh["id"], root=True, name="root", scopes=["*"], owner_id="ops")
+    endpoint = await admin.call("POST", f"/v1/orgs/{fresh['id']}/webhooks",
+                                json={"url": "https://hooks.example.com/k"}, expect=201)
     code, out = await _run(base, tmp_path, f"X-API-Key: {root['key']}",
-                           "--exclude-path-regex", "^/v1/orgs$|^/v1/orgs/\\{id\\}$|^/metrics$")
+                           "--exclude-path-regex", "^/v1/orgs$|^/v1/orgs/\\{id\\}$|^/metrics$",
+                           env={"KEYSTILE_SCHEMATHESIS_ORG_ID": fresh["id"],
+                                "KEYSTILE_SCHEMATHESIS_WEBHOOK_ID": endpoint["id"]})
     assert code == 0, out[-20000:]
 
 

@@ -208,3 +208,16 @@ async def test_an_organisation_has_at_most_16_endpoints(admin: Admin, org: dict[
     body = await admin.call("POST", f"/v1/orgs/{org['id']}/webhooks", json={"url": URL},
                             expect=409)
     assert body["error"]["code"] == "too_many_webhooks" and "16" in body["error"]["message"]
+
+
+async def test_the_url_rule_is_the_documents(admin: Admin, org: dict[str, Any]) -> None:
+    """Schemathesis found "0" schema-valid but refused: the document now states the rule the
+    validator applies (one pattern for both)."""
+    schema = await admin.call("GET", "/openapi.json", expect=200)
+    url = schema["components"]["schemas"]["WebhookCreate"]["properties"]["url"]
+    assert url["pattern"].startswith("^https?://") and url["maxLength"] == 2048
+    for bad, hint in (("0", "absolute"), ("http://h:65536/", "Port"),
+                      ("http://h/\u00e4", "percent-encode"), ("HTTP://h/", "plain URL")):
+        body = await admin.call("POST", f"/v1/orgs/{org['id']}/webhooks", json={"url": bad},
+                                expect=422)
+        assert hint in body["error"]["message"], (bad, body)
