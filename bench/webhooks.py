@@ -156,7 +156,7 @@ async def run(args: argparse.Namespace) -> int:
                 claim = conn.transaction()
                 await claim.start()
                 began = time.perf_counter()
-                await conn.fetch(delivery.CLAIM, 32, 60.0)
+                await conn.fetch(delivery.CLAIM, 32, 60.0, 16)
                 claims.append(time.perf_counter() - began)
                 await claim.rollback()
             waiting = await conn.fetchval("SELECT count(*) FROM webhook_deliveries "

@@ -277,6 +277,9 @@ class WebhookSettings(_Strict):
     scan_interval_s: float = Field(30.0, gt=0, le=3600, description="how often keys are "
                                    "checked for coming and past expiry")
     concurrency: int = Field(32, ge=1, le=1024, description="deliveries in flight per instance")
+    per_endpoint: int = Field(16, ge=1, le=1024, description="deliveries in flight to one "
+                              "endpoint, all instances together (a slow receiver cannot take "
+                              "every sender's slots)")
     retention_s: float = Field(30 * 86400.0, gt=0, description="finished deliveries and their "
                                "events are kept this long")
     allow_private_addresses: bool = Field(

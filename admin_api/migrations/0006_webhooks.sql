@@ -65,6 +65,9 @@ CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (endpoint_id, orderi
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, seq);
 CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
+-- Deliveries in flight (leased), per endpoint: few rows, read by every claim.
+CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (endpoint_id)
+    WHERE leased_until IS NOT NULL AND state = 'pending';
 
 CREATE TABLE webhook_attempts (
     delivery_id text NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,

@@ -39,17 +39,34 @@ from gateway.settings import WebhookSettings
 log = logging.getLogger(__name__)
 
 # Deliveries due now, oldest due first, at most one per endpoint and key (the earliest
-# pending); claimed for ``lease`` seconds.
+# pending), and per endpoint no more than ``$3`` in flight across every instance (counting
+# the leases held); claimed for ``$2`` seconds.
 CLAIM = """UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => $2)
 WHERE d.id IN (
-    SELECT c.id FROM webhook_deliveries c JOIN webhook_endpoints w ON w.id = c.endpoint_id
-    WHERE c.state = 'pending' AND c.next_attempt_at <= now() AND w.enabled
+    SELECT c.id FROM webhook_deliveries c
+    WHERE c.id IN (
+        SELECT id FROM (
+            SELECT h.id, h.endpoint_id,
+                row_number() OVER (PARTITION BY h.endpoint_id
+                                   ORDER BY h.next_attempt_at, h.seq) AS nth
+            FROM webhook_deliveries h JOIN webhook_endpoints w ON w.id = h.endpoint_id
+            WHERE h.state = 'pending' AND h.next_attempt_at <= now() AND w.enabled
+              AND (h.leased_until IS NULL OR h.leased_until < now())
+              AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                              WHERE e.endpoint_id = h.endpoint_id
+                                AND e.ordering = h.ordering
+                                AND e.state = 'pending' AND e.seq < h.seq)
+        ) due
+        WHERE due.nth <= $3 - (SELECT count(*) FROM webhook_deliveries l
+                               WHERE l.endpoint_id = due.endpoint_id
+                                 AND l.leased_until IS NOT NULL AND l.state = 'pending'
+                                 AND l.leased_until >= now()))
+      -- Again on the row itself: a row another sender claimed since this statement's
+      -- snapshot is locked after that claim committed, and re-checked against it.
+      AND c.state = 'pending' AND c.next_attempt_at <= now()
       AND (c.leased_until IS NULL OR c.leased_until < now())
-      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
-                      WHERE e.endpoint_id = c.endpoint_id AND e.ordering = c.ordering
-                        AND e.state = 'pending' AND e.seq < c.seq)
     ORDER BY c.next_attempt_at, c.seq LIMIT $1
-    FOR UPDATE OF c SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED)
 RETURNING d.id"""
 # What sending one delivery needs.
 LOAD = """SELECT d.id, d.endpoint_id, d.ordering, d.created_at, e.id AS event_id, e.type,
@@ -258,7 +275,8 @@ class Sender:
 
     async def _claim_and_start(self, free: int) -> int:
         lease = self.settings.timeout_s + 30
-        ids = [r["id"] for r in await self.pool.fetch(CLAIM, free, lease)]
+        ids = [r["id"] for r in await self.pool.fetch(CLAIM, free, lease,
+                                                      self.settings.per_endpoint)]
         for delivery_id in ids:
             task = asyncio.create_task(self._deliver(delivery_id))
             self._inflight.add(task)

@@ -51,6 +51,8 @@ class Receiver:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     runner: web.AppRunner | None = None
+    held: int = 0  # requests it is holding now
+    peak: int = 0  # the most it held at once
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -62,7 +64,12 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.arrived.set()
-        await self.gate.wait()
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+        try:
+            await self.gate.wait()
+        finally:
+            self.held -= 1
         if 200 <= self.status < 300:
             self.got.append(Received(dict(request.headers), body))
         return web.Response(status=self.status)

@@ -262,3 +262,29 @@ async def test_deliveries_behind_an_earlier_one_wait_without_a_due_time(
         expect=200))["data"]
     assert [d["event_type"] for d in listed] == ["key.revoked", "key.paused", "key.created"]
     assert [d["next_attempt_at"] is None for d in listed] == [True, True, False]
+
+
+@pytest.mark.webhooks(concurrency=4, per_endpoint=2, timeout_s=30)
+async def test_a_slow_endpoint_cannot_take_every_senders_slot(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    slow = Receiver()
+    await slow.start()
+    try:
+        slow.gate.clear()  # holds every delivery
+        await subscribe(admin, org["id"], slow.url, events=["key.created"])
+        await subscribe(admin, org["id"], receiver.url, events=["key.created"])
+        keys = [await admin.key(org["id"], name=f"k{i}") for i in range(6)]
+
+        async def all_through() -> bool:  # the healthy endpoint gets every event
+            return len(receiver.got) >= 6
+        await eventually(all_through)
+        assert slow.held == slow.peak == 2 and not slow.gate.is_set()
+        slow.gate.set()
+
+        async def slow_through() -> bool:
+            return len(slow.got) >= 6
+        await eventually(slow_through)
+        assert slow.peak == 2
+        assert sorted(e["key"]["id"] for e in slow.events()) == sorted(k["id"] for k in keys)
+    finally:
+        await slow.stop()
