@@ -28,12 +28,11 @@ from admin_api.models import (
     WebhookUpdate,
 )
 from admin_api.repository import audit, orgs, webhooks
-from admin_api.state import POOL, SENDER, SETTINGS
+from admin_api.state import POOL, SENDER
 from admin_api.views import respond
 from admin_api.webhooks import signing
 from gateway.database import Connection, Queryable
 from gateway.keyformat import new_id
-from gateway.secretbox import parse_key
 
 
 def _org_id(request: web.Request, principal: Principal) -> str:
@@ -62,9 +61,9 @@ def _out(row: asyncpg.Record) -> WebhookOut:
 
 
 def _stored_secret(request: web.Request, endpoint_id: str) -> tuple[str, bytes, bool]:
-    text = request.app[SETTINGS].encryption_key
+    """A new secret, stored under the key the senders open secrets with."""
     secret = signing.new_secret()
-    stored, sealed = signing.store(secret, endpoint_id, parse_key(text) if text else None)
+    stored, sealed = signing.store(secret, endpoint_id, request.app[SENDER].box_key)
     return secret, stored, sealed
 
 

@@ -81,7 +81,7 @@ FORGET = """DELETE FROM webhook_marks WHERE ctid IN (
     LIMIT 1000)"""
 
 
-async def scan(conn: Connection, settings: WebhookSettings) -> int | None:
+async def scan(conn: Connection) -> int | None:
     """One round; returns how many events it recorded, or None when another instance was
     scanning (and this one did nothing)."""
     defaults = list(events.DEFAULT_EXPIRING_BEFORE_S)
@@ -121,7 +121,7 @@ async def run(pool: asyncpg.Pool, settings: WebhookSettings, stop: asyncio.Event
     while not stop.is_set():
         try:
             async with pool.acquire() as conn:
-                while await scan(conn, settings) == BATCH and not stop.is_set():
+                while await scan(conn) == BATCH and not stop.is_set():
                     pass  # a backlog: keep going
                 await clean(conn, settings)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,

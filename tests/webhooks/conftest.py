@@ -151,7 +151,7 @@ async def nothing_left_to_announce(db: Any) -> None:
     """A scan of this test's own finds no expiry left to announce (it waits while another
     instance's scan holds the lock)."""
     for _ in range(200):
-        found = await expiry.scan(db, FAST)
+        found = await expiry.scan(db)
         if found is not None:
             assert found == 0, f"{found} expiry event(s) were still due"
             return
