@@ -28,6 +28,7 @@ from tests.keystile.conftest import Cli, cli  # noqa: F401
 log = logging.getLogger(__name__)
 
 RECOVERY_DEADLINE_S = 30.0  # a failover on loopback takes a few seconds; this bounds the test
+CLIENTS = 16  # concurrent clients of the failover test
 
 
 @pytest.fixture
@@ -137,9 +138,9 @@ async def test_a_killed_master_is_followed_to_its_replica_without_over_spending(
         refused = [t for t, s in after if s == 503]
         return bool(refused) and sum(1 for t, s in after if s == 200 and t > refused[-1]) >= 50
 
-    connector = aiohttp.TCPConnector(force_close=True, limit=16)
+    connector = aiohttp.TCPConnector(force_close=True, limit=CLIENTS)
     async with aiohttp.ClientSession(connector=connector) as session:
-        clients = [asyncio.create_task(client(session)) for _ in range(16)]
+        clients = [asyncio.create_task(client(session)) for _ in range(CLIENTS)]
         try:
             deadline = time.monotonic() + RECOVERY_DEADLINE_S
             while sum(1 for _, s, _ in seen if s == 200) < 100:
@@ -178,9 +179,12 @@ async def test_a_killed_master_is_followed_to_its_replica_without_over_spending(
     before = len(upstream.seen)
     assert before == outcomes[(200, "")]
     statuses = await _concurrently(port, key["key"], limit - before + 200)
-    assert statuses[200] + before <= limit, (statuses, before)
+    # Redis replicates asynchronously: spends the old master acknowledged in its last instant
+    # may not have reached the replica, and are admitted again (the README says so). They are
+    # at most the requests in flight when it died, one per client.
+    assert statuses[200] + before <= limit + CLIENTS, (statuses, before)
     assert set(statuses) <= {200, 429}
-    assert len(upstream.seen) <= limit
+    assert len(upstream.seen) <= limit + CLIENTS
     print(f"after the failover: {statuses[200]} more served, {len(upstream.seen)} of "
           f"{limit} in all reached the upstream")
 
