@@ -18,7 +18,7 @@ from admin_api.routes import ROUTES, add_routes
 from admin_api.state import LIMITER, POOL, REDIS, SENDER, SETTINGS, USAGE
 from admin_api.webhooks import expiry
 from admin_api.webhooks.delivery import Sender
-from gateway import logfilter
+from gateway import logfilter, rollups
 from gateway.database import create_pool
 from gateway.limits.exact import Limiter
 from gateway.metrics import ADMIN_REQUESTS
@@ -51,10 +51,12 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     flusher = asyncio.create_task(app[USAGE].run(
         app[POOL], app[SETTINGS].gateway.usage_flush_interval_s, stop))
     drainer = asyncio.create_task(drain_forever(app[POOL], app[REDIS], stop))
+    cleaner = asyncio.create_task(rollups.keep_clean(app[POOL], stop))
     yield
     stop.set()
     await flusher
     await drainer
+    await cleaner
     await app[LIMITER].aclose()
 
 

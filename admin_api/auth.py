@@ -149,6 +149,9 @@ def require_not_own_limits(principal: Principal, key: KeyRecord,
         raise Forbidden("owner_id: a key cannot move itself to another owner: that would raise "
                         "its limits, leaving those its owner shares; ask the operator",
                         code="own_limits_protected")
+    if wanted.get("shadow_limits") and not key.shadow_limits:
+        raise Forbidden("shadow_limits: a key cannot put its own limits in shadow mode, which "
+                        "would lift them; ask the operator", code="own_limits_protected")
     current = {"expires_at": key.expires_at, "usage_limit": key.usage_limit,
                "quota": key.quota, "rate_limits": key.rate_limits}
     field = tightening.raised(current, wanted)

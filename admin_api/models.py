@@ -305,6 +305,9 @@ class KeyUpdate(Input):
     quota: Quota | None = None
     rate_limits: RateLimits | NotNull = None
     metadata: Metadata | NotNull = None
+    shadow_limits: bool | NotNull = Field(
+        default=None, description="true: shadow mode — the key's limits are measured and "
+        "reported, but requests over them pass")
 
 
 class KeyOut(Output):
@@ -327,6 +330,7 @@ class KeyOut(Output):
     metadata: dict[str, Any]
     prefix: str
     recoverable: bool
+    shadow_limits: bool
     created_at: datetime
     updated_at: datetime
     last_used_at: datetime | None
@@ -352,6 +356,9 @@ class KeyListQuery(Query):
     org_id: ExternalId | None = None
     owner_id: ExternalId | None = None
     status: Status | None = None
+    search: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="keys whose name or owner_id contains this text (any "
+        "case), whose display prefix starts with it, or whose id it is")
     environment: Environment | None = None
     root: bool | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
@@ -393,6 +400,63 @@ class UsageOut(Output):
     quota: QuotaUsage | None
     rate_limits: list[RateLimitUsage]
     daily: list[DailyUsage]
+
+
+SeriesRange = Literal["hour", "day", "30d"]
+
+
+class UsageSeriesQuery(Query):
+    """One key's, one owner's (with ``org_id``, or a root key's own organisation), one
+    organisation's, or — for the operator, with none of them — every organisation's."""
+    key_id: ExternalId | None = None
+    owner_id: ExternalId | None = None
+    org_id: ExternalId | None = None
+    range: SeriesRange = "hour"
+
+
+class SeriesCounts(Output):
+    requests: int = Field(description="every request of the subject's keys")
+    forwarded: int = Field(description="requests the gateway sent to the upstream")
+    refused: dict[str, int] = Field(description="requests the gateway answered itself, "
+                                    "by error code (rate_limited, quota_exceeded, ...)")
+    statuses: dict[str, int] = Field(description="every request, by the HTTP status the "
+                                     "client got")
+
+
+class SeriesPoint(SeriesCounts):
+    at: datetime = Field(description="the start of the interval")
+
+
+class UsageSeries(Output):
+    range: SeriesRange
+    step_seconds: int
+    since: datetime = Field(description="the start of the first point")
+    until: datetime = Field(description="the end of the last point (the current one is "
+                            "still counting)")
+    points: list[SeriesPoint]
+    totals: SeriesCounts
+
+
+class LimitedQuery(Query):
+    org_id: ExternalId | None = None
+    minutes: Annotated[int, Field(ge=1, le=60)] = 5
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+
+
+class LimitedKey(Output):
+    key_id: str
+    org_id: str
+    owner_id: str | None
+    name: str | None = Field(description="null when the key was deleted since")
+    prefix: str | None
+    status: str | None
+    limited: int = Field(description="requests answered 429 in the window")
+    requests: int = Field(description="every request in the window")
+
+
+class LimitedList(Output):
+    minutes: int
+    data: list[LimitedKey]
 
 
 # ---- verify and audit ----------------------------------------------------------------------

@@ -143,6 +143,12 @@ ROUTES: tuple[Route, ...] = (
           response=m.UsageOut, access="any"),
     Route("POST", "/v1/keys/{id}/usage", usage.change_usage, "Set, increment or decrement the "
           "lifetime usage count", "usage", body=m.UsageChange, response=m.UsageOut),
+    Route("GET", "/v1/usage/series", usage.get_series, "Requests over the last hour (per "
+          "minute), day (per 15 minutes) or 30 days (per day): forwarded, refused by code, "
+          "and by status, for a key, an owner, an organisation or everything", "usage",
+          query=m.UsageSeriesQuery, response=m.UsageSeries),
+    Route("GET", "/v1/usage/limited", usage.get_limited, "The keys answered 429 most in the "
+          "last minutes", "usage", query=m.LimitedQuery, response=m.LimitedList),
     Route("POST", "/v1/verify", verify.verify, "Verify a key for a service not behind the "
           "gateway", "verify", body=m.VerifyRequest, response=m.VerifyResult),
     Route("GET", "/v1/audit", audit.list_audit, "The audit trail, newest first", "audit",

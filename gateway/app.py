@@ -70,6 +70,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     route = ex.route.prefix if ex.route else "-"
     status = "499" if code == proxy.CLIENT_CLOSED else str(response.status)
     metrics.requests(route, status, code).inc()
+    if ex.key is not None:
+        deps.usage.outcome(ex.key, int(status), code)
     # To the response headers: a long streamed body is the upstream's, not the gateway's time.
     headers_s = ex.headers_s if ex.headers_s is not None else time.perf_counter() - started
     metrics.latency(route).observe(headers_s)

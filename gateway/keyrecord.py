@@ -14,7 +14,7 @@ from gateway.database import Queryable
 KEY_COLUMNS = """k.id, k.serial, k.org_id, k.owner_id, k.name, k.environment, k.root,
     k.parent_id, k.scopes, k.status, k.expires_at, k.usage_limit, k.usage_count, k.quota,
     k.rate_limits, k.is_default, k.metadata, k.prefix, k.key_prefix, k.recoverable, k.created_at,
-    k.updated_at, k.last_used_at, k.revoked_at, k.first_used_at"""
+    k.updated_at, k.last_used_at, k.revoked_at, k.first_used_at, k.shadow_limits"""
 
 # The limits shared with the key's organisation and owner travel with the key record.
 _SHARED_LIMITS = """o.rate_limits AS org_rate_limits,
@@ -68,6 +68,7 @@ class KeyRecord:
     last_used_at: datetime | None
     revoked_at: datetime | None
     first_used_at: datetime | None = None
+    shadow_limits: bool = False  # over-limit requests pass, measured (shadow mode)
     org_rate_limits: tuple[dict[str, Any], ...] = ()
     owner_rate_limits: tuple[dict[str, Any], ...] = ()
 
@@ -95,7 +96,9 @@ class KeyRecord:
             if data[name] is not None:
                 data[name] = datetime.fromisoformat(data[name])
         secret_expires_at = data.pop("secret_expires_at")
-        return cls.from_values(data), secret_expires_at
+        # A record cached by a newer version during a rolling upgrade may carry more fields.
+        known = {name: data[name] for name in cls.__slots__ if name in data}
+        return cls.from_values(known), secret_expires_at
 
     def effective_status(self, now: datetime) -> str:
         """``status`` with ``expired`` derived from ``expires_at``; revoked outranks expired."""

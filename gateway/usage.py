@@ -1,6 +1,7 @@
 """Usage written behind to PostgreSQL: each process adds up what its requests spent and
 flushes it in one batch per interval (and on shutdown) — lifetime count, last use and daily
-counts, and the threshold webhook events the batch causes (``gateway.thresholds``).
+counts, the threshold webhook events the batch causes (``gateway.thresholds``), and what
+every request came to, per minute and hour (``gateway.rollups``).
 PostgreSQL stays the source of truth; a process that dies loses at most what it had not
 flushed yet: its last ``flush_interval_s`` of traffic, and what the flush under way (a batch
 taken when the flush began) had not committed."""
@@ -17,7 +18,8 @@ from datetime import date, datetime
 
 import asyncpg
 
-from gateway import thresholds
+from gateway import rollups, thresholds
+from gateway.keyrecord import KeyRecord
 from gateway.metrics import FLUSH_LAG
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class _Batch:
     last_used: dict[str, datetime] = field(default_factory=dict)
     daily: dict[str, dict[date, int]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    outcomes: dict[rollups.Outcome, int] = field(default_factory=lambda: defaultdict(int))
 
     def merge(self, other: _Batch) -> None:
         for key_id, n in other.totals.items():
@@ -49,6 +52,7 @@ class _Batch:
         for key_id, days in other.daily.items():
             for day, n in days.items():
                 self.daily[key_id][day] += n
+        rollups.merge(self.outcomes, other.outcomes)
 
 
 @dataclass
@@ -67,6 +71,11 @@ class UsageRecorder:
         self.open.totals[key_id] -= cost
         self.open.daily[key_id][spent_at.date()] -= cost
 
+    def outcome(self, key: KeyRecord, status: int, code: str) -> None:
+        """What one request of ``key`` came to, for the charts (``gateway.rollups``)."""
+        self.open.outcomes[key.id, key.org_id, key.owner_id, int(time.time()) // 60,
+                           status, code] += 1
+
     def pending(self, key_id: str, since: date) -> tuple[int, int]:
         """Units not yet committed to PostgreSQL: lifetime, and since ``since``."""
         total = period = 0
@@ -79,7 +88,7 @@ class UsageRecorder:
 
     async def flush(self, pool: asyncpg.Pool) -> None:
         batch = self.open
-        if not batch.totals:
+        if not batch.totals and not batch.outcomes:
             self.flushed_at = time.monotonic()
             return
         self.open, self.inflight = _Batch(), batch
@@ -94,6 +103,7 @@ class UsageRecorder:
                     for day, n in sorted(batch.daily[key_id].items()) if n])
                 # Threshold webhooks, in the transaction that moved the counts.
                 await thresholds.detect(conn, batch.totals, batch.daily)
+                await rollups.add(conn, batch.outcomes)
             self.flushed_at = time.monotonic()
         except BaseException as exc:
             # Not written (failure, or cancelled at shutdown): keep it for the next flush.

@@ -187,7 +187,7 @@ async def page(request: web.Request, principal: Principal, query: KeyListQuery) 
     org_id = auth.org_scope(principal, query.org_id)
     records = await keys.page(
         request.app[POOL], org_id=org_id, owner_id=query.owner_id, status=query.status,
-        environment=query.environment, root=query.root,
+        environment=query.environment, root=query.root, search=query.search,
         after=decode_int_cursor(query.cursor), limit=query.limit + 1)
     more = len(records) > query.limit
     records = records[: query.limit]

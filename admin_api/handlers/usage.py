@@ -1,10 +1,13 @@
 """A key's usage: live counters from Redis (lifetime, quota, rate-limit windows) and the
-daily history from PostgreSQL; changes to the lifetime count."""
+daily history from PostgreSQL; changes to the lifetime count; requests over time and the
+keys being limited now, from the history the gateway writes behind."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -16,12 +19,19 @@ from admin_api.handlers.keys import locked
 from admin_api.models import (
     MAX_COUNT,
     DailyUsage,
+    LimitedKey,
+    LimitedList,
+    LimitedQuery,
     QuotaUsage,
     RateLimitUsage,
+    SeriesCounts,
+    SeriesPoint,
     UsageChange,
     UsageOut,
+    UsageSeries,
+    UsageSeriesQuery,
 )
-from admin_api.repository import audit, keys
+from admin_api.repository import audit, keys, rollups
 from admin_api.state import LIMITER, POOL, REDIS, USAGE
 from admin_api.views import respond
 from gateway import thresholds
@@ -99,3 +109,64 @@ async def change_usage(request: web.Request, principal: Principal, body: UsageCh
     assert fresh is not None
     return respond(await usage_of(request.app[POOL], request.app[LIMITER], fresh,
                                   request.app[USAGE].pending))
+
+
+def _counts(rows: list[asyncpg.Record]) -> dict[str, Any]:
+    counts: dict[str, Any] = {"requests": 0, "forwarded": 0, "refused": {}, "statuses": {}}
+    for row in rows:
+        n, status = row["count"], str(row["status"])
+        counts["requests"] += n
+        counts["statuses"][status] = counts["statuses"].get(status, 0) + n
+        if row["code"]:
+            counts["refused"][row["code"]] = counts["refused"].get(row["code"], 0) + n
+        else:
+            counts["forwarded"] += n
+    return counts
+
+
+async def _subject(request: web.Request, principal: Principal, query: UsageSeriesQuery
+                   ) -> rollups.Subject:
+    if query.key_id is not None:
+        if query.owner_id is not None or query.org_id is not None:
+            raise Unprocessable("key_id names one key; leave owner_id and org_id out",
+                                code="validation_failed")
+        key = auth.visible(principal, await keys.get(request.app[POOL], query.key_id),
+                           query.key_id)
+        return rollups.Subject(key_id=key.id)
+    org_id = auth.org_scope(principal, query.org_id)
+    if query.owner_id is not None and org_id is None:
+        raise Unprocessable("owner_id: owner ids are per organisation; send org_id with it",
+                            code="validation_failed")
+    return rollups.Subject(org_id=org_id, owner_id=query.owner_id)
+
+
+async def get_series(request: web.Request, principal: Principal, query: UsageSeriesQuery
+                     ) -> web.Response:
+    subject = await _subject(request, principal, query)
+    range_ = rollups.RANGES[query.range]
+    since, until = rollups.window(range_, datetime.now(UTC))
+    rows = await rollups.series(request.app[POOL], subject, range_, since, until)
+    by_step: dict[datetime, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_step.setdefault(row["at"], []).append(row)
+    steps = [since + timedelta(seconds=range_.step_s * i) for i in range(range_.points)]
+    return respond(UsageSeries(
+        range=query.range, step_seconds=range_.step_s, since=since, until=until,
+        points=[SeriesPoint(at=at, **_counts(by_step.get(at, []))) for at in steps],
+        totals=SeriesCounts(**_counts(rows))))
+
+
+async def get_limited(request: web.Request, principal: Principal, query: LimitedQuery
+                      ) -> web.Response:
+    org_id = auth.org_scope(principal, query.org_id)
+    rows = await rollups.limited(request.app[POOL], org_id, query.minutes, query.limit)
+    now = datetime.now(UTC)
+
+    def status(row: asyncpg.Record) -> str | None:
+        expired = row["expires_at"] is not None and row["expires_at"] <= now
+        return "expired" if expired and row["status"] not in (None, "revoked") else row["status"]
+
+    return respond(LimitedList(minutes=query.minutes, data=[
+        LimitedKey(key_id=r["key_id"], org_id=r["org_id"], owner_id=r["owner_id"],
+                   name=r["name"], prefix=r["prefix"], status=status(r), limited=r["limited"],
+                   requests=r["requests"]) for r in rows]))

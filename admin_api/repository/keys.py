@@ -13,7 +13,7 @@ from gateway.keyrecord import KEY_COLUMNS, SELECT_BY_ID, KeyRecord
 
 # Columns ``update`` may set; anything else never reaches SQL.
 UPDATABLE = ("name", "owner_id", "scopes", "expires_at", "usage_limit", "quota", "rate_limits",
-             "metadata", "is_default")
+             "metadata", "is_default", "shadow_limits")
 
 
 def _one(row: asyncpg.Record | None) -> KeyRecord:
@@ -50,7 +50,7 @@ async def insert(conn: Connection, values: dict[str, Any], digest: bytes) -> Key
 
 async def page(conn: Queryable, *, org_id: str | None, owner_id: str | None,
                status: str | None, environment: str | None, root: bool | None,
-               after: int | None, limit: int) -> list[KeyRecord]:
+               after: int | None, limit: int, search: str | None = None) -> list[KeyRecord]:
     """Keyset pagination in creation order (``serial``); ``status`` may be the derived
     ``expired``."""
     rows = await conn.fetch(
@@ -65,8 +65,11 @@ async def page(conn: Queryable, *, org_id: str | None, owner_id: str | None,
                OR ($6 = 'revoked' AND k.status = 'revoked')
                OR ($6 IN ('active', 'paused') AND k.status = $6
                    AND (k.expires_at IS NULL OR k.expires_at > now())))
+          AND ($8::text IS NULL OR k.id = $8 OR starts_with(k.prefix, $8)
+               OR strpos(lower(k.name), lower($8)) > 0
+               OR strpos(lower(k.owner_id), lower($8)) > 0)
         ORDER BY k.serial LIMIT $7""",
-        org_id, owner_id, environment, root, after, status, limit)
+        org_id, owner_id, environment, root, after, status, limit, search)
     return [KeyRecord.from_row(row) for row in rows]
 
 

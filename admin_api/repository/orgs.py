@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from gateway import keyformat
+from gateway import keyformat, rollups
 from gateway.database import Connection, Queryable
 
 ORG_COLUMNS = ("id, name, provider_id, key_prefix, key_defaults, rate_limits, metadata, "
@@ -70,6 +70,8 @@ async def key_ids(conn: Connection, org_id: str) -> list[str]:
 
 async def delete(conn: Connection, org_id: str) -> None:
     await conn.execute("DELETE FROM orgs WHERE id = $1", org_id)
+    for statement in rollups.FORGET_ORG:  # its request history goes with it
+        await conn.execute(statement, org_id)
 
 
 async def owner_limits(conn: Queryable, org_id: str, owner_id: str) -> list[Any] | None:

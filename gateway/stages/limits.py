@@ -51,15 +51,16 @@ async def spend(ex: Exchange, deps: Deps) -> None:
         return
     route = ex.matched
     now = datetime.now(UTC)
+    enforce = route.enforce and not key.shadow_limits
     if has_limits(key):
         try:
-            decision = deps.fast.admit(key, route.cost, route.enforce, now) if deps.fast else None
+            decision = deps.fast.admit(key, route.cost, enforce, now) if deps.fast else None
             if decision is None:
                 pending = deps.fast.pending if deps.fast else deps.usage.pending
                 # The request's store deadline (app.handle): a script Redis runs after it
                 # spends nothing, since the request was answered 503 by then.
                 left = ex.started + deps.store_timeout_s - time.perf_counter()
-                decision = await deps.limiter.spend(key, route.cost, route.enforce, now,
+                decision = await deps.limiter.spend(key, route.cost, enforce, now,
                                                     pending, deadline=time.time() + left)
                 if deps.fast is not None:
                     deps.fast.learn(key, decision, now)
@@ -79,7 +80,7 @@ async def spend(ex: Exchange, deps: Deps) -> None:
             decision = None
         ex.decision = decision
         if decision is not None and not decision.allowed:
-            if route.enforce:
+            if enforce:
                 raise _refusal(ex, decision)
             SHADOW_EXCEEDED.labels(route=route.prefix).inc()
     if route.cost:
@@ -91,7 +92,7 @@ def _without_redis(ex: Exchange, deps: Deps) -> None:
     rate limits fall back to per-worker windows unless configured closed."""
     key, route, policy = ex.key, ex.matched, deps.settings
     assert key is not None
-    if not route.enforce:  # shadow mode observes; it never refuses
+    if not route.enforce or key.shadow_limits:  # shadow mode observes; it never refuses
         FAIL_OPEN.labels(kind="shadow").inc()
         return
     if key.quota or key.usage_limit is not None:

@@ -132,6 +132,23 @@ async def test_list_filters(admin: Admin, org: dict[str, Any]) -> None:
     assert body["error"]["fields"][0]["field"] == "status"
 
 
+async def test_search_finds_keys_by_name_owner_prefix_or_id(admin: Admin, org: dict[str, Any]
+                                                            ) -> None:
+    billing = await admin.key(org["id"], name="Billing export", owner_id="alice")
+    other = await admin.key(org["id"], name="search%_literal", owner_id="Bob-Team")
+
+    async def found(text: str) -> list[str]:
+        listed = await admin.call("GET", "/v1/keys", params={"search": text}, expect=200)
+        return [k["id"] for k in listed["data"]]
+
+    assert await found("billing") == [billing["id"]]
+    assert await found("bob-team") == [other["id"]]
+    assert await found("%_") == [other["id"]]  # no wildcards: the text itself
+    assert await found(other["prefix"]) == [other["id"]]
+    assert await found(billing["id"]) == [billing["id"]]
+    assert await found("nobody") == []
+
+
 async def test_default_switch_unsets_previous_default(admin: Admin, org: dict[str, Any]
                                                       ) -> None:
     first = await admin.key(org["id"], owner_id="clinic", is_default=True)

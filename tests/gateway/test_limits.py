@@ -11,7 +11,7 @@ import redis.asyncio
 from aiohttp.test_utils import TestClient
 
 from gateway.metrics import SHADOW_EXCEEDED
-from tests.admin_api.conftest import Admin
+from tests.admin_api.conftest import Admin, as_key
 from tests.gateway.conftest import Upstream, eventually, redis_round_trips
 
 
@@ -120,6 +120,29 @@ async def test_shadow_mode_passes_and_marks(gateway: TestClient, admin: Admin,
     assert [r.headers["RateLimit-Remaining"] for r in responses] == ["0", "0", "0"]
     assert SHADOW_EXCEEDED.labels(route="/shadow")._value.get() == before + 2
     assert len(upstream.seen) == 3
+
+
+async def test_a_key_in_shadow_mode_passes_over_its_limits_until_enforced_again(
+        gateway: TestClient, admin: Admin, org: dict[str, Any], root: dict[str, Any],
+        upstream: Upstream) -> None:
+    key = await admin.key(org["id"], rate_limits=[{"limit": 1, "window_s": 60}])
+    before = SHADOW_EXCEEDED.labels(route="/maybe")._value.get()
+    shadowed = await admin.call("PATCH", f"/v1/keys/{key['id']}",
+                                json={"shadow_limits": True}, expect=200)
+    assert shadowed["shadow_limits"] is True
+    responses = [await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})
+                 for _ in range(3)]
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert [r.headers["RateLimit-Remaining"] for r in responses] == ["0", "0", "0"]
+    assert SHADOW_EXCEEDED.labels(route="/maybe")._value.get() == before + 2
+    assert len(upstream.seen) == 3
+    await admin.call("PATCH", f"/v1/keys/{key['id']}", json={"shadow_limits": False},
+                     expect=200)
+    assert (await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})).status == 429
+    # A key cannot lift its own limits this way.
+    refused = await admin.call("PATCH", f"/v1/keys/{root['id']}", json={"shadow_limits": True},
+                               headers=as_key(root["key"]), expect=403)
+    assert refused["error"]["code"] == "own_limits_protected"
 
 
 async def test_limits_shared_by_owner_and_organisation(gateway: TestClient, admin: Admin) -> None:

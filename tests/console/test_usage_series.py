@@ -1,0 +1,97 @@
+"""Requests over time and "limited now": what the gateway's requests came to, written behind
+to PostgreSQL and read back through the admin API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from admin_api.repository.rollups import RANGES, window
+from tests.admin_api.conftest import OPERATOR, Admin, as_key
+from tests.gateway.conftest import eventually
+
+
+async def _send(gateway: TestClient, key: str, n: int, method: str = "GET") -> list[int]:
+    statuses = []
+    for _ in range(n):
+        resp = await gateway.request(method, "/svc/x",
+                                     headers={"X-API-Key": key, "X-Provider": "acme"})
+        await resp.read()
+        statuses.append(resp.status)
+    return statuses
+
+
+async def _series(admin: Admin, headers: dict[str, str] = OPERATOR, **query: str
+                  ) -> dict[str, Any]:
+    got: dict[str, Any] = await admin.call("GET", "/v1/usage/series", params=query,
+                                           headers=headers, expect=200)
+    return got
+
+
+def test_a_range_is_whole_steps_ending_with_the_current_one() -> None:
+    now = datetime(2026, 12, 4, 15, 7, 31, tzinfo=UTC)
+    assert window(RANGES["hour"], now) == (datetime(2026, 12, 4, 14, 8, tzinfo=UTC),
+                                           datetime(2026, 12, 4, 15, 8, tzinfo=UTC))
+    assert window(RANGES["day"], now) == (datetime(2026, 12, 3, 15, 15, tzinfo=UTC),
+                                          datetime(2026, 12, 4, 15, 15, tzinfo=UTC))
+    since, until = window(RANGES["30d"], now)
+    assert until == datetime(2026, 12, 5, tzinfo=UTC) and until - since == timedelta(days=30)
+
+
+async def test_requests_and_refusals_are_charted_per_key_owner_and_organisation(
+        admin: Admin, org: dict[str, Any], root: dict[str, Any], gateway: TestClient) -> None:
+    limited = await admin.key(org["id"], scopes=["svc:read"], name="busy", owner_id="team-a",
+                              rate_limits=[{"limit": 3, "window_s": 3600}])
+    other = await admin.key(org["id"], scopes=["svc:read"], name="calm", owner_id="team-b")
+    assert await _send(gateway, limited["key"], 5) == [200] * 3 + [429] * 2
+    assert await _send(gateway, other["key"], 2) == [200] * 2
+    assert await _send(gateway, other["key"], 1, "POST") == [403]  # svc:write lacking
+
+    async def written() -> bool:
+        return (await _series(admin, org_id=org["id"]))["totals"]["requests"] == 8
+    await eventually(written)
+
+    mine = await _series(admin, key_id=limited["id"])
+    assert mine["range"] == "hour" and mine["step_seconds"] == 60 and len(mine["points"]) == 60
+    assert mine["totals"] == {"requests": 5, "forwarded": 3, "refused": {"rate_limited": 2},
+                              "statuses": {"200": 3, "429": 2}}
+    assert sum(p["requests"] for p in mine["points"]) == 5
+    assert datetime.fromisoformat(mine["points"][-1]["at"]) <= datetime.now(UTC)
+
+    team_b = await _series(admin, org_id=org["id"], owner_id="team-b")
+    assert team_b["totals"] == {"requests": 3, "forwarded": 2,
+                                "refused": {"insufficient_scope": 1},
+                                "statuses": {"200": 2, "403": 1}}
+    for range_, points in (("day", 96), ("30d", 30)):
+        wide = await _series(admin, org_id=org["id"], range=range_)
+        assert len(wide["points"]) == points and wide["totals"]["requests"] == 8
+
+    # A root key reads its own organisation, not another's.
+    own = await _series(admin, as_key(root["key"]))
+    assert own["totals"]["requests"] == 8
+    elsewhere = await admin.org(name="elsewhere", provider_id="elsewhere")
+    await admin.call("GET", "/v1/usage/series", params={"org_id": elsewhere["id"]},
+                     headers=as_key(root["key"]), expect=403)
+    stranger = await admin.key(elsewhere["id"])
+    await admin.call("GET", "/v1/usage/series", params={"key_id": stranger["id"]},
+                     headers=as_key(root["key"]), expect=404)
+
+    now = await admin.call("GET", "/v1/usage/limited", headers=OPERATOR, expect=200)
+    assert now["minutes"] == 5
+    assert [(k["key_id"], k["name"], k["limited"], k["requests"]) for k in now["data"]] == [
+        (limited["id"], "busy", 2, 5)]
+    assert now["data"][0]["prefix"] == limited["prefix"] and "key" not in now["data"][0]
+
+
+async def test_bad_queries_say_what_to_fix(admin: Admin, org: dict[str, Any]) -> None:
+    bad = await admin.call("GET", "/v1/usage/series", params={"range": "week"},
+                           headers=OPERATOR, expect=422)
+    assert "range" in bad["error"]["message"]
+    bad = await admin.call("GET", "/v1/usage/series", params={"owner_id": "team-a"},
+                           headers=OPERATOR, expect=422)
+    assert "send org_id" in bad["error"]["message"]
+    bad = await admin.call("GET", "/v1/usage/limited", params={"minutes": "0"},
+                           headers=OPERATOR, expect=422)
+    assert "minutes" in bad["error"]["message"]
