@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from admin_api import dialects
+from admin_api import console, dialects
 from admin_api.changes import drain_forever
 from admin_api.errors import Handler, add_standard_headers, error_middleware
 from admin_api.handlers.meta import OPENAPI, package_version
@@ -93,5 +93,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([_postgres, _redis, _limits, _webhooks])
     app.on_response_prepare.append(add_standard_headers)
     add_routes(app)
+    console.mount(app)
     dialects.mount(app, settings)
     return app

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from admin_api import tightening
+from admin_api import session, tightening
 from admin_api.errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from admin_api.repository.audit import Actor
 from gateway import keyformat, scopes
@@ -61,28 +61,42 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 async def authenticate(request: web.Request, conn: Queryable,
                        operator_token: str | None) -> Principal:
     """The operator (``Authorization: Bearer``) or a key (``X-API-Key``, optionally with
-    ``X-Provider``); anything else is a 401 that says what to send."""
+    ``X-Provider``) — or, with neither header, the console's session cookie; anything else is
+    a 401 that says what to send."""
     authorization = request.headers.get("Authorization", "")
-    scheme, _, token = authorization.partition(" ")
     raw_key = request.headers.get("X-API-Key")
+    if not authorization and raw_key is None:
+        held = session.held(request)
+        if held is not None:
+            return await principal_of(conn, operator_token, held)
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer":
-        if operator_token is None or not hmac.compare_digest(
-                token.strip().encode("utf-8", "surrogateescape"), operator_token.encode()):
-            raise Unauthorized("the bearer token is not the operator token",
-                               code="invalid_credentials")
-        return Principal(OPERATOR)
+        return await principal_of(conn, operator_token, session.Credential(OPERATOR, token))
     if raw_key is not None:
-        verdict = await verify(conn, raw_key.strip(), now=datetime.now(UTC),
-                               provider=request.headers.get("X-Provider"))
-        if not verdict.valid or verdict.record is None:
-            status, message = PUBLIC_ERRORS[verdict.code]
-            raise ApiError(message, code=verdict.code.value, status=status)
-        return Principal(KEY, verdict.record)
+        return await principal_of(conn, operator_token, session.Credential(
+            KEY, raw_key, request.headers.get("X-Provider")))
     if authorization:
         raise Unauthorized("Authorization must be 'Bearer <operator token>'",
                            code="invalid_credentials")
     raise Unauthorized("send 'Authorization: Bearer <operator token>' or "
                        "'X-API-Key: <root key>'", code="missing_key")
+
+
+async def principal_of(conn: Queryable, operator_token: str | None,
+                       credential: session.Credential) -> Principal:
+    if credential.kind == OPERATOR:
+        if operator_token is None or not hmac.compare_digest(
+                credential.secret.strip().encode("utf-8", "surrogateescape"),
+                operator_token.encode()):
+            raise Unauthorized("the bearer token is not the operator token",
+                               code="invalid_credentials")
+        return Principal(OPERATOR)
+    verdict = await verify(conn, credential.secret.strip(), now=datetime.now(UTC),
+                           provider=credential.provider)
+    if not verdict.valid or verdict.record is None:
+        status, message = PUBLIC_ERRORS[verdict.code]
+        raise ApiError(message, code=verdict.code.value, status=status)
+    return Principal(KEY, verdict.record)
 
 
 def require_operator(principal: Principal) -> None:

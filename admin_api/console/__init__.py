@@ -1,0 +1,93 @@
+"""The ops console, served at ``/console`` by the admin API: static pages (no build step)
+that call the same admin API as everyone else, with the credential entered once held in the
+session cookie (``admin_api.session``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import StringConstraints
+
+from admin_api import inputs, session
+from admin_api.auth import KEY, OPERATOR, Principal, authenticate, principal_of
+from admin_api.errors import ApiError, Forbidden, Unauthorized
+from admin_api.models import Input
+from admin_api.state import POOL, SETTINGS
+from gateway.verification import Code
+
+STATIC = Path(__file__).parent / "static"
+PATH = "/console"
+# Scripts, styles and requests only from this origin; no inline code, no framing.
+POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+          "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+
+
+class Login(Input):
+    credential: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+def _who(principal: Principal) -> dict[str, object]:
+    if principal.key is None:
+        return {"kind": OPERATOR}
+    key = principal.key
+    return {"kind": KEY, "key_id": key.id, "org_id": key.org_id, "name": key.name,
+            "prefix": key.prefix}
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def log_in(request: web.Request) -> web.Response:
+    session.guard(request)  # a login is a change too: another site must not make one
+    body = await inputs.body(request, Login)
+    token = request.app[SETTINGS].admin.token
+    kind = OPERATOR if token is not None and body.credential.strip() == token else KEY
+    credential = session.Credential(kind, body.credential)
+    try:
+        principal = await principal_of(request.app[POOL], token, credential)
+    except ApiError as exc:
+        if exc.code not in (Code.INVALID_KEY.value, "invalid_credentials"):
+            raise  # expired, revoked, paused: its own message says so
+        raise Unauthorized("that is neither the operator token nor a key Keystile knows; "
+                           "paste the whole token or root key", code="invalid_credentials"
+                           ) from None
+    if principal.key is not None and not principal.key.root:
+        raise Forbidden("the console needs the operator token or a root key; this key is a "
+                        "sub key, which may only read itself", code="root_key_required")
+    response = web.json_response(_who(principal))
+    session.keep(request, response, credential)
+    return response
+
+
+async def who(request: web.Request) -> web.Response:
+    if request.cookies.get(session.COOKIE) is None:
+        raise Unauthorized("not logged in to the console", code="missing_session")
+    principal = await authenticate(request, request.app[POOL], request.app[SETTINGS].admin.token)
+    return web.json_response(_who(principal))
+
+
+async def log_out(request: web.Request) -> web.Response:
+    session.guard(request)
+    response = web.Response(status=204)
+    session.forget(response)
+    return response
+
+
+async def _policy(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path == PATH or request.path.startswith(PATH + "/"):
+        response.headers["Content-Security-Policy"] = POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+
+
+def mount(app: web.Application) -> None:
+    app.router.add_get(PATH, index)
+    app.router.add_get(PATH + "/", index)
+    app.router.add_post(PATH + "/session", log_in)
+    app.router.add_get(PATH + "/session", who)
+    app.router.add_delete(PATH + "/session", log_out)
+    app.router.add_static(PATH + "/static", STATIC)
+    app.on_response_prepare.append(_policy)
