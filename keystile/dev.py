@@ -71,6 +71,7 @@ Keystile dev stack is up (Ctrl-C stops everything).
 
   gateway        {gateway}   (routes: /echo needs a key, /public does not)
   admin API      {admin}   (OpenAPI: {admin}/openapi.json)
+  console        {admin}/console   (log in with the operator token below)
   echo upstream  http://127.0.0.1:{opts.upstream_port}
   PostgreSQL     {postgres}
   Redis          {redis}
