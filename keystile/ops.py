@@ -418,7 +418,7 @@ def _usage_text(doc: Json) -> str:
         lines.append(f"\nquota {q['limit']}/{q['period']}: {q['used']} used, resets "
                      f"{q['resets_at']}")
     if doc["rate_limits"]:
-        lines.append("\n" + table(["RATE LIMIT", "REMAINING", "RESETS AT"], [
+        lines.append("\n" + table(["RATE_LIMIT", "REMAINING", "RESETS_AT"], [
             [f"{w['limit']}/{w['window_s']}s", str(w["remaining"]), text("", w["resets_at"])]
             for w in doc["rate_limits"]]))
     if doc["daily"]:
