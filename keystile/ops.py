@@ -79,9 +79,9 @@ class Client:
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> Client:
         headers = {"Accept": "application/json", "User-Agent": "keystile-cli"}
-        if token := env.get("KEYSTILE_ADMIN_TOKEN", "").strip():
+        if token := _credential(env, "KEYSTILE_ADMIN_TOKEN"):
             headers["Authorization"] = f"Bearer {token}"
-        elif key := env.get("KEYSTILE_ADMIN_KEY", "").strip():
+        elif key := _credential(env, "KEYSTILE_ADMIN_KEY"):
             headers["X-API-Key"] = key
         return cls(args.admin_url, headers)
 
@@ -158,6 +158,14 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _credential(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not all(" " <= c <= "~" for c in value):
+        raise Failure(f"keystile: error: {name} holds characters an HTTP header cannot "
+                      "carry; set it to the credential alone", DENIED)
+    return value
 
 
 def _query_value(value: object) -> str:
@@ -285,8 +293,13 @@ def json_object(value: str) -> Json:
 
 
 def admin_url(value: str) -> str:
-    parts = urllib.parse.urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        usable = False
+    if not usable:
         raise argparse.ArgumentTypeError(
             f"{redact(value)!r} (from --admin-url or KEYSTILE_ADMIN_URL) is not an http:// or "
             "https:// URL, e.g. http://127.0.0.1:8081")

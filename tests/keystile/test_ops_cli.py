@@ -226,6 +226,8 @@ async def test_exit_codes(
     failed(await ks(cli, url, "keys", "create", "--rate-limit", "fast"), 2,
            "is not a rate limit")
     failed(await ks(cli, "ftp://example.org", "orgs", "list"), 2, "KEYSTILE_ADMIN_URL")
+    failed(await ks(cli, "http://127.0.0.1:99999", "orgs", "list"), 2, "KEYSTILE_ADMIN_URL")
+    failed(await ks(cli, url, "orgs", "list", token="two\nlines"), 4, "KEYSTILE_ADMIN_TOKEN")
 
 
 async def test_usage_shows_the_counters(
@@ -253,23 +255,35 @@ SERIES = {"range": "hour", "step_seconds": 60, "from": "2030-01-01T10:00:00Z",
                      "refused": {"rate_limited": 2, "usage_exceeded": 1}}}
 
 
-async def test_usage_range_prints_the_series(cli: Cli) -> None:
-    """Against the documented shape of GET /v1/usage/series, served by a stand-in until the
-    admin API has the route."""
+async def test_usage_range_and_answers_the_admin_api_should_not_give(cli: Cli) -> None:
+    """A stand-in server: GET /v1/usage/series in its documented shape (until the admin API
+    has the route), a 5xx and a page that is not JSON."""
     asked: list[dict[str, str]] = []
 
     async def series(request: web.Request) -> web.Response:
         asked.append(dict(request.query))
         return web.json_response(SERIES)
 
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"code": "store_unavailable", "message": "retry",
+                                            "request_id": "r"}}, status=503)
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<html>a web page</html>", content_type="text/html")
+
     app = web.Application()
     app.router.add_get("/v1/usage/series", series)
+    app.router.add_get("/v1/keys/{id}", broken)
+    app.router.add_get("/v1/orgs", page)
     server = TestServer(app)
     await server.start_server()
     try:
         out = ok(await ks(cli, server.make_url(""), "usage", "key_1", "--range", "hour"))
         as_json = json.loads(ok(await ks(cli, server.make_url(""), "usage", "key_1",
                                          "--range", "hour", "--json")))
+        failed(await ks(cli, server.make_url(""), "keys", "show", "key_1"), 5,
+               "keystile: store_unavailable: retry")
+        failed(await ks(cli, server.make_url(""), "orgs", "list"), 5, "other than JSON")
     finally:
         await server.close()
     assert asked[0] == {"key_id": "key_1", "range": "hour"}
