@@ -1,4 +1,5 @@
-"""The ``keystile`` command: dev, admin, migrate."""
+"""The ``keystile`` command: dev, admin, migrate, and the admin API's clients (orgs, keys,
+usage)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from admin_api.migrate import MigrationError, available, migrate
 from gateway.database import connect
 from gateway.settings import ConfigError, Settings, load
 from gateway.tls import CertificateError, ServerTLS
-from keystile import serving
+from keystile import ops, serving
 from keystile.embedded import StoreStartError
 from keystile.redact import redact
 
@@ -341,6 +342,8 @@ def parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("--config", help="TOML configuration file")
     mig.set_defaults(func=cmd_migrate)
+
+    ops.add_parsers(sub)
     return top
 
 
@@ -357,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
             serving.ServeError) as exc:
         print(f"keystile: error: {exc}", file=sys.stderr)
         return 1
+    except ops.Failure as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     return 0
