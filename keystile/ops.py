@@ -354,7 +354,7 @@ RAW_KEY_NOTICE = "raw key (shown this once; store it now, it cannot be shown aga
 
 def keys_list(args: argparse.Namespace, client: Client) -> None:
     query = {"org_id": args.org, "owner_id": args.owner, "status": args.status,
-             "environment": args.environment}
+             "environment": args.environment, "search": args.search}
     _print_list(args, client.every("/v1/keys", query, args.limit), KEY_COLUMNS, "keys")
 
 
@@ -394,12 +394,12 @@ def keys_set_limits(args: argparse.Namespace, client: Client) -> None:
     given = vars(args)  # these flags are absent unless given: "none" is a value (null)
     body = {api: given[flag] for flag, api in (
         ("rate_limit", "rate_limits"), ("usage_limit", "usage_limit"), ("quota", "quota"),
-        ("expires", "expires_at")) if flag in given}
+        ("expires", "expires_at"), ("shadow", "shadow_limits")) if flag in given}
     if args.no_rate_limits:
         body["rate_limits"] = []
     if not body:
         raise Failure("keystile: error: give at least one of --rate-limit, --no-rate-limits, "
-                      "--usage-limit, --quota, --expires", 2)
+                      "--usage-limit, --quota, --expires, --shadow, --enforce", 2)
     out(args, client.call("PATCH", _path("v1", "keys", args.key_id), body=body), fields)
 
 
@@ -442,7 +442,7 @@ def _usage_text(doc: Json) -> str:
 
 def usage_series(args: argparse.Namespace, client: Client) -> None:
     """``GET /v1/usage/series``: the totals, then one row per point with a column per refusal
-    code seen. Written against the documented shape before the route existed."""
+    code seen."""
     reply = client.call("GET", "/v1/usage/series",
                         query={"key_id": args.key_id, "range": args.range})
 
@@ -456,8 +456,8 @@ def usage_series(args: argparse.Namespace, client: Client) -> None:
                     str(sum(refused.values())), *(str(refused.get(c, 0)) for c in codes)]
 
         head = ["AT", "REQUESTS", "FORWARDED", "REFUSED", *(c.upper() for c in codes)]
-        return (f"range {doc['range']} ({doc['step_seconds']}s steps) from {doc['from']} "
-                f"to {doc['to']}\n\n"
+        return (f"range {doc['range']} ({doc['step_seconds']}s steps) from {doc['since']} "
+                f"to {doc['until']}\n\n"
                 + table(head, [row("total", totals)]) + "\n\n"
                 + table(head, [row(p["at"], p) for p in points]))
 
@@ -553,6 +553,8 @@ def add_parsers(sub: Any) -> None:
     cmd.add_argument("--owner", metavar="OWNER_ID")
     cmd.add_argument("--status", choices=STATUSES)
     cmd.add_argument("--environment", choices=ENVIRONMENTS)
+    cmd.add_argument("--search", metavar="TEXT", help="a name or owner id containing TEXT, a "
+                     "display prefix starting with it, or the key id")
     cmd.add_argument("--limit", type=positive, metavar="N", help="at most N rows (default: all)")
     leaf(keys, "show", keys_show, "one key").add_argument("key_id", metavar="KEY_ID")
     cmd = leaf(keys, "create", keys_create, "create a key; prints its raw key once")
@@ -576,6 +578,12 @@ def add_parsers(sub: Any) -> None:
     cmd.add_argument("key_id", metavar="KEY_ID")
     _limit_flags(cmd, argparse.SUPPRESS)
     cmd.add_argument("--no-rate-limits", action="store_true", help="remove every rate limit")
+    mode = cmd.add_mutually_exclusive_group()
+    mode.add_argument("--shadow", dest="shadow", action="store_const", const=True,
+                      default=argparse.SUPPRESS, help="shadow mode: measure the key's limits, "
+                      "let requests over them pass")
+    mode.add_argument("--enforce", dest="shadow", action="store_const", const=False,
+                      default=argparse.SUPPRESS, help="enforce the key's limits again")
 
     cmd = leaf(sub, "usage", usage, "a key's usage counters, or with --range its requests "
                "over time")

@@ -147,6 +147,12 @@ async def test_set_limits_changes_only_what_is_given(
     assert now["rate_limits"] == [] and now["usage_limit"] == 7
     assert now["quota"] == {"limit": 1000, "period": "week"}  # not given: kept
 
+    ok(await ks(cli, url, "keys", "set-limits", key["id"], "--shadow"))
+    assert (await shown())["shadow_limits"] is True
+    ok(await ks(cli, url, "keys", "set-limits", key["id"], "--enforce"))
+    now = await shown()
+    assert now["shadow_limits"] is False and now["usage_limit"] == 7
+
 
 async def test_orgs_create_list_show_delete(
         cli: Cli, admin: Admin, org: dict[str, Any]) -> None:  # noqa: F811
@@ -245,8 +251,8 @@ async def test_usage_shows_the_counters(
     assert as_json["usage_count"] == 3 and as_json["usage_limit"] == 100
 
 
-SERIES = {"range": "hour", "step_seconds": 60, "from": "2030-01-01T10:00:00Z",
-          "to": "2030-01-01T11:00:00Z",
+SERIES = {"range": "hour", "step_seconds": 60, "since": "2030-01-01T10:00:00Z",
+          "until": "2030-01-01T11:00:00Z",
           "points": [{"at": "2030-01-01T10:00:00Z", "requests": 5, "forwarded": 3,
                       "refused": {"rate_limited": 2}},
                      {"at": "2030-01-01T10:01:00Z", "requests": 1, "forwarded": 0,
@@ -256,8 +262,8 @@ SERIES = {"range": "hour", "step_seconds": 60, "from": "2030-01-01T10:00:00Z",
 
 
 async def test_usage_range_and_answers_the_admin_api_should_not_give(cli: Cli) -> None:
-    """A stand-in server: GET /v1/usage/series in its documented shape (until the admin API
-    has the route), a 5xx and a page that is not JSON."""
+    """A stand-in server: GET /v1/usage/series with points the table must lay out, a 5xx and
+    a page that is not JSON."""
     asked: list[dict[str, str]] = []
 
     async def series(request: web.Request) -> web.Response:
@@ -294,3 +300,23 @@ async def test_usage_range_and_answers_the_admin_api_should_not_give(cli: Cli) -
     assert table[3] == ["total", "6", "3", "3", "2", "1"]
     assert table[6:] == [["2030-01-01T10:00:00Z", "5", "3", "2", "2", "0"],
                          ["2030-01-01T10:01:00Z", "1", "0", "1", "0", "1"]]
+
+
+async def test_usage_range_and_search_against_the_admin_api(
+        cli: Cli, admin: Admin, org: dict[str, Any]) -> None:  # noqa: F811
+    url = admin.client.make_url("")
+    key = await admin.key(org["id"], name="Billing export", owner_id="team-a")
+    await admin.key(org["id"], name="other")
+    # What the gateway's flush writes: 4 forwarded and 2 refused this minute.
+    await admin.db.executemany(
+        """INSERT INTO usage_minutes (bucket, key_id, org_id, owner_id, status, code, count)
+        VALUES (date_trunc('minute', now()), $1, $2, 'team-a', $3, $4, $5)""",
+        [(key["id"], org["id"], 200, "", 4), (key["id"], org["id"], 429, "rate_limited", 2)])
+    doc = json.loads(ok(await ks(cli, url, "usage", key["id"], "--range", "hour", "--json")))
+    assert doc["totals"] == {"requests": 6, "forwarded": 4, "refused": {"rate_limited": 2},
+                             "statuses": {"200": 4, "429": 2}}
+    table = rows(ok(await ks(cli, url, "usage", key["id"], "--range", "hour")))
+    assert table[3] == ["total", "6", "4", "2", "2"]
+    assert table[-1][1:] == ["6", "4", "2", "2"]  # the current minute is the last row
+    listed = json.loads(ok(await ks(cli, url, "keys", "list", "--search", "billing", "--json")))
+    assert [k["id"] for k in listed["data"]] == [key["id"]]
