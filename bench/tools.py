@@ -1,6 +1,7 @@
 """wrk and nginx for the benchmark, promtool for tests/deploy and a headless Chromium for
 tests/browser, from Debian's packages, unpacked into bench/.tools/ and run from there — no
-system service, nothing installed system-wide."""
+system service, nothing installed system-wide. axe-core, the accessibility checker
+tests/browser runs in the page, comes from PyPI into the same place."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,10 @@ CHROMIUM = ("chromium", "chromium-common", "chromium-driver")
 # and 40-odd packages more) and the desktop helpers chromium-common names.
 NOT_HEADLESS = frozenset({"libgtk-3-0", "xdg-utils", "x11-utils"})
 MULTIARCH = "x86_64-linux-gnu"
+# axe-core's axe.min.js (4.12.1, MPL-2.0) as this package ships it; only the file is used, so
+# its Playwright dependency is not installed. The dependency-free axe-core-python ships a
+# 2022 axe (4.4) and axe-selenium-python one from 2018 (3.x; its 3.0 needs Python 3.12).
+AXE_PACKAGE = "axe-playwright-python==0.1.8"
 
 
 def _unpack(packages: tuple[str, ...] = PACKAGES) -> None:
@@ -98,6 +104,16 @@ def chromium() -> Browser:
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(str(path) for path in libs),
            "FONTCONFIG_FILE": str(fonts)}
     return Browser(str(binary), str(driver), env)
+
+
+def axe_core() -> Path:
+    """axe.min.js, installed from PyPI into bench/.tools/axe the first time."""
+    target = TOOLS / "axe"
+    script = target / "axe_playwright_python" / "axe.min.js"
+    if not script.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                        "--target", str(target), AXE_PACKAGE], check=True, timeout=300)
+    return script
 
 
 def _not_installed(roots: tuple[str, ...]) -> tuple[str, ...]:
