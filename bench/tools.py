@@ -91,14 +91,14 @@ def chromium() -> Browser:
         packages = _not_installed(CHROMIUM)
         _unpack(packages)
         stamp.write_text("\n".join(packages) + "\n")
+    # A machine without fontconfig has no /etc/fonts; the unpacked fonts serve then. Written
+    # each time: it names this checkout's path.
     fonts = TOOLS / "chromium-fonts.conf"
-    if not fonts.exists():
-        # A machine without fontconfig has no /etc/fonts; the unpacked fonts serve then.
-        fonts.write_text(
-            "<?xml version=\"1.0\"?>\n<fontconfig>\n"
-            "  <include ignore_missing=\"yes\">/etc/fonts/fonts.conf</include>\n"
-            f"  <dir>{TOOLS}/usr/share/fonts</dir>\n"
-            f"  <cachedir>{TOOLS}/var/cache/fontconfig</cachedir>\n</fontconfig>\n")
+    fonts.write_text(
+        "<?xml version=\"1.0\"?>\n<fontconfig>\n"
+        "  <include ignore_missing=\"yes\">/etc/fonts/fonts.conf</include>\n"
+        f"  <dir>{TOOLS}/usr/share/fonts</dir>\n"
+        f"  <cachedir>{TOOLS}/var/cache/fontconfig</cachedir>\n</fontconfig>\n")
     libs = [TOOLS / "usr" / "lib" / MULTIARCH, TOOLS / "lib" / MULTIARCH,
             TOOLS / "usr" / "lib" / MULTIARCH / "pulseaudio"]
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(str(path) for path in libs),
