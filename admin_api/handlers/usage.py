@@ -49,7 +49,9 @@ async def usage_of(conn: Queryable, limiter: Limiter, key: KeyRecord,
     now = datetime.now(UTC)
     live = await limiter.peek(key, now, pending)
     history = await keys.daily(conn, key.id, (now - timedelta(days=HISTORY_DAYS - 1)).date())
-    used = live.usage_used if live.usage_used is not None else key.usage_count
+    # Redis counts a lifetime only for a key with a limit; without one, PostgreSQL's count.
+    limited = key.usage_limit is not None and live.usage_used is not None
+    used = live.usage_used if limited and live.usage_used is not None else key.usage_count
     quota = None
     if live.quota_limit is not None and live.quota_period is not None:
         quota = QuotaUsage(limit=live.quota_limit, period=live.quota_period,

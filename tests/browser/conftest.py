@@ -1,6 +1,7 @@
 """A headless Chromium for tests that drive web pages: Debian's chromium and chromedriver as
 bench/tools.py unpacks them, one browser for the whole run, reset before each test; PNG
-screenshots into tests/browser/.screenshots/; axe-core's accessibility violations.
+screenshots into tests/browser/.screenshots/; axe-core's accessibility violations; and the
+admin API and gateway fixtures the console's tests drive.
 
 Selenium's calls block: a test serving its pages from the event loop runs its browser steps
 in a plain function through ``asyncio.to_thread`` so the loop can answer them."""
@@ -20,6 +21,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from bench import tools
+from tests.admin_api.conftest import admin, org, root, settings  # noqa: F401
+from tests.gateway.conftest import gateway, gateway_settings, upstream  # noqa: F401
 
 SCREENSHOTS = Path(__file__).parent / ".screenshots"
 DESKTOP = (1280, 800)
@@ -64,7 +67,9 @@ def browser(chromium: WebDriver) -> WebDriver:
     """The session's browser on a blank page at desktop size, without the cookies an earlier
     test left."""
     chromium.get("about:blank")
-    chromium.delete_all_cookies()
+    # Every site's cookies: delete_all_cookies() only clears the current page's, and cookies
+    # do not tell ports apart, so one test's session would log the next one in.
+    chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
     resize(chromium, DESKTOP)
     return chromium
 

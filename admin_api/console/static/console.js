@@ -311,7 +311,8 @@ function limitsForm(key) {
   const qPeriod = select("quota_period", [["day", "per day"], ["week", "per week"], ["month", "per month"]],
     key.quota ? key.quota.period : "day");
   const shadow = h("input", { type: "checkbox", name: "shadow_limits", checked: key.shadow_limits });
-  const form = h("form", { class: "card", "aria-labelledby": "limits-h" },
+  // novalidate: the API judges the values, and its messages say what to fix.
+  const form = h("form", { class: "card", "aria-labelledby": "limits-h", novalidate: true },
     h("h2", { id: "limits-h" }, "Edit limits"), rows,
     h("button", { type: "button", onclick: () => addRow() }, "Add a window"),
     field("Lifetime usage limit", usage, "Empty: no lifetime limit"),
