@@ -83,11 +83,14 @@ async def _policy(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Referrer-Policy"] = "no-referrer"
 
 
+# Outside the API's route table and its OpenAPI document: pages for browsers, and the
+# session they keep (the static files are a further GET route, PATH + "/static").
+ROUTES = (("GET", PATH, index), ("GET", PATH + "/", index), ("POST", PATH + "/session", log_in),
+          ("GET", PATH + "/session", who), ("DELETE", PATH + "/session", log_out))
+
+
 def mount(app: web.Application) -> None:
-    app.router.add_get(PATH, index)
-    app.router.add_get(PATH + "/", index)
-    app.router.add_post(PATH + "/session", log_in)
-    app.router.add_get(PATH + "/session", who)
-    app.router.add_delete(PATH + "/session", log_out)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
     app.router.add_static(PATH + "/static", STATIC)
     app.on_response_prepare.append(_policy)

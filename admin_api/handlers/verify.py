@@ -13,6 +13,7 @@ from admin_api.errors import StoreUnavailable
 from admin_api.models import VerifyRequest, VerifyResult
 from admin_api.state import LIMITER, POOL, USAGE
 from admin_api.views import respond
+from gateway.errors import GATEWAY_ERRORS
 from gateway.keyrecord import KeyRecord
 from gateway.limits import decision as limits
 from gateway.verification import Code
@@ -41,7 +42,12 @@ async def verify(request: web.Request, principal: Principal, body: VerifyRequest
     if verdict.valid:
         code, counters = await _spend(request, record, body.cost, now)
         found |= counters
-    return respond(VerifyResult(valid=code == Code.VALID.value, code=code, **found))
+    valid = code == Code.VALID.value
+    # Counted in the key's request history like a gateway request: allowed, or refused with
+    # the status the gateway would have answered.
+    request.app[USAGE].outcome(record, 200 if valid else GATEWAY_ERRORS[code][0],
+                               "" if valid else code)
+    return respond(VerifyResult(valid=valid, code=code, **found))
 
 
 async def _spend(request: web.Request, record: KeyRecord, cost: int, now: datetime

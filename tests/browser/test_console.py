@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
@@ -161,8 +162,8 @@ async def test_a_new_key_is_shown_once_and_a_root_key_sees_its_own_organisation(
     def as_a_root_key() -> str:
         browser.get(console)
         _text_in(browser, "h2", "Log in")
-        browser.find_element(By.NAME, "credential").send_keys(root["key"])
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        # By keyboard alone: the field has the focus, Enter logs in.
+        browser.switch_to.active_element.send_keys(root["key"], Keys.ENTER)
         _text_in(browser, "h1", "Keys of")
         assert "not yours" not in browser.find_element(By.TAG_NAME, "main").text
         assert root["key"] not in browser.page_source

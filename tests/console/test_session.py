@@ -105,3 +105,14 @@ async def test_wrong_credentials_get_the_same_clear_messages(
     assert resp.status == 401
     resp = await admin.client.get("/v1/keys", headers={"Cookie": f"{COOKIE}=garbage!"})
     assert resp.status == 401 and (await resp.json())["error"]["code"] == "invalid_session"
+
+
+async def test_without_a_session_only_the_pages_and_the_login_answer(admin: Admin) -> None:
+    for path in ("/console", "/console/", "/console/static/console.css"):
+        assert (await admin.client.get(path)).status == 200, path
+    resp = await admin.client.get("/console/session")
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "missing_session"
+    resp = await admin.client.get("/console/static/../../session.py")
+    assert resp.status in (403, 404)
+    resp = await admin.client.delete("/console/session")  # not from the console: refused
+    assert resp.status == 403

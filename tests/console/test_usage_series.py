@@ -68,6 +68,9 @@ async def test_requests_and_refusals_are_charted_per_key_owner_and_organisation(
         wide = await _series(admin, org_id=org["id"], range=range_)
         assert len(wide["points"]) == points and wide["totals"]["requests"] == 8
 
+    limited_for_root = await admin.call("GET", "/v1/usage/limited", expect=200,
+                                        headers=as_key(root["key"]))
+    assert [k["key_id"] for k in limited_for_root["data"]] == [limited["id"]]
     # A root key reads its own organisation, not another's.
     own = await _series(admin, as_key(root["key"]))
     assert own["totals"]["requests"] == 8
@@ -78,7 +81,8 @@ async def test_requests_and_refusals_are_charted_per_key_owner_and_organisation(
     await admin.call("GET", "/v1/usage/series", params={"key_id": stranger["id"]},
                      headers=as_key(root["key"]), expect=404)
 
-    now = await admin.call("GET", "/v1/usage/limited", headers=OPERATOR, expect=200)
+    now = await admin.call("GET", "/v1/usage/limited", params={"org_id": org["id"]},
+                           headers=OPERATOR, expect=200)
     assert now["minutes"] == 5
     assert [(k["key_id"], k["name"], k["limited"], k["requests"]) for k in now["data"]] == [
         (limited["id"], "busy", 2, 5)]
@@ -95,3 +99,23 @@ async def test_bad_queries_say_what_to_fix(admin: Admin, org: dict[str, Any]) ->
     bad = await admin.call("GET", "/v1/usage/limited", params={"minutes": "0"},
                            headers=OPERATOR, expect=422)
     assert "minutes" in bad["error"]["message"]
+
+
+async def test_keys_verified_through_the_admin_api_are_charted_too(
+        admin: Admin, org: dict[str, Any]) -> None:
+    key = await admin.key(org["id"], scopes=["svc:read"],
+                          rate_limits=[{"limit": 2, "window_s": 3600}])
+    codes = []
+    for scopes in (["svc:read"], ["svc:read"], ["svc:read"], ["svc:write"]):
+        got = await admin.call("POST", "/v1/verify", json={"key": key["key"], "scopes": scopes},
+                               headers=OPERATOR, expect=200)
+        codes.append(got["code"])
+    assert codes == ["valid", "valid", "rate_limited", "insufficient_scope"]
+
+    async def written() -> bool:
+        return bool((await _series(admin, key_id=key["id"]))["totals"]["requests"] == 4)
+    await eventually(written)
+    assert (await _series(admin, key_id=key["id"]))["totals"] == {
+        "requests": 4, "forwarded": 2,
+        "refused": {"rate_limited": 1, "insufficient_scope": 1},
+        "statuses": {"200": 2, "429": 1, "403": 1}}

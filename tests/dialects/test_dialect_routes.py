@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import re
 
+from admin_api import console
 from admin_api.routes import ROUTES
 from tests.admin_api.conftest import Admin
 
 
 async def test_every_dialect_route_requires_credentials(dialect_admin: Admin) -> None:
-    canonical = {(r.method, r.path) for r in ROUTES}
+    canonical = {(r.method, r.path) for r in ROUTES} | {
+        (method, path) for method, path, _ in console.ROUTES} | {("GET", "/console/static")}
     dialect_routes = {(r.method, r.resource.canonical)
                       for r in dialect_admin.client.app.router.routes()
                       if r.method != "HEAD" and r.resource is not None} - canonical

@@ -109,8 +109,7 @@ function page(title, ...children) {
 const SERIES = [ // what a bar is made of, bottom to top; colours keep 3:1 against white
   ["forwarded", "Forwarded", "#1f6f43"],
   ["rate_limited", "Rate limited", "#b3261e"],
-  ["quota_exceeded", "Quota exceeded", "#8a4b00"],
-  ["usage_exceeded", "Usage limit spent", "#6a1b9a"],
+  ["usage_exceeded", "Quota or usage limit spent", "#8a4b00"],
   ["other", "Other refusals", "#37474f"],
 ];
 
