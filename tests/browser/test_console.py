@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.admin_api.conftest import OPERATOR, OPERATOR_TOKEN, Admin
 from tests.browser.conftest import DESKTOP, PHONE, axe_violations, resize, screenshot
-from tests.gateway.conftest import eventually
+from tests.gateway.conftest import eventually, one_by_one
 
 WAIT_S = 10
 
@@ -51,15 +51,6 @@ def _check_page(driver: WebDriver, name: str, raw_keys: list[str]) -> None:
     resize(driver, DESKTOP)
 
 
-async def _send(gateway: TestClient, key: str, n: int) -> list[int]:
-    statuses = []
-    for _ in range(n):
-        resp = await gateway.get("/svc/x", headers={"X-API-Key": key, "X-Provider": "acme"})
-        await resp.read()
-        statuses.append(resp.status)
-    return statuses
-
-
 async def _series_total(admin: Admin, key_id: str, want: int) -> None:
     async def written() -> bool:
         got = await admin.call("GET", "/v1/usage/series", params={"key_id": key_id},
@@ -76,7 +67,7 @@ async def test_an_operator_finds_limits_and_revokes_a_key(
                           scopes=["svc:read"], rate_limits=[{"limit": 100, "window_s": 3600}])
     await admin.key(org["id"], name="bystander", scopes=["svc:read"])
     raw_keys = [key["key"]]
-    assert await _send(gateway, key["key"], 5) == [200] * 5
+    assert await one_by_one(gateway, key["key"], 5) == [200] * 5
     await _series_total(admin, key["id"], 5)
 
     def log_in_and_find_the_key() -> None:
@@ -129,7 +120,7 @@ async def test_an_operator_finds_limits_and_revokes_a_key(
     await asyncio.to_thread(lower_the_rate_limit)
     stored = await admin.call("GET", f"/v1/keys/{key['id']}", expect=200)
     assert stored["rate_limits"] == [{"limit": 2, "window_s": 3600}]
-    assert await _send(gateway, key["key"], 3) == [429] * 3
+    assert await one_by_one(gateway, key["key"], 3) == [429] * 3
     await _series_total(admin, key["id"], 8)
 
     def see_it_limited_then_revoke_it() -> None:
@@ -150,7 +141,7 @@ async def test_an_operator_finds_limits_and_revokes_a_key(
 
     await asyncio.to_thread(see_it_limited_then_revoke_it)
     assert (await admin.call("GET", f"/v1/keys/{key['id']}", expect=200))["status"] == "revoked"
-    assert await _send(gateway, key["key"], 1) == [401]
+    assert await one_by_one(gateway, key["key"], 1) == [401]
 
 
 async def test_a_new_key_is_shown_once_and_a_root_key_sees_its_own_organisation(
@@ -178,6 +169,19 @@ async def test_a_new_key_is_shown_once_and_a_root_key_sees_its_own_organisation(
         browser.refresh()
         _text_in(browser, "table", "made in the console")
         assert shown not in browser.page_source
+        # Rotating shows the new secret once, the same way.
+        browser.find_element(By.LINK_TEXT, "made in the console").click()
+        _text_in(browser, "h1", "Key made in the console")
+        browser.find_element(By.XPATH, "//button[text()='Rotate']").click()
+        _wait(browser).until(ec.alert_is_present())
+        browser.switch_to.alert.accept()
+        rotated = _text_in(browser, ".once", "New secret").find_element(By.CSS_SELECTOR,
+                                                                         "code.raw").text
+        assert rotated != shown and rotated.startswith(org["key_prefix"])
+        browser.find_element(By.XPATH, "//button[text()='Done, hide it']").click()
+        _wait(browser).until(lambda d: rotated not in d.page_source)
+        shown = rotated
+        browser.find_element(By.LINK_TEXT, "Keys").click()
         browser.find_element(By.LINK_TEXT, "Webhooks").click()
         _text_in(browser, "h1", "Webhooks")
         _check_page(browser, "webhooks", [root["key"], shown])

@@ -10,17 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from admin_api.repository.rollups import RANGES, window
 from tests.admin_api.conftest import OPERATOR, Admin, as_key
-from tests.gateway.conftest import eventually
-
-
-async def _send(gateway: TestClient, key: str, n: int, method: str = "GET") -> list[int]:
-    statuses = []
-    for _ in range(n):
-        resp = await gateway.request(method, "/svc/x",
-                                     headers={"X-API-Key": key, "X-Provider": "acme"})
-        await resp.read()
-        statuses.append(resp.status)
-    return statuses
+from tests.gateway.conftest import eventually, one_by_one
 
 
 async def _series(admin: Admin, headers: dict[str, str] = OPERATOR, **query: str
@@ -45,9 +35,9 @@ async def test_requests_and_refusals_are_charted_per_key_owner_and_organisation(
     limited = await admin.key(org["id"], scopes=["svc:read"], name="busy", owner_id="team-a",
                               rate_limits=[{"limit": 3, "window_s": 3600}])
     other = await admin.key(org["id"], scopes=["svc:read"], name="calm", owner_id="team-b")
-    assert await _send(gateway, limited["key"], 5) == [200] * 3 + [429] * 2
-    assert await _send(gateway, other["key"], 2) == [200] * 2
-    assert await _send(gateway, other["key"], 1, "POST") == [403]  # svc:write lacking
+    assert await one_by_one(gateway, limited["key"], 5) == [200] * 3 + [429] * 2
+    assert await one_by_one(gateway, other["key"], 2) == [200] * 2
+    assert await one_by_one(gateway, other["key"], 1, "POST") == [403]  # svc:write lacking
 
     async def written() -> bool:
         return (await _series(admin, org_id=org["id"]))["totals"]["requests"] == 8

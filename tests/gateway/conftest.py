@@ -135,6 +135,18 @@ async def statuses(gateway: TestClient, key: str, n: int) -> list[int]:
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
+async def one_by_one(gateway: TestClient, key: str, n: int, method: str = "GET",
+                     path: str = "/svc/x") -> list[int]:
+    """The statuses of ``n`` keyed requests (provider acme) sent one after another."""
+    statuses = []
+    for _ in range(n):
+        resp = await gateway.request(method, path,
+                                     headers={"X-API-Key": key, "X-Provider": "acme"})
+        await resp.read()
+        statuses.append(resp.status)
+    return statuses
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
     """Waits for state a user can observe (a flush, a sync), with a deadline."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.thresholds import crossed
 from tests.admin_api.conftest import Admin
-from tests.gateway.conftest import eventually
+from tests.gateway.conftest import eventually, one_by_one
 from tests.webhooks.conftest import Receiver, subscribe
 
 
@@ -25,15 +25,6 @@ def test_crossed_names_each_threshold_reached_once() -> None:
     assert crossed(0, 5, 0, [80]) == []
 
 
-async def _spend(gateway: TestClient, key: str, n: int) -> list[int]:
-    statuses = []
-    for _ in range(n):
-        resp = await gateway.get("/svc/x", headers={"X-API-Key": key, "X-Provider": "acme"})
-        await resp.read()
-        statuses.append(resp.status)
-    return statuses
-
-
 async def test_thresholds_fire_once_as_the_gateway_spends(
         admin: Admin, org: dict[str, Any], gateway: TestClient, receiver: Receiver) -> None:
     await subscribe(admin, org["id"], receiver.url,
@@ -41,8 +32,8 @@ async def test_thresholds_fire_once_as_the_gateway_spends(
     quota_key = await admin.key(org["id"], scopes=["svc:read"], name="q",
                                 quota={"limit": 10, "period": "day"})
     usage_key = await admin.key(org["id"], scopes=["svc:read"], name="u", usage_limit=5)
-    assert await _spend(gateway, quota_key["key"], 12) == [200] * 10 + [429] * 2
-    assert await _spend(gateway, usage_key["key"], 6) == [200] * 5 + [429]
+    assert await one_by_one(gateway, quota_key["key"], 12) == [200] * 10 + [429] * 2
+    assert await one_by_one(gateway, usage_key["key"], 6) == [200] * 5 + [429]
 
     async def four() -> bool:
         return len(receiver.got) >= 4
@@ -56,7 +47,7 @@ async def test_thresholds_fire_once_as_the_gateway_spends(
     assert [(e["key"]["id"], e["data"]["percent"]) for e in usage] == [
         (usage_key["id"], 80), (usage_key["id"], 100)]
     # Refused requests spend nothing and announce nothing more.
-    assert await _spend(gateway, quota_key["key"], 3) == [429] * 3
+    assert await one_by_one(gateway, quota_key["key"], 3) == [429] * 3
     rows = await admin.db.fetch("SELECT type FROM webhook_events ORDER BY created_at")
     assert sorted(r["type"] for r in rows) == ["quota.threshold"] * 2 + ["usage.threshold"] * 2
 
@@ -67,7 +58,7 @@ async def test_the_organisations_percentages_apply_and_a_reset_announces_again(
                            {"usage_percent": [50]})
     await subscribe(admin, org["id"], receiver.url, events=["usage.threshold"])
     key = await admin.key(org["id"], scopes=["svc:read"], usage_limit=4)
-    assert await _spend(gateway, key["key"], 2) == [200, 200]
+    assert await one_by_one(gateway, key["key"], 2) == [200, 200]
 
     async def one() -> bool:
         return len(receiver.got) >= 1
