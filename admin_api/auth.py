@@ -6,6 +6,7 @@ another organisation are reported as not found, so their existence does not leak
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from admin_api.repository.audit import Actor
 from gateway import keyformat, scopes
 from gateway.database import Queryable
 from gateway.keyrecord import KeyRecord
-from gateway.verification import PUBLIC_ERRORS, verify
+from gateway.verification import PUBLIC_ERRORS, Verdict, verify, verify_digest
 
 OPERATOR = "operator"
 KEY = "key"
@@ -61,20 +62,19 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 async def authenticate(request: web.Request, conn: Queryable,
                        operator_token: str | None) -> Principal:
     """The operator (``Authorization: Bearer``) or a key (``X-API-Key``, optionally with
-    ``X-Provider``) — or, with neither header, the console's session cookie; anything else is
-    a 401 that says what to send."""
+    ``X-Provider``) — or, with neither header, under the console's paths, the console's
+    session; anything else is a 401 that says what to send."""
     authorization = request.headers.get("Authorization", "")
     raw_key = request.headers.get("X-API-Key")
-    if not authorization and raw_key is None:
-        held = session.held(request)
+    if not authorization and raw_key is None and request.path.startswith(session.API + "/"):
+        held = await session.held(request, conn)
         if held is not None:
-            return await principal_of(conn, operator_token, held)
+            return await session_principal(conn, operator_token, held)
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer":
-        return await principal_of(conn, operator_token, session.Credential(OPERATOR, token))
+        return operator(token, operator_token)
     if raw_key is not None:
-        return await principal_of(conn, operator_token, session.Credential(
-            KEY, raw_key, request.headers.get("X-Provider")))
+        return await key_principal(conn, raw_key, request.headers.get("X-Provider"))
     if authorization:
         raise Unauthorized("Authorization must be 'Bearer <operator token>'",
                            code="invalid_credentials")
@@ -82,21 +82,45 @@ async def authenticate(request: web.Request, conn: Queryable,
                        "'X-API-Key: <root key>'", code="missing_key")
 
 
-async def principal_of(conn: Queryable, operator_token: str | None,
-                       credential: session.Credential) -> Principal:
-    if credential.kind == OPERATOR:
-        if operator_token is None or not hmac.compare_digest(
-                credential.secret.strip().encode("utf-8", "surrogateescape"),
-                operator_token.encode()):
-            raise Unauthorized("the bearer token is not the operator token",
-                               code="invalid_credentials")
-        return Principal(OPERATOR)
-    verdict = await verify(conn, credential.secret.strip(), now=datetime.now(UTC),
-                           provider=credential.provider)
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+
+
+def is_operator_token(token: str, operator_token: str | None) -> bool:
+    return operator_token is not None and hmac.compare_digest(
+        token_hash(token), token_hash(operator_token))
+
+
+def operator(token: str, operator_token: str | None) -> Principal:
+    if not is_operator_token(token, operator_token):
+        raise Unauthorized("the bearer token is not the operator token",
+                           code="invalid_credentials")
+    return Principal(OPERATOR)
+
+
+def _key_or_refusal(verdict: Verdict) -> Principal:
     if not verdict.valid or verdict.record is None:
         status, message = PUBLIC_ERRORS[verdict.code]
         raise ApiError(message, code=verdict.code.value, status=status)
     return Principal(KEY, verdict.record)
+
+
+async def key_principal(conn: Queryable, raw_key: str, provider: str | None) -> Principal:
+    return _key_or_refusal(await verify(conn, raw_key.strip(), now=datetime.now(UTC),
+                                        provider=provider))
+
+
+async def session_principal(conn: Queryable, operator_token: str | None,
+                            held: session.Held) -> Principal:
+    """Checked again on every request: a changed operator token, or a key revoked, paused,
+    expired or rotated since the login, ends the session's access."""
+    if held.kind == OPERATOR:
+        if operator_token is None or not hmac.compare_digest(held.secret_hash,
+                                                             token_hash(operator_token)):
+            raise Unauthorized("the operator token has changed since this console session "
+                               "began; log in again", code="invalid_session")
+        return Principal(OPERATOR)
+    return _key_or_refusal(await verify_digest(conn, held.secret_hash, now=datetime.now(UTC)))
 
 
 def require_operator(principal: Principal) -> None:
@@ -163,9 +187,6 @@ def require_not_own_limits(principal: Principal, key: KeyRecord,
         raise Forbidden("owner_id: a key cannot move itself to another owner: that would raise "
                         "its limits, leaving those its owner shares; ask the operator",
                         code="own_limits_protected")
-    if wanted.get("shadow_limits") and not key.shadow_limits:
-        raise Forbidden("shadow_limits: a key cannot put its own limits in shadow mode, which "
-                        "would lift them; ask the operator", code="own_limits_protected")
     current = {"expires_at": key.expires_at, "usage_limit": key.usage_limit,
                "quota": key.quota, "rate_limits": key.rate_limits}
     field = tightening.raised(current, wanted)
@@ -173,6 +194,15 @@ def require_not_own_limits(principal: Principal, key: KeyRecord,
         raise Forbidden(f"{field}: this change would raise the calling key's own limit; a key "
                         f"may only tighten its own limits ({field}: {_TIGHTER[field]}); ask "
                         "the operator to raise it", code="own_limits_protected")
+
+
+def require_shadow_allowed(principal: Principal, wanted: Mapping[str, Any]) -> None:
+    """Shadow mode lifts every limit a key is held to — its owner's and its organisation's
+    shared windows too, which only the operator sets — so only the operator turns it on."""
+    if wanted.get("shadow_limits") and principal.key is not None:
+        raise Forbidden("shadow_limits: only the operator may put a key in shadow mode (it "
+                        "lifts the key's limits, its owner's and organisation's included); a "
+                        "root key may turn it off", code="operator_required")
 
 
 def require_not_own_owner_limits_raised(principal: Principal, org_id: str, owner_id: str,

@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 from aiohttp import web
 from pydantic import BaseModel
 
-from admin_api import inputs
+from admin_api import inputs, session
 from admin_api import models as m
 from admin_api.auth import PRINCIPAL, authenticate, require_manager, require_operator
 from admin_api.handlers import audit, keys, meta, orgs, owners, usage, verify, webhooks
@@ -157,5 +157,10 @@ ROUTES: tuple[Route, ...] = (
 
 
 def add_routes(app: web.Application) -> None:
+    """Every route, and each again under the console's prefix, where its session may stand
+    in for the credential (``admin_api.session``)."""
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.endpoint())
+        endpoint = route.endpoint()
+        app.router.add_route(route.method, route.path, endpoint)
+        if route.path.startswith("/v1/"):
+            app.router.add_route(route.method, session.API + route.path, endpoint)

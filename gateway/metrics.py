@@ -45,12 +45,17 @@ FAIL_OPEN = Counter(
     ["kind"])
 SHADOW_EXCEEDED = Counter(
     "keystile_shadow_limit_exceeded_total",
-    "Requests over a limit that passed because the route enforces nothing (shadow mode)",
+    "Requests over a limit that passed because the route or the key enforces nothing "
+    "(shadow mode)",
     ["route"])
 FAST_OVER_ADMITTED = Counter(
     "keystile_fast_over_admitted_total",
     "Units a worker admitted on its own in fast mode that, when its sync reached Redis, were "
     "beyond a limit (the over-admission fast mode trades for fewer round trips)")
+HISTORY_DROPPED = Counter(
+    "keystile_request_history_dropped_total",
+    "Requests left out of the request history (the console's charts) because PostgreSQL "
+    "could not take it for so long that a process held its maximum")
 FLUSH_LAG = Gauge("keystile_usage_flush_lag_seconds",
                   "Seconds since this process last wrote its usage to PostgreSQL "
                   "(the oldest across live workers)", multiprocess_mode="livemax")

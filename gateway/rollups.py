@@ -1,8 +1,8 @@
 """Requests over time, written behind: what each key's requests came to (the status the
-client got, and the gateway's refusal code) per minute and per hour, for the console's
-charts and its "limited now" view. A process counts in memory (a dict increment per
-request) and adds its counts to PostgreSQL in the usage flush; rows older than the
-retention are dropped by the admin API's housekeeping."""
+client got, and the gateway's refusal code) per minute and per hour, per key and summed per
+organisation, for the console's charts and its "limited now" view. A process counts in
+memory (a dict increment per request) and adds its counts to PostgreSQL after each usage
+flush; rows older than the retention are dropped by the admin API's housekeeping."""
 
 from __future__ import annotations
 
@@ -10,69 +10,111 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from gateway.database import Queryable
+from gateway.keyrecord import KeyRecord
+from gateway.metrics import HISTORY_DROPPED
 
 log = logging.getLogger(__name__)
 
 MINUTE_S, HOUR_S = 60, 3600
-MINUTES_KEPT_S = 2 * 86400  # the day view reads minutes
-HOURS_KEPT_S = 40 * 86400  # the 30-day view reads hours
-TABLES = {MINUTE_S: "usage_minutes", HOUR_S: "usage_hours"}
+KEPT_S = {MINUTE_S: 2 * 86400, HOUR_S: 40 * 86400}  # the day view reads minutes
+KEY_TABLES = {MINUTE_S: "usage_minutes", HOUR_S: "usage_hours"}
+ORG_TABLES = {MINUTE_S: "usage_org_minutes", HOUR_S: "usage_org_hours"}
+# Distinct (key, minute, status, code) a process holds at most while PostgreSQL cannot take
+# them (about 20 MB); beyond it, new ones are dropped and counted.
+MAX_PENDING = 100_000
 
-# (key id, organisation, owner, minute since the epoch, status, refusal code or '')
-Outcome = tuple[str, str, str | None, int, int, str]
+# (key id, minute since the epoch, status, refusal code or '')
+Slot = tuple[str, int, int, str]
 
-_ADD = """INSERT INTO {table} AS u (bucket, key_id, org_id, owner_id, status, code, count)
+_ADD_KEYS = """INSERT INTO {table} AS u (bucket, key_id, org_id, owner_id, status, code, count)
 SELECT to_timestamp(b * {width}), k, o, w, s, c, n
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[],
             $7::bigint[]) AS t(b, k, o, w, s, c, n)
 ON CONFLICT (key_id, bucket, status, code) DO UPDATE SET count = u.count + excluded.count"""
+_ADD_ORGS = """INSERT INTO {table} AS u (bucket, org_id, status, code, count)
+SELECT to_timestamp(b * {width}), o, s, c, n
+FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::text[], $5::bigint[])
+    AS t(b, o, s, c, n)
+ON CONFLICT (org_id, bucket, status, code) DO UPDATE SET count = u.count + excluded.count"""
 _CLEAN = "DELETE FROM {table} WHERE bucket < now() - make_interval(secs => $1)"
+# Drops an organisation's rows ($1: its id), when the organisation is deleted.
+FORGET_ORG = [f"DELETE FROM {table} WHERE org_id = $1"
+              for table in (*KEY_TABLES.values(), *ORG_TABLES.values())]
 
 
-def merge(into: dict[Outcome, int], other: dict[Outcome, int]) -> None:
-    for outcome, n in other.items():
-        into[outcome] += n
+@dataclass
+class History:
+    """One process's counts not yet in PostgreSQL."""
 
+    counts: dict[Slot, int] = field(default_factory=dict)
+    # Each key's organisation and owner, as last seen: a batch spanning an owner change is
+    # written under the new owner.
+    owners: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
-def _by_width(counts: dict[Outcome, int], width: int) -> dict[Outcome, int]:
-    if width == MINUTE_S:
-        return counts
-    wider: dict[Outcome, int] = defaultdict(int)
-    for (key_id, org_id, owner_id, minute, status, code), n in counts.items():
-        wider[key_id, org_id, owner_id, minute * MINUTE_S // width, status, code] += n
-    return wider
+    def count(self, key: KeyRecord, minute: int, status: int, code: str) -> None:
+        slot = (key.id, minute, status, code)
+        if slot in self.counts:
+            self.counts[slot] += 1
+        elif len(self.counts) < MAX_PENDING:
+            self.counts[slot] = 1
+        else:
+            HISTORY_DROPPED.inc()
+            return
+        self.owners[key.id] = (key.org_id, key.owner_id)
 
+    def merge(self, other: History, *, other_is_newer: bool) -> None:
+        """Takes in ``other``'s counts (a write that failed), the newer owners winning."""
+        for slot, n in other.counts.items():
+            if slot in self.counts or len(self.counts) < MAX_PENDING:
+                self.counts[slot] = self.counts.get(slot, 0) + n
+            else:
+                HISTORY_DROPPED.inc(n)
+        self.owners = ({**self.owners, **other.owners} if other_is_newer
+                       else {**other.owners, **self.owners})
 
-def _columns(counts: dict[Outcome, int]) -> list[list[Any]]:
-    """The rows as one array per column (bucket first), sorted by the primary key: two
-    processes adding to the same rows lock them in one order."""
-    rows = sorted(counts.items(), key=lambda item: (item[0][0], item[0][3], item[0][4],
-                                                     item[0][5]))
-    columns: list[list[Any]] = [[] for _ in range(7)]
-    for (key_id, org_id, owner_id, bucket, status, code), n in rows:
-        for column, value in zip(columns, (bucket, key_id, org_id, owner_id, status, code, n),
-                                 strict=True):
-            column.append(value)
-    return columns
+    def _keys(self, width: int) -> list[list[Any]]:
+        """One array per column (bucket first), sorted by the primary key: two processes
+        adding to the same rows lock them in one order."""
+        rows: dict[Slot, int] = defaultdict(int)
+        for (key_id, minute, status, code), n in self.counts.items():
+            rows[key_id, minute * MINUTE_S // width, status, code] += n
+        columns: list[list[Any]] = [[] for _ in range(7)]
+        for (key_id, bucket, status, code), n in sorted(rows.items()):
+            org_id, owner_id = self.owners[key_id]
+            for column, value in zip(columns, (bucket, key_id, org_id, owner_id, status, code,
+                                               n), strict=True):
+                column.append(value)
+        return columns
 
+    def _orgs(self, width: int) -> list[list[Any]]:
+        rows: dict[tuple[str, int, int, str], int] = defaultdict(int)
+        for (key_id, minute, status, code), n in self.counts.items():
+            rows[self.owners[key_id][0], minute * MINUTE_S // width, status, code] += n
+        columns: list[list[Any]] = [[] for _ in range(5)]
+        for (org_id, bucket, status, code), n in sorted(rows.items()):
+            for column, value in zip(columns, (bucket, org_id, status, code, n), strict=True):
+                column.append(value)
+        return columns
 
-async def add(conn: Queryable, counts: dict[Outcome, int]) -> None:
-    """Adds one process's counts (keyed by minute) to both tables."""
-    if not counts:
-        return
-    for width, table in TABLES.items():
-        await conn.execute(_ADD.format(table=table, width=width),
-                           *_columns(_by_width(counts, width)))
+    async def add(self, conn: Queryable) -> None:
+        """Adds the counts to every table, in the caller's transaction."""
+        for width in (MINUTE_S, HOUR_S):
+            await conn.execute(_ADD_KEYS.format(table=KEY_TABLES[width], width=width),
+                               *self._keys(width))
+            await conn.execute(_ADD_ORGS.format(table=ORG_TABLES[width], width=width),
+                               *self._orgs(width))
 
 
 async def clean(conn: Queryable) -> None:
-    for table, kept_s in (("usage_minutes", MINUTES_KEPT_S), ("usage_hours", HOURS_KEPT_S)):
-        await conn.execute(_CLEAN.format(table=table), float(kept_s))
+    for width, kept_s in KEPT_S.items():
+        for table in (KEY_TABLES[width], ORG_TABLES[width]):
+            await conn.execute(_CLEAN.format(table=table), float(kept_s))
 
 
 async def keep_clean(pool: asyncpg.Pool, stop: asyncio.Event, interval_s: float = 600) -> None:
@@ -85,7 +127,3 @@ async def keep_clean(pool: asyncpg.Pool, stop: asyncio.Event, interval_s: float 
             log.warning("dropping old request history failed: %s", type(exc).__name__)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
-
-
-# Drops an organisation's rows ($1: its id), when the organisation is deleted.
-FORGET_ORG = [f"DELETE FROM {table} WHERE org_id = $1" for table in TABLES.values()]

@@ -19,6 +19,7 @@ from datetime import date, datetime
 import asyncpg
 
 from gateway import rollups, thresholds
+from gateway.database import Connection
 from gateway.keyrecord import KeyRecord
 from gateway.metrics import FLUSH_LAG
 
@@ -42,7 +43,7 @@ class _Batch:
     last_used: dict[str, datetime] = field(default_factory=dict)
     daily: dict[str, dict[date, int]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(int)))
-    outcomes: dict[rollups.Outcome, int] = field(default_factory=lambda: defaultdict(int))
+    history: rollups.History = field(default_factory=rollups.History)
 
     def merge(self, other: _Batch) -> None:
         for key_id, n in other.totals.items():
@@ -52,7 +53,7 @@ class _Batch:
         for key_id, days in other.daily.items():
             for day, n in days.items():
                 self.daily[key_id][day] += n
-        rollups.merge(self.outcomes, other.outcomes)
+        self.history.merge(other.history, other_is_newer=True)
 
 
 @dataclass
@@ -73,8 +74,7 @@ class UsageRecorder:
 
     def outcome(self, key: KeyRecord, status: int, code: str) -> None:
         """What one request of ``key`` came to, for the charts (``gateway.rollups``)."""
-        self.open.outcomes[key.id, key.org_id, key.owner_id, int(time.time()) // 60,
-                           status, code] += 1
+        self.open.history.count(key, int(time.time()) // 60, status, code)
 
     def pending(self, key_id: str, since: date) -> tuple[int, int]:
         """Units not yet committed to PostgreSQL: lifetime, and since ``since``."""
@@ -88,7 +88,7 @@ class UsageRecorder:
 
     async def flush(self, pool: asyncpg.Pool) -> None:
         batch = self.open
-        if not batch.totals and not batch.outcomes:
+        if not batch.totals and not batch.history.counts:
             self.flushed_at = time.monotonic()
             return
         self.open, self.inflight = _Batch(), batch
@@ -103,7 +103,7 @@ class UsageRecorder:
                     for day, n in sorted(batch.daily[key_id].items()) if n])
                 # Threshold webhooks, in the transaction that moved the counts.
                 await thresholds.detect(conn, batch.totals, batch.daily)
-                await rollups.add(conn, batch.outcomes)
+                await self._add_history(conn, batch)
             self.flushed_at = time.monotonic()
         except BaseException as exc:
             # Not written (failure, or cancelled at shutdown): keep it for the next flush.
@@ -114,6 +114,19 @@ class UsageRecorder:
             log.warning("usage flush failed (%s); will retry", type(exc).__name__)
         finally:
             self.inflight = None
+
+    async def _add_history(self, conn: Connection, batch: _Batch) -> None:
+        """In a savepoint: the history failing to be written never holds the usage back; it
+        is kept for the next flush instead."""
+        if not batch.history.counts:
+            return
+        try:
+            async with conn.transaction():
+                await batch.history.add(conn)
+        except asyncpg.PostgresError as exc:
+            log.warning("request history not written (%s); will retry", type(exc).__name__)
+            self.open.history.merge(batch.history, other_is_newer=False)
+            batch.history = rollups.History()  # handed to the next batch
 
     async def run(self, pool: asyncpg.Pool, interval_s: float, stop: asyncio.Event) -> None:
         """Flushes every ``interval_s`` until ``stop`` is set, then once more."""

@@ -102,12 +102,12 @@ async def verify(conn: Queryable, raw: str, *, now: datetime, provider: str | No
     ``within_org`` limits the keys that exist for this caller to one organisation."""
     if check_format(raw) is not Code.VALID:
         return Verdict(Code.INVALID_KEY)
-    record = await fetch_by_hash(conn, keyformat.hash_key(raw))
+    found = await verify_digest(conn, keyformat.hash_key(raw), now=now)
+    record = found.record
     if record is None or (within_org is not None and record.org_id != within_org):
         return Verdict(Code.INVALID_KEY)
-    code = check_state(record, now)
-    if code is not Code.VALID:
-        return Verdict(code, record)
+    if not found.valid:
+        return found
     if provider is not None:
         provider_org = await org_for_provider(conn, provider)
         if provider_org is None:
@@ -118,3 +118,12 @@ async def verify(conn: Queryable, raw: str, *, now: datetime, provider: str | No
     if lacking:
         return Verdict(Code.INSUFFICIENT_SCOPE, record, lacking)
     return Verdict(Code.VALID, record)
+
+
+async def verify_digest(conn: Queryable, digest: bytes, *, now: datetime) -> Verdict:
+    """The key whose live secret hashes to ``digest``, and whether it may be used now (a
+    rotated-out secret past its grace opens nothing)."""
+    record = await fetch_by_hash(conn, digest)
+    if record is None:
+        return Verdict(Code.INVALID_KEY)
+    return Verdict(check_state(record, now), record)

@@ -1,6 +1,6 @@
 """The ops console, served at ``/console`` by the admin API: static pages (no build step)
-that call the same admin API as everyone else, with the credential entered once held in the
-session cookie (``admin_api.session``)."""
+that call the same admin API as everyone else — under ``/console/api``, where the session
+entered once (``admin_api.session``) stands in for the credential."""
 
 from __future__ import annotations
 
@@ -11,14 +11,23 @@ from aiohttp import web
 from pydantic import StringConstraints
 
 from admin_api import inputs, session
-from admin_api.auth import KEY, OPERATOR, Principal, authenticate, principal_of
+from admin_api.auth import (
+    KEY,
+    OPERATOR,
+    Principal,
+    is_operator_token,
+    key_principal,
+    session_principal,
+    token_hash,
+)
 from admin_api.errors import ApiError, Forbidden, Unauthorized
 from admin_api.models import Input
 from admin_api.state import POOL, SETTINGS
+from gateway import keyformat
 from gateway.verification import Code
 
 STATIC = Path(__file__).parent / "static"
-PATH = "/console"
+PATH = session.PATH
 # Scripts, styles and requests only from this origin; no inline code, no framing.
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
           "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
@@ -43,36 +52,40 @@ async def index(request: web.Request) -> web.FileResponse:
 async def log_in(request: web.Request) -> web.Response:
     session.guard(request)  # a login is a change too: another site must not make one
     body = await inputs.body(request, Login)
-    token = request.app[SETTINGS].admin.token
-    kind = OPERATOR if token is not None and body.credential.strip() == token else KEY
-    credential = session.Credential(kind, body.credential)
-    try:
-        principal = await principal_of(request.app[POOL], token, credential)
-    except ApiError as exc:
-        if exc.code not in (Code.INVALID_KEY.value, "invalid_credentials"):
-            raise  # expired, revoked, paused: its own message says so
-        raise Unauthorized("that is neither the operator token nor a key Keystile knows; "
-                           "paste the whole token or root key", code="invalid_credentials"
-                           ) from None
-    if principal.key is not None and not principal.key.root:
-        raise Forbidden("the console needs the operator token or a root key; this key is a "
-                        "sub key, which may only read itself", code="root_key_required")
+    pool, token = request.app[POOL], request.app[SETTINGS].admin.token
+    if is_operator_token(body.credential, token):
+        principal, held = Principal(OPERATOR), session.Held(OPERATOR, token_hash(body.credential))
+    else:
+        try:
+            principal = await key_principal(pool, body.credential, None)
+        except ApiError as exc:
+            if exc.code != Code.INVALID_KEY.value:
+                raise  # expired, revoked, paused: its own message says so
+            raise Unauthorized("that is neither the operator token nor a key Keystile knows; "
+                               "paste the whole token or root key", code="invalid_credentials"
+                               ) from None
+        if principal.key is None or not principal.key.root:
+            raise Forbidden("the console needs the operator token or a root key; this key is "
+                            "a sub key, which may only read itself", code="root_key_required")
+        held = session.Held(KEY, keyformat.hash_key(body.credential.strip()))
     response = web.json_response(_who(principal))
-    session.keep(request, response, credential)
+    await session.open_session(pool, request, response, held)
     return response
 
 
 async def who(request: web.Request) -> web.Response:
-    if request.cookies.get(session.COOKIE) is None:
+    held = await session.held(request, request.app[POOL])
+    if held is None:
         raise Unauthorized("not logged in to the console", code="missing_session")
-    principal = await authenticate(request, request.app[POOL], request.app[SETTINGS].admin.token)
+    principal = await session_principal(request.app[POOL], request.app[SETTINGS].admin.token,
+                                        held)
     return web.json_response(_who(principal))
 
 
 async def log_out(request: web.Request) -> web.Response:
     session.guard(request)
     response = web.Response(status=204)
-    session.forget(response)
+    await session.close_session(request.app[POOL], request, response)
     return response
 
 

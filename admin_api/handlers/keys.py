@@ -236,6 +236,7 @@ async def update(request: web.Request, principal: Principal, key_id: str, body: 
     changes = Changes()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         key = await locked(conn, principal, key_id)
+        auth.require_shadow_allowed(principal, fields)
         auth.require_not_own_limits(principal, key, fields)
         if "scopes" in fields:
             auth.require_grantable(principal, fields["scopes"])

@@ -43,10 +43,11 @@ async def verify(request: web.Request, principal: Principal, body: VerifyRequest
         code, counters = await _spend(request, record, body.cost, now)
         found |= counters
     valid = code == Code.VALID.value
-    # Counted in the key's request history like a gateway request: allowed, or refused with
-    # the status the gateway would have answered.
-    request.app[USAGE].outcome(record, 200 if valid else GATEWAY_ERRORS[code][0],
-                               "" if valid else code)
+    if body.cost:  # counted in the key's request history like a gateway request (a check
+        # that spends nothing, cost 0, is not a request): allowed, or refused with the
+        # status the gateway would have answered
+        request.app[USAGE].outcome(record, 200 if valid else GATEWAY_ERRORS[code][0],
+                                   "" if valid else code)
     return respond(VerifyResult(valid=valid, code=code, **found))
 
 

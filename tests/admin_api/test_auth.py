@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from admin_api import console
+from admin_api import console, session
 from admin_api.routes import ROUTES
 from gateway import keyformat
 from tests.admin_api.conftest import Admin, as_key
@@ -19,6 +19,8 @@ async def test_every_route_but_three_requires_credentials(admin: Admin, root: di
                                                           ) -> None:
     console_routes = {(method, path) for method, path, _ in console.ROUTES}
     console_routes.add(("GET", console.PATH + "/static"))
+    console_routes |= {(r.method, session.API + r.path) for r in ROUTES
+                       if r.path.startswith("/v1/")}  # the API again, for the console
     registered = {(r.method, r.resource.canonical) for r in admin.client.app.router.routes()
                   if r.method != "HEAD"} - console_routes  # tests/console/test_session.py
     assert registered == {(r.method, r.path) for r in ROUTES}

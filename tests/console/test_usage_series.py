@@ -3,12 +3,20 @@ to PostgreSQL and read back through the admin API."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from admin_api.repository.rollups import RANGES, window
+from gateway import rollups
+from gateway.database import create_pool
+from gateway.keyrecord import SELECT_BY_ID, KeyRecord
+from gateway.metrics import HISTORY_DROPPED
+from gateway.settings import Settings
+from gateway.usage import UsageRecorder
 from tests.admin_api.conftest import OPERATOR, Admin, as_key
 from tests.gateway.conftest import eventually, one_by_one
 
@@ -109,3 +117,48 @@ async def test_keys_verified_through_the_admin_api_are_charted_too(
         "requests": 4, "forwarded": 2,
         "refused": {"rate_limited": 1, "insufficient_scope": 1},
         "statuses": {"200": 2, "429": 1, "403": 1}}
+
+
+async def test_an_owner_change_within_one_flush_is_written_under_the_new_owner(
+        admin: Admin, org: dict[str, Any], settings: Settings) -> None:
+    """Two owners of one key in one batch once made the history insert fail — and, in the
+    same transaction, the usage counts with it, at every retry."""
+    key = await admin.key(org["id"], owner_id="alice")
+    record = KeyRecord.from_row(await admin.db.fetchrow(SELECT_BY_ID, key["id"]))
+    recorder = UsageRecorder()
+    now = datetime.now(UTC)
+    recorder.record(key["id"], 1, now)
+    recorder.outcome(record, 200, "")
+    recorder.record(key["id"], 1, now)
+    recorder.outcome(replace(record, owner_id="bob"), 200, "")  # PATCH owner_id meanwhile
+    pool = await create_pool(settings.database_url, settings.stores)
+    try:
+        await recorder.flush(pool)
+    finally:
+        await pool.close()
+    assert await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1", key["id"]) == 2
+    rows = await admin.db.fetch("SELECT owner_id, count FROM usage_minutes WHERE key_id = $1",
+                                key["id"])
+    assert [(r["owner_id"], r["count"]) for r in rows] == [("bob", 2)]
+    org_total = await admin.db.fetchval(
+        "SELECT sum(count) FROM usage_org_hours WHERE org_id = $1", org["id"])
+    assert org_total == 2
+
+
+def test_the_history_a_process_holds_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While PostgreSQL cannot take it, a process keeps at most MAX_PENDING slots; what does
+    not fit is counted as dropped, and slots it holds still count."""
+    monkeypatch.setattr(rollups, "MAX_PENDING", 2)
+    record = KeyRecord.from_values({
+        "id": "key_a", "serial": 1, "org_id": "org_a", "owner_id": None, "name": "a",
+        "environment": "production", "root": False, "parent_id": None, "scopes": [],
+        "status": "active", "expires_at": None, "usage_limit": None, "usage_count": 0,
+        "quota": None, "rate_limits": [], "is_default": False, "metadata": {}, "prefix": "p",
+        "key_prefix": "ks", "recoverable": False, "created_at": datetime.now(UTC),
+        "updated_at": datetime.now(UTC), "last_used_at": None, "revoked_at": None})
+    history = rollups.History()
+    before = HISTORY_DROPPED._value.get()
+    for minute, status in ((1, 200), (1, 429), (2, 200), (1, 200)):
+        history.count(record, minute, status, "")
+    assert history.counts == {("key_a", 1, 200, ""): 2, ("key_a", 1, 429, ""): 1}
+    assert HISTORY_DROPPED._value.get() == before + 1

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import re
 
-from admin_api import console
+from admin_api import console, session
 from admin_api.routes import ROUTES
 from tests.admin_api.conftest import Admin
 
 
 async def test_every_dialect_route_requires_credentials(dialect_admin: Admin) -> None:
     canonical = {(r.method, r.path) for r in ROUTES} | {
-        (method, path) for method, path, _ in console.ROUTES} | {("GET", "/console/static")}
+        (method, path) for method, path, _ in console.ROUTES} | {("GET", "/console/static")} | {
+        (r.method, session.API + r.path) for r in ROUTES}
     dialect_routes = {(r.method, r.resource.canonical)
                       for r in dialect_admin.client.app.router.routes()
                       if r.method != "HEAD" and r.resource is not None} - canonical

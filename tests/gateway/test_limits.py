@@ -139,10 +139,15 @@ async def test_a_key_in_shadow_mode_passes_over_its_limits_until_enforced_again(
     await admin.call("PATCH", f"/v1/keys/{key['id']}", json={"shadow_limits": False},
                      expect=200)
     assert (await gateway.get("/maybe/x", headers={"X-API-Key": key["key"]})).status == 429
-    # A key cannot lift its own limits this way.
-    refused = await admin.call("PATCH", f"/v1/keys/{root['id']}", json={"shadow_limits": True},
-                               headers=as_key(root["key"]), expect=403)
-    assert refused["error"]["code"] == "own_limits_protected"
+    # Only the operator turns it on: it lifts the organisation's shared limits too, which a
+    # root key cannot raise; a root key may turn it off.
+    for target in (root, key):
+        refused = await admin.call("PATCH", f"/v1/keys/{target['id']}",
+                                   json={"shadow_limits": True}, headers=as_key(root["key"]),
+                                   expect=403)
+        assert refused["error"]["code"] == "operator_required"
+    await admin.call("PATCH", f"/v1/keys/{key['id']}", json={"shadow_limits": False},
+                     headers=as_key(root["key"]), expect=200)
 
 
 async def test_limits_shared_by_owner_and_organisation(gateway: TestClient, admin: Admin) -> None:

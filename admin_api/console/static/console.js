@@ -36,7 +36,10 @@ class ApiError extends Error {
   }
 }
 
+// The admin API under the console's own prefix, where the session cookie is sent and
+// accepted; /console/session itself is not prefixed.
 async function api(method, path, body) {
+  if (path.startsWith("/v1/")) path = `/console/api${path}`;
   const init = { method, credentials: "same-origin", headers: { "X-Keystile-Console": "1" } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -321,14 +324,27 @@ function limitsForm(key) {
   shadow.id = "shadow";
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    // A number field holding what is not a number reads as empty, which would clear a limit.
+    const bad = [...form.querySelectorAll("input[type=number]")].find((i) => i.validity.badInput);
+    if (bad) {
+      const label = form.querySelector(`label[for="${bad.id}"]`);
+      sayError(new ApiError(422, { error: { code: "validation_failed",
+        message: `${label ? label.textContent : bad.name}: not a number; use digits only` } }));
+      bad.focus();
+      return;
+    }
     const num = (s) => (s === "" ? null : Number(s));
-    const body = {
+    const wanted = {
       rate_limits: [...rows.querySelectorAll("fieldset")].map((fs) => ({
         limit: num(fs.querySelector("[name=limit]").value), window_s: num(fs.querySelector("[name=window_s]").value) })),
       usage_limit: num(usage.value),
       quota: qLimit.value === "" ? null : { limit: num(qLimit.value), period: qPeriod.value },
       shadow_limits: shadow.checked,
     };
+    // Only what changed is sent: a limit left alone is never rewritten.
+    const body = Object.fromEntries(Object.entries(wanted)
+      .filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(key[k] ?? null)));
+    if (!Object.keys(body).length) { say("Nothing to save: no limit was changed.", "ok"); return; }
     try {
       await api("PATCH", `/v1/keys/${key.id}`, body);
       say("Limits saved.", "ok");
@@ -466,7 +482,7 @@ async function route() {
   clearInterval(refresher);
   const [path, search] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(search || "");
-  const parts = path.split("/").filter(Boolean);
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent).map(encodeURIComponent);
   if (me === null) {
     try { me = await api("GET", "/console/session"); } catch (e) { me = null; }
   }
