@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint mutants bench bench-propagation bench-instructions bench-webhooks venv clean
+.PHONY: run test lint mutants bench bench-propagation bench-instructions bench-webhooks bench-history venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-propagation: $(STAMP)
 ## bench-webhooks: webhook delivery throughput and latency, and a claim behind a backlog
 bench-webhooks: $(STAMP)
 	$(BIN)/python bench/webhooks.py $(if $(QUICK),--events 200 --backlog 2000,)
+
+## bench-history: the console's chart and limited-now queries over a filled request history,
+## and the write a flush adds
+bench-history: $(STAMP)
+	$(BIN)/python bench/history.py $(if $(QUICK),--keys 300 --runs 10,)
 
 ## mutants: targeted mutation testing (tests/mutation.py); lists the mutants the suite misses
 mutants: $(STAMP)

@@ -159,8 +159,10 @@ ROUTES: tuple[Route, ...] = (
 def add_routes(app: web.Application) -> None:
     """Every route, and each again under the console's prefix, where its session may stand
     in for the credential (``admin_api.session``)."""
+    # One loop per prefix: aiohttp gathers the methods of a path into one resource only
+    # while they are added one after another (the 405's Allow header reads that resource).
     for route in ROUTES:
-        endpoint = route.endpoint()
-        app.router.add_route(route.method, route.path, endpoint)
+        app.router.add_route(route.method, route.path, route.endpoint())
+    for route in ROUTES:
         if route.path.startswith("/v1/"):
-            app.router.add_route(route.method, session.API + route.path, endpoint)
+            app.router.add_route(route.method, session.API + route.path, route.endpoint())

@@ -108,6 +108,11 @@ class Client:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, _read(exc)
+            if 300 <= status < 400:
+                raise Failure(f"keystile: error: {redact(self.url)} answered {status}, a "
+                              f"redirect to {exc.headers.get('Location', 'nowhere')}; the admin "
+                              "API never redirects, so --admin-url is not pointing at it "
+                              "(the credential was not sent on)", UNREACHABLE) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise Failure(f"keystile: error: cannot reach the admin API at "

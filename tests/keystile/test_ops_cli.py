@@ -277,7 +277,11 @@ async def test_usage_range_and_answers_the_admin_api_should_not_give(cli: Cli) -
     async def page(request: web.Request) -> web.Response:
         return web.Response(text="<html>a web page</html>", content_type="text/html")
 
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://elsewhere.test/steal")
+
     app = web.Application()
+    app.router.add_get("/v1/orgs/{id}", moved)
     app.router.add_get("/v1/usage/series", series)
     app.router.add_get("/v1/keys/{id}", broken)
     app.router.add_get("/v1/orgs", page)
@@ -290,6 +294,8 @@ async def test_usage_range_and_answers_the_admin_api_should_not_give(cli: Cli) -
         failed(await ks(cli, server.make_url(""), "keys", "show", "key_1"), 5,
                "keystile: store_unavailable: retry")
         failed(await ks(cli, server.make_url(""), "orgs", "list"), 5, "other than JSON")
+        failed(await ks(cli, server.make_url(""), "orgs", "show", "org_1"), 5,
+               "302, a redirect to http://elsewhere.test/steal")
     finally:
         await server.close()
     assert asked[0] == {"key_id": "key_1", "range": "hour"}
