@@ -6,7 +6,8 @@ keys in ``--orgs`` organisations (``--owners`` owners each) would have: each key
 ``--busy`` of the minutes of the last day and of the hours of the last 30 days, with a
 share of 429s. Then, after the statements have been run often enough for PostgreSQL to
 settle on its plans, times each query the console makes (p50 / p99 / max over ``--runs``),
-and one flush's history write for ``--flush-keys`` keys.
+one flush's history write for ``--flush-keys`` keys, and what counting one request costs a
+gateway worker (the part on the request path).
 
     .venv/bin/python bench/history.py [--keys 2000] [--orgs 10] [--busy 0.2] [--runs 30]
 """
@@ -30,6 +31,7 @@ from admin_api.repository import rollups as reading
 from gateway import rollups
 from gateway.database import connect
 from gateway.keyrecord import KeyRecord
+from gateway.usage import UsageRecorder
 from keystile.embedded import EmbeddedPostgres
 
 # Rows for every busy (key, step): 200s, and 429s for one key in ten.
@@ -133,6 +135,19 @@ async def _flush_write(conn: asyncpg.Connection, args: argparse.Namespace) -> st
     return _line(f"flush write, {args.flush_keys} keys", took)
 
 
+def _counting(args: argparse.Namespace) -> str:
+    """The request path's share: one ``UsageRecorder.outcome`` per request, over as many
+    keys as a flush would hold."""
+    records = [_record(i) for i in range(args.flush_keys)]
+    recorder = UsageRecorder()
+    n = 200_000
+    started = time.perf_counter()
+    for i in range(n):
+        recorder.outcome(records[i % len(records)], 200, "")
+    took = time.perf_counter() - started
+    return f"counting one request (UsageRecorder.outcome)   {took / n * 1e9:7.0f} ns"
+
+
 async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="keystile-bench-history-") as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "pg")
@@ -150,6 +165,7 @@ async def run(args: argparse.Namespace) -> int:
                 for line in await _queries(conn, args):
                     print(line)
                 print(await _flush_write(conn, args))
+                print(_counting(args))
             finally:
                 await conn.close()
         finally:

@@ -27,7 +27,8 @@ from keystile.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisClus
 DEFAULT_PORTS = (8080, 8081, 9000)
 TABLES = ("audit_log, key_usage_daily, key_secrets, keys, orgs, invalidation_outbox, "
           "webhook_attempts, webhook_deliveries, webhook_events, webhook_endpoints, "
-          "webhook_marks")
+          "webhook_marks, usage_minutes, usage_hours, usage_org_minutes, usage_org_hours, "
+          "console_sessions")
 
 
 @dataclass(frozen=True)

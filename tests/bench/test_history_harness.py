@@ -22,5 +22,5 @@ async def test_history_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "history of 40 keys" in out and "usage_org_hours" in out
     for line in ("series, one key, 30d", "series, everything, day", "limited now, one org",
-                 "flush write, 20 keys"):
+                 "flush write, 20 keys", "counting one request"):
         assert line in out, out
