@@ -4,21 +4,15 @@ here — `make bench-history` prints them."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).parents[2] / "bench" / "history.py"
+from bench import history
 
 
 async def test_history_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("history_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     args = argparse.Namespace(keys=40, orgs=2, owners=2, busy=0.5, runs=2, flush_keys=20)
-    assert await module.run(args) == 0
+    assert await history.run(args) == 0
     out = capsys.readouterr().out
     assert "history of 40 keys" in out and "usage_org_hours" in out
     for line in ("series, one key, 30d", "series, everything, day", "limited now, one org",
