@@ -138,8 +138,11 @@ async def test_an_operator_finds_limits_and_revokes_a_key(
         audit = _text_in(browser, "section[aria-labelledby=audit-h] table", "key.revoke")
         assert "key.update" in audit.text and "operator" in audit.text
         _check_page(browser, "key-revoked", raw_keys)
+        browser.find_element(By.XPATH, "//button[text()='Log out']").click()
+        _text_in(browser, "h2", "Log in")
 
     await asyncio.to_thread(see_it_limited_then_revoke_it)
+    assert await admin.db.fetchval("SELECT count(*) FROM console_sessions") == 0
     assert (await admin.call("GET", f"/v1/keys/{key['id']}", expect=200))["status"] == "revoked"
     assert await one_by_one(gateway, key["key"], 1) == [401]
 
@@ -188,11 +191,18 @@ async def test_a_new_key_is_shown_once_and_a_root_key_sees_its_own_organisation(
         browser.find_element(By.LINK_TEXT, "Audit log").click()
         _text_in(browser, "table", "key.create")
         _check_page(browser, "audit", [root["key"], shown])
-        browser.find_element(By.XPATH, "//button[text()='Log out']").click()
-        _text_in(browser, "h2", "Log in")
         return shown
 
     shown = await asyncio.to_thread(as_a_root_key)
+    # Revoking the root key ends its console session at the next request, and says why.
+    await admin.call("POST", f"/v1/keys/{root['id']}/revoke", expect=200)
+
+    def ended() -> None:
+        browser.find_element(By.LINK_TEXT, "Webhooks").click()
+        _text_in(browser, "h2", "Log in")
+        _text_in(browser, "#flash", "Logged out: this key has been revoked")
+
+    await asyncio.to_thread(ended)
     assert shown.startswith(org["key_prefix"])
     resp = await admin.client.get("/v1/keys/self", headers={"X-API-Key": shown})
     assert resp.status == 200 and (await resp.json())["name"] == "made in the console"

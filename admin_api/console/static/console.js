@@ -8,6 +8,7 @@ const nav = document.getElementById("nav");
 const flash = document.getElementById("flash");
 let me = null; // {kind: "operator"} or {kind: "key", org_id, key_id, name, prefix}
 let refresher = null;
+let loggedOutBecause = null; // why a session ended, for the login page to say
 
 // ---- DOM and API helpers --------------------------------------------------------------------
 
@@ -70,7 +71,12 @@ function say(message, kind = "error") {
 }
 
 function sayError(err) {
-  if (err.status === 401 && me !== null) { me = null; location.hash = "#/login"; }
+  if (err.status === 401 && me !== null) {
+    me = null;
+    loggedOutBecause = err.message;
+    location.hash = "#/login";
+    return;
+  }
   const lines = [err.code ? `${err.message} (${err.code})` : err.message];
   const box = h("div", { class: "flash error" }, h("p", {}, lines[0]));
   if (err.fields.length) box.append(h("ul", {}, err.fields.map((f) => h("li", {}, `${f.field}: ${f.message}`))));
@@ -220,6 +226,7 @@ function login() {
     } catch (e) { sayError(e); }
   });
   page("Keystile console", form);
+  if (loggedOutBecause) { say(`Logged out: ${loggedOutBecause}`); loggedOutBecause = null; }
   secret.focus();
 }
 
