@@ -417,8 +417,8 @@ class UsageSeriesQuery(Query):
 class SeriesCounts(Output):
     requests: int = Field(description="every request of the subject's keys")
     forwarded: int = Field(description="requests the gateway sent to the upstream")
-    refused: dict[str, int] = Field(description="requests the gateway answered itself, "
-                                    "by error code (rate_limited, quota_exceeded, ...)")
+    refused: dict[str, int] = Field(description="requests the gateway answered itself, by "
+                                    "error code (rate_limited, usage_exceeded, ...)")
     statuses: dict[str, int] = Field(description="every request, by the HTTP status the "
                                      "client got")
 
@@ -450,7 +450,7 @@ class LimitedKey(Output):
     name: str | None = Field(description="null when the key was deleted since")
     prefix: str | None
     status: str | None
-    limited: int = Field(description="requests answered 429 in the window")
+    limited: int = Field(description="requests the gateway answered 429 in the window")
     requests: int = Field(description="every request in the window")
 
 

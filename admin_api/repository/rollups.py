@@ -28,7 +28,8 @@ RANGES = {
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """Whose requests: every filter that is set applies."""
+    """Whose requests: a key; an organisation's owner; an organisation; with none set,
+    every organisation's."""
     key_id: str | None = None
     org_id: str | None = None
     owner_id: str | None = None
