@@ -20,6 +20,7 @@ from gateway.database import connect
 from gateway.settings import ConfigError, Settings, load
 from gateway.tls import CertificateError, ServerTLS
 from keystile import ops, serving
+from keystile.adminclient import Failure
 from keystile.embedded import StoreStartError
 from keystile.redact import redact
 
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             serving.ServeError) as exc:
         print(f"keystile: error: {exc}", file=sys.stderr)
         return 1
-    except ops.Failure as exc:
+    except Failure as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

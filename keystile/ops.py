@@ -1,29 +1,30 @@
-"""``keystile orgs|keys|usage``: the admin API over HTTP for people who script. One small
-client (credentials from the environment only), one function per command, and exit codes a
-script can rely on."""
+"""``keystile orgs|keys|usage``: the admin API over HTTP for people who script, one function
+per command (the client is ``keystile.adminclient``, the output ``keystile.tables``, the flag
+values ``keystile.flags``)."""
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import re
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from keystile.redact import redact
+from keystile.adminclient import DEFAULT_URL, Client, Failure, Json, path
+from keystile.flags import (
+    admin_url,
+    count,
+    expiry,
+    json_object,
+    positive,
+    quota,
+    rate_limit,
+    seconds,
+)
+from keystile.tables import fields, out, table, text
 
-DEFAULT_URL = "http://127.0.0.1:8081"
-TIMEOUT_S = 30.0
-PAGE_MAX = 1000  # the list endpoints' largest page
-REFUSED, NOT_FOUND, DENIED, UNREACHABLE = 1, 3, 4, 5
 STATUSES = ("active", "paused", "revoked", "expired")
 ENVIRONMENTS = ("production", "staging", "development")
 
@@ -51,265 +52,6 @@ exit codes:
   5  the admin API could not be reached, or answered 5xx
 """
 
-Json = dict[str, Any]
-
-
-class Failure(Exception):
-    """A command that did not succeed: the lines for stderr and the exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# ---- the client ----------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    text: str  # the body as received, for --json
-    data: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Client:
-    url: str
-    headers: dict[str, str] = field(repr=False)  # holds the credential
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> Client:
-        headers = {"Accept": "application/json", "User-Agent": "keystile-cli"}
-        if token := _credential(env, "KEYSTILE_ADMIN_TOKEN"):
-            headers["Authorization"] = f"Bearer {token}"
-        elif key := _credential(env, "KEYSTILE_ADMIN_KEY"):
-            headers["X-API-Key"] = key
-        return cls(args.admin_url, headers)
-
-    @property
-    def has_credential(self) -> bool:
-        return "Authorization" in self.headers or "X-API-Key" in self.headers
-
-    def call(self, method: str, path: str, *, query: Mapping[str, object] | None = None,
-             body: Json | None = None) -> Reply:
-        url = self.url + path
-        if query:
-            url += "?" + urllib.parse.urlencode({k: _query_value(v) for k, v in query.items()
-                                                 if v is not None})
-        headers = dict(self.headers)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        # admin_url accepts only http(s); redirects are not followed (see _NoRedirects).
-        request = urllib.request.Request(url, data=data, headers=headers,  # noqa: S310
-                                         method=method)
-        try:
-            with _OPENER.open(request, timeout=TIMEOUT_S) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, _read(exc)
-            if 300 <= status < 400:
-                raise Failure(f"keystile: error: {redact(self.url)} answered {status}, a "
-                              f"redirect to {exc.headers.get('Location', 'nowhere')}; the admin "
-                              "API never redirects, so --admin-url is not pointing at it "
-                              "(the credential was not sent on)", UNREACHABLE) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            raise Failure(f"keystile: error: cannot reach the admin API at "
-                          f"{redact(self.url)}: {_describe(reason)}; is it running there? "
-                          "(set --admin-url or KEYSTILE_ADMIN_URL)", UNREACHABLE) from None
-        text = raw.decode("utf-8", "replace")
-        parsed = _json(text)
-        if status >= 400:
-            raise self._refusal(status, parsed, text)
-        if status != 204 and parsed is None:
-            raise Failure(f"keystile: error: {redact(self.url)} answered {status} with "
-                          "something other than JSON; is it the admin API?", UNREACHABLE)
-        return Reply(status, text, parsed)
-
-    def _refusal(self, status: int, parsed: Any, text: str) -> Failure:
-        error = parsed.get("error") if isinstance(parsed, dict) else None
-        if isinstance(error, dict) and "code" in error and "message" in error:
-            line = f"keystile: {error['code']}: {error['message']}"
-        else:
-            line = f"keystile: http_{status}: {' '.join(text.split())[:200] or 'no body'}"
-        if status in (401, 403):
-            if not self.has_credential:
-                line += ("\nkeystile: hint: set KEYSTILE_ADMIN_TOKEN to the operator token "
-                         "(or KEYSTILE_ADMIN_KEY to a root key)")
-            return Failure(line, DENIED)
-        if status == 404:
-            return Failure(line, NOT_FOUND)
-        return Failure(line, UNREACHABLE if status >= 500 else REFUSED)
-
-    def every(self, path: str, query: Mapping[str, object], limit: int | None) -> Json:
-        """All pages (up to ``limit`` rows) as one list document, shaped as a page is."""
-        rows: list[Any] = []
-        cursor: str | None = None
-        while True:
-            want = PAGE_MAX if limit is None else min(PAGE_MAX, limit - len(rows))
-            page = self.call("GET", path, query={**query, "limit": want, "cursor": cursor}).data
-            rows += page["data"]
-            cursor = page["next_cursor"]
-            if cursor is None or not page["data"] or (limit is not None and len(rows) >= limit):
-                return {"data": rows, "next_cursor": cursor}
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """The admin API never redirects; following one would send the credential elsewhere."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
-def _credential(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not all(" " <= c <= "~" for c in value):
-        raise Failure(f"keystile: error: {name} holds characters an HTTP header cannot "
-                      "carry; set it to the credential alone", DENIED)
-    return value
-
-
-def _query_value(value: object) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
-def _read(exc: urllib.error.HTTPError) -> bytes:
-    try:
-        return exc.read()
-    except (OSError, http.client.HTTPException):
-        return b""
-
-
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text) if text.strip() else None
-    except ValueError:
-        return None
-
-
-def _describe(reason: object) -> str:
-    if isinstance(reason, BaseException):
-        detail = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-        return str(detail)
-    return str(reason)
-
-
-def _path(*parts: str) -> str:
-    return "".join("/" + urllib.parse.quote(p, safe="") for p in parts)
-
-
-# ---- output --------------------------------------------------------------------------------
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [headers, *rows])
-
-
-def text(name: str, value: Any) -> str:
-    """A field's value as a table shows it."""
-    if value is None or value == []:
-        return "-"
-    if name == "rate_limits":
-        return ", ".join(f"{w['limit']}/{w['window_s']}s" for w in value)
-    if name == "quota":
-        return f"{value['limit']}/{value['period']}"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return ",".join(value)
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def fields(record: Json, leave_out: tuple[str, ...] = ()) -> str:
-    return table(["FIELD", "VALUE"], [[k, text(k, v)] for k, v in record.items()
-                                      if k not in leave_out])
-
-
-def out(args: argparse.Namespace, reply: Reply, render: Callable[[Any], str]) -> None:
-    print(reply.text if args.json else render(reply.data))
-
-
-# ---- flag values ---------------------------------------------------------------------------
-
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_RATE = re.compile(r"(\d+)/(\d*)([smhd]?)")
-_QUOTA = re.compile(r"(\d+)/([a-z]+)")
-
-
-def rate_limit(value: str) -> Json:
-    found = _RATE.fullmatch(value.strip())
-    if found is None or not (found[2] or found[3]):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a rate limit: write LIMIT/WINDOW, e.g. 100/60s, 10/s, 5000/1h")
-    return {"limit": int(found[1]), "window_s": int(found[2] or 1) * _UNITS[found[3]]}
-
-
-def quota(value: str) -> Json | None:
-    if value == "none":
-        return None
-    found = _QUOTA.fullmatch(value.strip())
-    if found is None:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a quota: write LIMIT/PERIOD, e.g. 1000/day, 20000/week")
-    return {"limit": int(found[1]), "period": found[2]}
-
-
-def count(value: str) -> int | None:
-    if value == "none":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-
-
-def expiry(value: str) -> str | None:
-    return None if value == "none" else value  # the API judges the time itself
-
-
-def positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
-    return int(value)
-
-
-def seconds(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-
-
-def json_object(value: str) -> Json:
-    try:
-        parsed = json.loads(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"plan\": \"gold\"}'")
-    return parsed
-
-
-def admin_url(value: str) -> str:
-    try:
-        parts = urllib.parse.urlsplit(value.strip())
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 - raises ValueError when out of range
-    except ValueError:
-        usable = False
-    if not usable:
-        raise argparse.ArgumentTypeError(
-            f"{redact(value)!r} (from --admin-url or KEYSTILE_ADMIN_URL) is not an http:// or "
-            "https:// URL, e.g. http://127.0.0.1:8081")
-    return value.strip().rstrip("/")
-
 
 def _given(args: argparse.Namespace, names: dict[str, str]) -> Json:
     """The JSON fields for the flags given (flag attribute -> API field)."""
@@ -328,7 +70,7 @@ def orgs_list(args: argparse.Namespace, client: Client) -> None:
 
 
 def orgs_show(args: argparse.Namespace, client: Client) -> None:
-    out(args, client.call("GET", _path("v1", "orgs", args.org_id)), fields)
+    out(args, client.call("GET", path("v1", "orgs", args.org_id)), fields)
 
 
 def orgs_create(args: argparse.Namespace, client: Client) -> None:
@@ -345,7 +87,7 @@ def orgs_create(args: argparse.Namespace, client: Client) -> None:
 
 
 def orgs_delete(args: argparse.Namespace, client: Client) -> None:
-    client.call("DELETE", _path("v1", "orgs", args.org_id),
+    client.call("DELETE", path("v1", "orgs", args.org_id),
                 query={"cascade": True} if args.cascade else None)
     if not args.json:  # 204: the API has no document to show
         print(f"deleted organisation {args.org_id}")
@@ -364,7 +106,7 @@ def keys_list(args: argparse.Namespace, client: Client) -> None:
 
 
 def keys_show(args: argparse.Namespace, client: Client) -> None:
-    out(args, client.call("GET", _path("v1", "keys", args.key_id)), fields)
+    out(args, client.call("GET", path("v1", "keys", args.key_id)), fields)
 
 
 def _with_raw_key(record: Json) -> str:
@@ -383,14 +125,14 @@ def keys_create(args: argparse.Namespace, client: Client) -> None:
 
 def keys_status(action: str) -> Callable[[argparse.Namespace, Client], None]:
     def change(args: argparse.Namespace, client: Client) -> None:
-        reply = client.call("POST", _path("v1", "keys", args.key_id, action))
+        reply = client.call("POST", path("v1", "keys", args.key_id, action))
         out(args, reply, lambda key: f"{key['id']}  {key['status']}")
 
     return change
 
 
 def keys_rotate(args: argparse.Namespace, client: Client) -> None:
-    reply = client.call("POST", _path("v1", "keys", args.key_id, "rotate"),
+    reply = client.call("POST", path("v1", "keys", args.key_id, "rotate"),
                         body={"grace_seconds": args.grace})
     out(args, reply, _with_raw_key)
 
@@ -405,7 +147,7 @@ def keys_set_limits(args: argparse.Namespace, client: Client) -> None:
     if not body:
         raise Failure("keystile: error: give at least one of --rate-limit, --no-rate-limits, "
                       "--usage-limit, --quota, --expires, --shadow, --enforce", 2)
-    out(args, client.call("PATCH", _path("v1", "keys", args.key_id), body=body), fields)
+    out(args, client.call("PATCH", path("v1", "keys", args.key_id), body=body), fields)
 
 
 def _print_list(args: argparse.Namespace, doc: Json, columns: tuple[str, ...],
@@ -425,7 +167,7 @@ def usage(args: argparse.Namespace, client: Client) -> None:
     if args.range is not None:
         usage_series(args, client)
         return
-    out(args, client.call("GET", _path("v1", "keys", args.key_id, "usage")), _usage_text)
+    out(args, client.call("GET", path("v1", "keys", args.key_id, "usage")), _usage_text)
 
 
 def _usage_text(doc: Json) -> str:
