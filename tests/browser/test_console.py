@@ -48,6 +48,11 @@ def _check_page(driver: WebDriver, name: str, raw_keys: list[str]) -> None:
         assert overflow <= 0, f"{name} is {overflow}px wider than a {label} screen"
         html = driver.page_source
         assert not any(raw in html for raw in raw_keys), f"a raw key is shown on {name}"
+        stray = driver.execute_script(
+            "return [...document.querySelectorAll('#view, #view *')].flatMap(e => "
+            "[...e.childNodes]).filter(n => n.nodeType === 3 && "
+            "/^(null|undefined|\\[object Object\\])$/.test(n.textContent.trim())).length;")
+        assert stray == 0, f"{name} shows {stray} stray null/undefined text(s)"
     resize(driver, DESKTOP)
 
 

@@ -110,7 +110,7 @@ function select(name, options, value) {
 
 function page(title, ...children) {
   document.title = `${title} · Keystile console`;
-  view.replaceChildren(h("h1", {}, title), ...children);
+  view.replaceChildren(h("h1", {}, title), ...children.filter((c) => c !== null && c !== false));
 }
 
 // ---- charts -----------------------------------------------------------------------------------
