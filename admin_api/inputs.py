@@ -10,8 +10,12 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from admin_api.errors import BadRequest, Unprocessable
+from gateway.scopes import SCOPE_RE
 
 M = TypeVar("M", bound=BaseModel)
+# What a value matching a pattern looks like, said instead of the pattern itself.
+_PATTERNS = {SCOPE_RE.pattern: "a scope is resource:action (letters, digits, '_', '.', '-'), "
+                               "resource:* or *, e.g. echo:read"}
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -27,6 +31,9 @@ def _message(item: dict[str, object]) -> str:
         return "unknown field; remove it or check its spelling"
     if item["type"] == "missing":
         return "required field is missing"
+    advice = _PATTERNS.get(str((item.get("ctx") or {}).get("pattern")))  # type: ignore[attr-defined]
+    if item["type"] == "string_pattern_mismatch" and advice is not None:
+        return advice
     if item["loc"] and item["loc"][-1] == "cursor":  # type: ignore[index]
         return (f"not a cursor this API returned ({item['msg']}); pass next_cursor from the "
                 "previous page unchanged")

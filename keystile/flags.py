@@ -28,7 +28,7 @@ def quota(value: str) -> Json | None:
     if value == "none":
         return None
     found = _QUOTA.fullmatch(value.strip())
-    if found is None:
+    if found is None or found[2] not in ("day", "week", "month"):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a quota: write LIMIT/PERIOD, e.g. 1000/day, 20000/week")
     return {"limit": int(found[1]), "period": found[2]}

@@ -201,3 +201,13 @@ async def test_create_validation(admin: Admin, org: dict[str, Any]) -> None:
     assert "org_id" in body["error"]["message"]
     body = await admin.call("POST", "/v1/keys", json={"org_id": "org_missing"}, expect=404)
     assert body["error"]["code"] == "org_not_found"
+
+
+async def test_a_malformed_scope_is_explained_not_matched_against_a_pattern(
+        admin: Admin, org: dict[str, Any]) -> None:
+    body = await admin.call("POST", "/v1/keys", json={"org_id": org["id"],
+                                                      "scopes": ["echo:read", "bogus scope!"]},
+                            expect=422)
+    assert body["error"]["fields"] == [{"field": "scopes.1", "message": (
+        "a scope is resource:action (letters, digits, '_', '.', '-'), resource:* or *, "
+        "e.g. echo:read")}]

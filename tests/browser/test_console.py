@@ -104,7 +104,7 @@ async def test_an_operator_finds_limits_and_revokes_a_key(
         # The chart holds the five requests just sent; the live usage shows them spent.
         _text_in(browser, ".totals", "5 requests · 5 forwarded")
         _text_in(browser, "#main", "100 per 3600 s: 5 of 100")
-        _text_in(browser, "#main", "Lifetime: 5 requests, no limit")
+        _text_in(browser, "#main", "Lifetime usage: 5 spent, no limit")
         _check_page(browser, "key", raw_keys)
 
     await asyncio.to_thread(log_in_and_find_the_key)
@@ -199,6 +199,29 @@ async def test_a_new_key_is_shown_once_and_a_root_key_sees_its_own_organisation(
         return shown
 
     shown = await asyncio.to_thread(as_a_root_key)
+
+    def rotate_itself() -> str:
+        """Rotating the key you are logged in with ends the session at once; its new secret
+        stays on screen (the login page) until dismissed, and logs in."""
+        browser.get(f"{console}#/keys/{root['id']}")
+        _text_in(browser, ".facts", root["id"])
+        browser.find_element(By.XPATH, "//button[text()='Rotate']").click()
+        _wait(browser).until(ec.alert_is_present())
+        assert "ends your session" in browser.switch_to.alert.text
+        browser.switch_to.alert.accept()
+        _wait(browser).until(ec.presence_of_element_located((By.XPATH,
+                                                             "//h2[text()='Log in']")))
+        _text_in(browser, "#flash", "Logged out")
+        secret = _text_in(browser, ".once", "New secret").find_element(By.CSS_SELECTOR,
+                                                                        "code.raw").text
+        assert secret != root["key"]
+        browser.find_element(By.XPATH, "//button[text()='Done, hide it']").click()
+        browser.find_element(By.NAME, "credential").send_keys(secret, Keys.ENTER)
+        _text_in(browser, "h1", "Keys of")
+        assert secret not in browser.page_source
+        return secret
+
+    root["key"] = await asyncio.to_thread(rotate_itself)
     # Revoking the root key ends its console session at the next request, and says why.
     await admin.call("POST", f"/v1/keys/{root['id']}/revoke", expect=200)
 

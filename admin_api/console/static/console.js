@@ -9,6 +9,7 @@ const flash = document.getElementById("flash");
 let me = null; // {kind: "operator"} or {kind: "key", org_id, key_id, name, prefix}
 let refresher = null;
 let loggedOutBecause = null; // why a session ended, for the login page to say
+let newSecret = null; // {raw, what}: a rotated secret, shown on every page until dismissed
 
 // ---- DOM and API helpers --------------------------------------------------------------------
 
@@ -70,8 +71,11 @@ function say(message, kind = "error") {
   flash.append(h("p", { class: `flash ${kind}` }, message));
 }
 
+// What ends a session: a 401, or the logged-in key itself paused (403 key_paused).
+const sessionEnded = (err) => err.status === 401 || (err.code === "key_paused" && me && me.kind === "key");
+
 function sayError(err) {
-  if (err.status === 401 && me !== null) {
+  if (sessionEnded(err) && me !== null) {
     me = null;
     loggedOutBecause = err.message;
     location.hash = "#/login";
@@ -81,6 +85,7 @@ function sayError(err) {
   const box = h("div", { class: "flash error" }, h("p", {}, lines[0]));
   if (err.fields.length) box.append(h("ul", {}, err.fields.map((f) => h("li", {}, `${f.field}: ${f.message}`))));
   flash.replaceChildren(box);
+  flash.scrollIntoView({ block: "nearest" }); // a form far down the page: show its error
 }
 
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : "never");
@@ -111,6 +116,8 @@ function select(name, options, value) {
 function page(title, ...children) {
   document.title = `${title} · Keystile console`;
   view.replaceChildren(h("h1", {}, title), ...children.filter((c) => c !== null && c !== false));
+  // Kept across pages: rotating the key you are logged in with ends the session at once.
+  if (newSecret) view.firstChild.after(oneTime(newSecret.raw, newSecret.what, () => { newSecret = null; }));
 }
 
 // ---- charts -----------------------------------------------------------------------------------
@@ -240,6 +247,7 @@ async function orgs() {
 }
 
 async function orgKeys(orgId, params) {
+  if (me.kind !== "operator" && orgId !== me.org_id) { location.hash = `#/orgs/${me.org_id}`; return; }
   const org = me.kind === "operator" ? await api("GET", `/v1/orgs/${orgId}`) : { id: orgId, name: "Your organisation" };
   const search = h("input", { type: "search", name: "search", value: params.get("search") || "" });
   const status = select("status", [["", "Any"], ["active", "Active"], ["paused", "Paused"],
@@ -258,12 +266,12 @@ async function orgKeys(orgId, params) {
     form,
     table("Keys", ["Name", "Owner", "Prefix", "Status", "Last used", "Created"],
       listed.data.map((k) => [link(`#/keys/${k.id}`, k.name || k.id), k.owner_id || "—",
-        h("code", {}, k.prefix), h("span", { class: `status ${k.status}` }, k.status), when(k.last_used_at), when(k.created_at)])),
+        h("code", { class: "prefix" }, k.prefix), h("span", { class: `status ${k.status}` }, k.status), when(k.last_used_at), when(k.created_at)])),
     listed.next_cursor ? h("p", {}, "Showing the first 200; narrow the search to see others.") : null,
     newKeyForm(orgId));
 }
 
-function oneTime(raw, what) {
+function oneTime(raw, what, onDone) {
   const code = h("code", { class: "raw" }, raw);
   const box = h("div", { class: "card once", role: "status" },
     h("h2", {}, `${what}: copy it now`),
@@ -272,7 +280,7 @@ function oneTime(raw, what) {
     h("p", {},
       h("button", { type: "button", onclick: () => navigator.clipboard && navigator.clipboard.writeText(raw) }, "Copy"),
       " ",
-      h("button", { type: "button", onclick: () => { box.remove(); } }, "Done, hide it")));
+      h("button", { type: "button", onclick: () => { box.remove(); if (onDone) onDone(); } }, "Done, hide it")));
   return box;
 }
 
@@ -364,13 +372,15 @@ function limitsForm(key) {
 async function keyPage(keyId) {
   const [key, usage, audit] = await Promise.all([api("GET", `/v1/keys/${keyId}`),
     api("GET", `/v1/keys/${keyId}/usage`), api("GET", `/v1/audit${query({ target_id: keyId, limit: 50 })}`)]);
+  const own = me.kind === "key" && me.key_id === key.id;
   const act = (label, path, confirmText, body) => h("button", { type: "button", onclick: async () => {
+    if (own) confirmText = `${confirmText || `${label} this key?`} It is the key you are logged in with: this ends your session.`;
     if (confirmText && !confirm(confirmText)) return;
     try {
       const got = await api("POST", `/v1/keys/${keyId}/${path}`, body);
+      if (got && got.key) newSecret = { raw: got.key, what: `New secret of ${got.name}` };
       say(`${label}: done.`, "ok");
       await route();
-      if (got && got.key) view.prepend(oneTime(got.key, `New secret of ${got.name}`));
     } catch (e) { sayError(e); }
   } }, label);
   const actions = h("p", { class: "actions" },
@@ -378,7 +388,7 @@ async function keyPage(keyId) {
     key.status !== "revoked" ? act("Rotate", "rotate", "Give this key a new secret? The old one stops working at once.", { grace_seconds: 0 }) : null,
     key.status !== "revoked" ? act("Revoke", "revoke", "Revoke this key? This cannot be undone.") : null);
   const live = h("section", { "aria-labelledby": "live-h" }, h("h2", { id: "live-h" }, "Live usage"),
-    usage.usage_limit !== null ? meter("Lifetime", usage.usage_count, usage.usage_limit) : h("p", {}, `Lifetime: ${usage.usage_count} requests, no limit`),
+    usage.usage_limit !== null ? meter("Lifetime", usage.usage_count, usage.usage_limit) : h("p", {}, `Lifetime usage: ${usage.usage_count} spent, no limit`),
     usage.quota ? meter(`Quota per ${usage.quota.period}`, usage.quota.used, usage.quota.limit, `resets ${when(usage.quota.resets_at)}`) : null,
     usage.rate_limits.map((r) => meter(`${r.limit} per ${r.window_s} s`, r.limit - r.remaining, r.limit, `resets ${when(r.resets_at)}`)),
     key.shadow_limits ? h("p", { class: "note" }, "Shadow mode: requests over these limits pass.") : null);
