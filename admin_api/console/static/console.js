@@ -374,8 +374,9 @@ async function keyPage(keyId) {
     api("GET", `/v1/keys/${keyId}/usage`), api("GET", `/v1/audit${query({ target_id: keyId, limit: 50 })}`)]);
   const own = me.kind === "key" && me.key_id === key.id;
   const act = (label, path, confirmText, body) => h("button", { type: "button", onclick: async () => {
-    if (own) confirmText = `${confirmText || `${label} this key?`} It is the key you are logged in with: this ends your session.`;
-    if (confirmText && !confirm(confirmText)) return;
+    const ask = own ? `${confirmText || `${label} this key?`} It is the key you are logged in with: this ends your session.`
+      : confirmText;
+    if (ask && !confirm(ask)) return;
     try {
       const got = await api("POST", `/v1/keys/${keyId}/${path}`, body);
       if (got && got.key) newSecret = { raw: got.key, what: `New secret of ${got.name}` };
