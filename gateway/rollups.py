@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,37 +79,39 @@ class History:
         self.owners = ({**self.owners, **other.owners} if other_is_newer
                        else {**other.owners, **self.owners})
 
-    def _keys(self, width: int) -> list[list[Any]]:
-        """One array per column (bucket first), sorted by the primary key: two processes
-        adding to the same rows lock them in one order."""
-        rows: dict[Slot, int] = defaultdict(int)
-        for (key_id, minute, status, code), n in self.counts.items():
-            rows[key_id, minute * MINUTE_S // width, status, code] += n
-        columns: list[list[Any]] = [[] for _ in range(7)]
-        for (key_id, bucket, status, code), n in sorted(rows.items()):
-            org_id, owner_id = self.owners[key_id]
-            for column, value in zip(columns, (bucket, key_id, org_id, owner_id, status, code,
-                                               n), strict=True):
-                column.append(value)
-        return columns
-
-    def _orgs(self, width: int) -> list[list[Any]]:
+    def _rows(self, width: int, by_org: bool) -> dict[tuple[str, int, int, str], int]:
+        """The counts summed into buckets of ``width``, per key or per organisation."""
         rows: dict[tuple[str, int, int, str], int] = defaultdict(int)
         for (key_id, minute, status, code), n in self.counts.items():
-            rows[self.owners[key_id][0], minute * MINUTE_S // width, status, code] += n
-        columns: list[list[Any]] = [[] for _ in range(5)]
-        for (org_id, bucket, status, code), n in sorted(rows.items()):
-            for column, value in zip(columns, (bucket, org_id, status, code, n), strict=True):
-                column.append(value)
-        return columns
+            who = self.owners[key_id][0] if by_org else key_id
+            rows[who, minute * MINUTE_S // width, status, code] += n
+        return rows
+
+    def _keys(self, width: int) -> list[list[Any]]:
+        return _columns((bucket, key_id, *self.owners[key_id], status, code, n)
+                        for (key_id, bucket, status, code), n
+                        in sorted(self._rows(width, by_org=False).items()))
+
+    def _orgs(self, width: int) -> list[list[Any]]:
+        return _columns((bucket, org_id, status, code, n)
+                        for (org_id, bucket, status, code), n
+                        in sorted(self._rows(width, by_org=True).items()))
 
     async def add(self, conn: Queryable) -> None:
         """Adds the counts to every table, in the caller's transaction."""
+        if not self.counts:
+            return
         for width in (MINUTE_S, HOUR_S):
             await conn.execute(_ADD_KEYS.format(table=KEY_TABLES[width], width=width),
                                *self._keys(width))
             await conn.execute(_ADD_ORGS.format(table=ORG_TABLES[width], width=width),
                                *self._orgs(width))
+
+
+def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows (already sorted by the primary key, so two processes adding to the same rows lock
+    them in one order) as one array per column, for ``unnest``."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def clean(conn: Queryable) -> None:

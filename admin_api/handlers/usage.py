@@ -50,8 +50,8 @@ async def usage_of(conn: Queryable, limiter: Limiter, key: KeyRecord,
     live = await limiter.peek(key, now, pending)
     history = await keys.daily(conn, key.id, (now - timedelta(days=HISTORY_DAYS - 1)).date())
     # Redis counts a lifetime only for a key with a limit; without one, PostgreSQL's count.
-    limited = key.usage_limit is not None and live.usage_used is not None
-    used = live.usage_used if limited and live.usage_used is not None else key.usage_count
+    used = (live.usage_used if key.usage_limit is not None and live.usage_used is not None
+            else key.usage_count)
     quota = None
     if live.quota_limit is not None and live.quota_period is not None:
         quota = QuotaUsage(limit=live.quota_limit, period=live.quota_period,
@@ -162,13 +162,5 @@ async def get_limited(request: web.Request, principal: Principal, query: Limited
                       ) -> web.Response:
     org_id = auth.org_scope(principal, query.org_id)
     rows = await rollups.limited(request.app[POOL], org_id, query.minutes, query.limit)
-    now = datetime.now(UTC)
-
-    def status(row: asyncpg.Record) -> str | None:
-        expired = row["expires_at"] is not None and row["expires_at"] <= now
-        return "expired" if expired and row["status"] not in (None, "revoked") else row["status"]
-
-    return respond(LimitedList(minutes=query.minutes, data=[
-        LimitedKey(key_id=r["key_id"], org_id=r["org_id"], owner_id=r["owner_id"],
-                   name=r["name"], prefix=r["prefix"], status=status(r), limited=r["limited"],
-                   requests=r["requests"]) for r in rows]))
+    return respond(LimitedList(minutes=query.minutes,
+                               data=[LimitedKey.model_validate(dict(r)) for r in rows]))

@@ -78,7 +78,10 @@ async def limited(conn: Queryable, org_id: str | None, minutes: int, limit: int
             WHERE bucket >= date_trunc('minute', now()) - make_interval(mins => $1 - 1)
               AND ($2::text IS NULL OR org_id = $2)
             GROUP BY key_id)
-        SELECT r.*, k.name, k.prefix, k.status, k.expires_at FROM recent r
+        SELECT r.*, k.name, k.prefix,
+               CASE WHEN k.status <> 'revoked' AND k.expires_at <= now() THEN 'expired'
+                    ELSE k.status END AS status
+        FROM recent r
         LEFT JOIN keys k ON k.id = r.key_id
         WHERE r.limited > 0
         ORDER BY r.limited DESC, r.key_id LIMIT $3""",
