@@ -104,6 +104,8 @@ WHERE id = (SELECT id FROM webhook_deliveries
             WHERE endpoint_id = $1 AND ordering = $2 AND state = 'pending'
             ORDER BY seq LIMIT 1)
   AND next_attempt_at = 'infinity'"""
+# Endpoints whose signing secret is sealed: the encryption key of this instance must open it.
+SEALED = "SELECT id, secret FROM webhook_endpoints WHERE secret_sealed ORDER BY id"
 LISTEN_RETRY_S = 30.0  # a lost LISTEN connection is made again at most this often
 BODY_READ_LIMIT = 4096  # what is read of a receiver's answer: only its status matters
 
@@ -212,6 +214,7 @@ class Sender:
         (the next of its key may be due) — or every ``poll_interval_s``."""
         stopping = asyncio.create_task(self._wake_on(stop))
         try:
+            await self.check_secrets()
             while not stop.is_set():
                 self._wake.clear()
                 await self._listen()
@@ -234,6 +237,31 @@ class Sender:
             await self._unlisten()
             if self._session is not None:
                 await self._session.close()
+
+    async def check_secrets(self) -> list[str]:
+        """At start-up: the endpoints whose signing secret this instance cannot open (the
+        encryption key is missing or another), said once in one line that says what to fix.
+        Their deliveries wait, logged again each time one is due."""
+        try:
+            rows = await self.pool.fetch(SEALED)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("webhook signing secrets not checked: %s", type(exc).__name__)
+            return []
+        unopened: list[str] = []
+        for row in rows:
+            try:
+                signing.load(row["secret"], True, row["id"], self.box_key)
+            except signing.SecretUnavailable:
+                unopened.append(row["id"])
+        if unopened:
+            why = ("is not set" if self.box_key is None
+                   else "is another key than the one they were stored under")
+            log.error("the signing secrets of %d webhook endpoint(s) cannot be opened (%s): "
+                      "KEYSTILE_ENCRYPTION_KEY %s. Set it to that key; their deliveries "
+                      "wait until then.",
+                      len(unopened), ", ".join(unopened[:5])
+                      + (", …" if len(unopened) > 5 else ""), why)
+        return unopened
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

@@ -11,10 +11,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from admin_api.webhooks.delivery import backoff_s, public_address, refuse_host
+from gateway import secretbox
 from gateway.settings import WebhookSettings
 from tests.admin_api.conftest import Admin
+from tests.conftest import Stores
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import Receiver, subscribe
+from tests.webhooks.conftest import Receiver, admin_settings, subscribe
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
@@ -248,6 +250,25 @@ async def test_a_secret_this_instance_cannot_open_is_not_the_receivers_failure(
         expect=409)
     assert body["error"]["code"] == "encryption_key_missing"
     assert endpoint["secret"] not in caplog.text
+
+
+async def test_an_instance_says_at_start_which_signing_secrets_it_cannot_open(
+        admin: Admin, org: dict[str, Any], stores: Stores, another_admin: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    endpoint = await subscribe(admin, org["id"], "http://127.0.0.1:9/hooks")
+    await admin.db.execute("UPDATE webhook_endpoints SET secret_sealed = true")
+    for key, why in [(None, "KEYSTILE_ENCRYPTION_KEY is not set"),
+                     (secretbox.new_key(), "KEYSTILE_ENCRYPTION_KEY is another key")]:
+        caplog.clear()
+        settings = admin_settings(stores).model_copy(update={"encryption_key": key})
+        async with another_admin(settings):
+            async def said() -> bool:
+                return any("cannot be opened" in r.getMessage() for r in caplog.records)
+            await eventually(said)
+        [line] = [r.getMessage() for r in caplog.records if "cannot be opened" in r.getMessage()]
+        assert f"1 webhook endpoint(s) cannot be opened ({endpoint['id']})" in line
+        assert why in line
+        assert endpoint["secret"] not in caplog.text
 
 
 async def test_deliveries_behind_an_earlier_one_wait_without_a_due_time(
