@@ -52,9 +52,10 @@ bench-instructions: $(STAMP)
 bench-propagation: $(STAMP)
 	$(BIN)/python bench/propagation.py $(if $(QUICK),--changes 20,)
 
-## bench-webhooks: webhook delivery throughput and latency, and a claim behind a backlog
+## bench-webhooks: webhook delivery throughput and latency, a claim behind a backlog, and the
+## expiry scan over many expiring keys
 bench-webhooks: $(STAMP)
-	$(BIN)/python bench/webhooks.py $(if $(QUICK),--events 200 --backlog 2000,)
+	$(BIN)/python bench/webhooks.py $(if $(QUICK),--events 200 --backlog 2000 --expiring 5000,)
 
 ## bench-history: the console's chart and limited-now queries over a filled request history,
 ## and the write a flush adds

@@ -11,6 +11,10 @@ sender) and a receiver in this process, all on 127.0.0.1. Then:
 2. **Backlog:** ``--backlog`` deliveries queued for an endpoint that is down (one key's
    worth behind every head), then the time of one claim, as every sender runs it on every
    poll and wake-up.
+3. **Expiry scan:** ``--expiring`` keys expiring evenly over the next 30 days (a 30-day
+   expiry policy: about a quarter are inside the default 7-day warning). Prints how long
+   the first announcement of their warnings takes, and then one scan round when nothing is
+   left to announce, as every admin instance runs it each ``scan_interval_s`` (30 s).
 
     .venv/bin/python bench/webhooks.py [--events 2000] [--keys 100] [--instances 2]
 """
@@ -33,7 +37,7 @@ from aiohttp import web
 
 from admin_api.app import create_app as create_admin_app
 from admin_api.migrate import migrate
-from admin_api.webhooks import delivery
+from admin_api.webhooks import delivery, expiry
 from gateway import events
 from gateway.database import connect
 from gateway.keyformat import new_id
@@ -85,6 +89,32 @@ async def _queue(conn: asyncpg.Connection, org_id: str, keys: list[str], n: int,
                 await events.record(conn, events.USAGE_THRESHOLD, org_id,
                                     {"id": key_id, "owner_id": None, "name": "", "prefix": ""},
                                     {"seq": i})
+
+
+async def _expiry(conn: asyncpg.Connection, org_id: str, n: int) -> bool:
+    """The expiry phase; False if a round after the first announcement found more."""
+    await conn.execute(
+        "INSERT INTO keys (id, org_id, owner_id, name, prefix, key_prefix, expires_at) "
+        "SELECT 'key_exp' || g, $1, 'owner' || (g % 1000), 'k', 'bk_xxxxxxxxx', 'bk', "
+        "now() + (g::float / $2) * interval '30 days' FROM generate_series(1, $2) g",
+        org_id, n)
+    await conn.execute("ANALYZE keys")
+    began, announced = time.perf_counter(), 0
+    while (found := await expiry.scan(conn)) is not None:
+        announced += found
+        if found < expiry.BATCH:
+            break
+    first_s = time.perf_counter() - began
+    await conn.execute("ANALYZE")
+    rounds, again = [], 0
+    for _ in range(10):
+        began = time.perf_counter()
+        again += await expiry.scan(conn) or 0
+        rounds.append(time.perf_counter() - began)
+    print(f"expiry: {n} keys expiring over 30 days; {announced} warnings announced in "
+          f"{first_s:.1f} s ({announced / first_s:.0f}/s); then a round with nothing left: "
+          f"{_percentiles(rounds)}; announced again: {again}")
+    return again == 0
 
 
 def _percentiles(values: list[float]) -> str:
@@ -164,8 +194,9 @@ async def run(args: argparse.Namespace) -> int:
             print(f"backlog: {waiting} pending deliveries ({args.backlog} queued in "
                   f"{backlog_s:.1f} s) behind {args.keys} heads; one claim of 32: "
                   f"{_percentiles(claims)}")
+            expiry_ok = await _expiry(conn, org_id, args.expiring)
             await conn.close()
-            ok = len(receiver.arrivals) == unique == args.events and in_order
+            ok = len(receiver.arrivals) == unique == args.events and in_order and expiry_ok
             return 0 if ok else 1
         finally:
             for runner in reversed(runners):
@@ -182,6 +213,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--receiver-ms", type=float, default=5.0)
     parser.add_argument("--backlog", type=int, default=50_000)
+    parser.add_argument("--expiring", type=int, default=100_000)
     parser.add_argument("--timeout", type=float, default=300.0)
     raise SystemExit(asyncio.run(run(parser.parse_args())))
 
