@@ -36,7 +36,7 @@ CROSS JOIN LATERAL jsonb_array_elements_text(
 WHERE EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.org_id = o.id AND w.enabled
               AND w.events && ARRAY['key.expiring', 'key.expired'])"""
 # Occurrences due now and not yet announced, marked as announced in the same statement.
-DUE = """WITH due AS (
+DUE = """WITH due AS MATERIALIZED (  -- lead_s computed once per key
     SELECT k.id, k.org_id, k.owner_id, k.name, k.prefix, k.expires_at,
         CASE WHEN k.expires_at > now() THEN (
             SELECT min(l.v::bigint) FROM jsonb_array_elements_text(
