@@ -30,7 +30,7 @@ from admin_api.models import (
 from admin_api.repository import audit, orgs, webhooks
 from admin_api.state import POOL, SENDER
 from admin_api.views import respond
-from admin_api.webhooks import signing
+from admin_api.webhooks import delivery, signing
 from gateway.database import Connection, Queryable
 from gateway.keyformat import new_id
 
@@ -175,6 +175,8 @@ async def retry_delivery(request: web.Request, principal: Principal) -> web.Resp
         await request.app[SENDER].resend(delivery_id)
     except signing.SecretUnavailable as exc:
         raise Conflict(str(exc), code="encryption_key_missing") from None
+    except delivery.Busy as exc:
+        raise Conflict(str(exc), code=exc.code) from None
     async with pool.acquire() as conn, conn.transaction():
         await _audit(conn, request, principal, "webhook.retry", org_id, endpoint["id"],
                      {"delivery_id": delivery_id})

@@ -6,9 +6,10 @@ lease ends), POSTs each outside any transaction, and records the attempt. A deli
 when its endpoint is enabled, its next attempt time has come, and no earlier delivery of the
 same endpoint and key is still pending — so a receiver that was down gets each key's events
 in the order they happened. Failed attempts are retried with exponential backoff and jitter
-until ``give_up_after_s`` after the event, then the delivery is marked failed; an endpoint
-whose every attempt has failed for ``disable_after_s`` (counted from the oldest event it could
-not take) is disabled until someone enables it.
+until ``give_up_after_s`` after the delivery's first attempt, then it is marked failed; an
+endpoint whose every attempt has failed for ``disable_after_s`` (since its first failure after
+the last success) is disabled until someone enables it. An attempt is recorded only under the
+lease it was made with.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aiohttp
 import asyncpg
@@ -67,7 +68,25 @@ WHERE d.id IN (
       AND (c.leased_until IS NULL OR c.leased_until < now())
     ORDER BY c.next_attempt_at, c.seq LIMIT $1
     FOR UPDATE SKIP LOCKED)
-RETURNING d.id"""
+RETURNING d.id, d.leased_until"""
+# One delivery taken to be sent now (POST …/retry): a finished one, or a pending one that is
+# first in its key's line and that no sender holds; claimed like CLAIM does.
+TAKE = """UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => $2)
+WHERE d.id = $1 AND (d.leased_until IS NULL OR d.leased_until < now())
+  AND (d.state <> 'pending' OR NOT EXISTS (
+      SELECT 1 FROM webhook_deliveries e WHERE e.endpoint_id = d.endpoint_id
+          AND e.ordering = d.ordering AND e.state = 'pending' AND e.seq < d.seq))
+RETURNING d.leased_until"""
+# Not sent after all (its secret cannot be opened here): looked at again in ``$3`` seconds.
+PUT_BACK = """UPDATE webhook_deliveries
+SET leased_until = NULL, next_attempt_at = now() + make_interval(secs => $3)
+WHERE id = $1 AND leased_until = $2"""
+# Why TAKE took nothing: the delivery is being sent, or an earlier one of its key is pending.
+BUSY = """SELECT d.leased_until >= now() AS in_flight, (
+    SELECT e.id FROM webhook_deliveries e WHERE e.endpoint_id = d.endpoint_id
+        AND e.ordering = d.ordering AND e.state = 'pending' AND e.seq < d.seq
+    ORDER BY e.seq LIMIT 1) AS first
+FROM webhook_deliveries d WHERE d.id = $1"""
 # What sending one delivery needs.
 LOAD = """SELECT d.id, d.endpoint_id, d.ordering, d.created_at, e.id AS event_id, e.type,
     e.payload,
@@ -80,21 +99,25 @@ JOIN webhook_endpoints w ON w.id = d.endpoint_id WHERE d.id = $1"""
 FINISH = """UPDATE webhook_deliveries SET attempts = attempts + 1, leased_until = NULL,
     state = $2, next_attempt_at = now() + make_interval(secs => $3),
     finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE COALESCE(finished_at, now()) END
-WHERE id = $1 RETURNING attempts"""
+WHERE id = $1 AND leased_until = $4 RETURNING attempts"""
 ATTEMPT = """INSERT INTO webhook_attempts (delivery_id, n, status_code, error, latency_ms)
 VALUES ($1, $2, $3, $4, $5)"""
-STATE = """SELECT state, created_at, attempts FROM webhook_deliveries WHERE id = $1
-FOR UPDATE"""
+# The delivery as the attempt is recorded; retries are given up ``give_up_after_s`` after its
+# first attempt (not its creation: one that waited behind another of its key gets its time).
+STATE = """SELECT state, attempts, leased_until,
+    COALESCE((SELECT min(a.at) FROM webhook_attempts a WHERE a.delivery_id = d.id), now())
+        AS first_attempt_at
+FROM webhook_deliveries d WHERE id = $1 FOR UPDATE"""
 HEALTHY = "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1"
-# The endpoint has failed since failing_since (at the latest since the event it cannot take
-# was created); past the limit it is disabled.
+# An attempt failed: the endpoint has failed since its first failed attempt after the last
+# success (or since it was enabled: that clears failing_since); past the limit it is disabled.
+# A success in between (HEALTHY) starts the count again, so one event a receiver keeps
+# refusing does not disable an endpoint that takes the others.
 FAILING = """UPDATE webhook_endpoints
-    SET failing_since = COALESCE(failing_since, GREATEST($3, enabled_at)),
-    enabled = enabled AND COALESCE(failing_since, GREATEST($3, enabled_at))
-                          > now() - make_interval(secs => $2),
+    SET failing_since = COALESCE(failing_since, now()),
+    enabled = enabled AND COALESCE(failing_since, now()) > now() - make_interval(secs => $2),
     disabled_reason = CASE
-        WHEN enabled AND COALESCE(failing_since, GREATEST($3, enabled_at))
-                         <= now() - make_interval(secs => $2)
+        WHEN enabled AND COALESCE(failing_since, now()) <= now() - make_interval(secs => $2)
         THEN 'every attempt failed for ' || $2::bigint || ' s' ELSE disabled_reason END,
     updated_at = now()
 WHERE id = $1 RETURNING enabled"""
@@ -301,19 +324,22 @@ class Sender:
         if conn is not None:
             conn.terminate()  # closing a connection ends its LISTEN; nothing to wait for
 
+    @property
+    def lease_s(self) -> float:
+        """How long a claim holds a delivery: one attempt, and time to record it."""
+        return self.settings.timeout_s + 30
+
     async def _claim_and_start(self, free: int) -> int:
-        lease = self.settings.timeout_s + 30
-        ids = [r["id"] for r in await self.pool.fetch(CLAIM, free, lease,
-                                                      self.settings.per_endpoint)]
-        for delivery_id in ids:
-            task = asyncio.create_task(self._deliver(delivery_id))
+        rows = await self.pool.fetch(CLAIM, free, self.lease_s, self.settings.per_endpoint)
+        for row in rows:
+            task = asyncio.create_task(self._deliver(row["id"], row["leased_until"]))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(ids)
+        return len(rows)
 
-    async def _deliver(self, delivery_id: str) -> None:
+    async def _deliver(self, delivery_id: str, lease: datetime) -> None:
         try:
-            await self.resend(delivery_id)
+            await self._send(delivery_id, lease)
         except signing.SecretUnavailable as exc:  # ours to fix, not the receiver's
             log.error("webhook delivery %s not sent: %s", delivery_id, exc)
         except Exception as exc:  # the lease ends and it is claimed again
@@ -322,14 +348,33 @@ class Sender:
         self._wake.set()  # the next delivery of its key may be due now
 
     async def resend(self, delivery_id: str) -> None:
-        """One attempt now, recorded like any other: the delivery is delivered when it
-        succeeds, whatever its state before."""
+        """One attempt now (POST …/retry), recorded like any other: the delivery is delivered
+        when it succeeds, whatever its state before. A pending delivery is sent only when it
+        is first in its key's line and no sender holds it (``Busy`` says which)."""
+        lease = await self.pool.fetchval(TAKE, delivery_id, self.lease_s)
+        if lease is None:
+            busy = await self.pool.fetchrow(BUSY, delivery_id)
+            if busy is None:
+                return  # deleted with its endpoint meanwhile
+            if busy["in_flight"]:
+                raise Busy("this delivery is being sent right now; its attempt will be in "
+                           "its attempt_log", code="delivery_in_flight")
+            raise Busy(f"an earlier delivery about the same key, {busy['first']}, is still "
+                       "pending and goes first (events about a key arrive in order); "
+                       "retry that one", code="delivery_queued")
+        await self._send(delivery_id, lease)
+
+    async def _send(self, delivery_id: str, lease: datetime) -> None:
         row = await self.pool.fetchrow(LOAD, delivery_id)
         if row is None:
             return  # deleted with its endpoint meanwhile
-        live = self._secrets(row)  # SecretUnavailable: no attempt made, none recorded
+        try:
+            live = self._secrets(row)
+        except signing.SecretUnavailable:  # no attempt made, none recorded; tried later
+            await self.pool.execute(PUT_BACK, delivery_id, lease, self.lease_s)
+            raise
         outcome = await self._post(row, live)
-        await self._record(row, outcome)
+        await self._record(row, outcome, lease)
 
     def _secrets(self, row: asyncpg.Record) -> list[str]:
         live = [signing.load(row["secret"], row["secret_sealed"], row["endpoint_id"],
@@ -370,29 +415,32 @@ class Sender:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return done(None, _describe(exc))
 
-    async def _record(self, row: asyncpg.Record, outcome: Outcome) -> None:
+    async def _record(self, row: asyncpg.Record, outcome: Outcome, lease: datetime) -> None:
         disabled = False
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(events.QUEUE_LOCK, row["ordering"])
             current = await conn.fetchrow(STATE, row["id"])
             if current is None:
                 return  # deleted with its endpoint meanwhile
+            if current["leased_until"] != lease:
+                # The lease ran out before this attempt was recorded: another sender may
+                # have claimed and sent it since; its attempt is the one that counts.
+                log.warning("webhook delivery %s: the lease ended before its attempt was "
+                            "recorded; the attempt is not recorded", row["id"])
+                return
             state, wait = current["state"], 0.0
             if outcome.ok:
                 state = "delivered"
                 await conn.execute(HEALTHY, row["endpoint_id"])
             else:
-                age = time.time() - current["created_at"].timestamp()
+                age = time.time() - current["first_attempt_at"].timestamp()
                 if state == "pending" and age >= self.settings.give_up_after_s:
                     state = "failed"
                 elif state == "pending":
                     wait = backoff_s(current["attempts"] + 1, self.settings, self.rng)
-                # A retry of a finished delivery says nothing of how long it has failed.
-                since = current["created_at"] if current["state"] == "pending" else None
                 disabled = not await conn.fetchval(FAILING, row["endpoint_id"],
-                                                   self.settings.disable_after_s,
-                                                   since or datetime.now(UTC))
-            attempts = await conn.fetchval(FINISH, row["id"], state, wait)
+                                                   self.settings.disable_after_s)
+            attempts = await conn.fetchval(FINISH, row["id"], state, wait, lease)
             await conn.execute(ATTEMPT, row["id"], attempts, outcome.status_code,
                                outcome.error, outcome.latency_ms)
             if state != "pending":
@@ -406,6 +454,14 @@ class Sender:
             log.warning("webhook endpoint %s is disabled: its attempts have failed for %g s; "
                         "enable it again with PATCH enabled=true", row["endpoint_id"],
                         self.settings.disable_after_s)
+
+
+class Busy(Exception):
+    """A pending delivery that cannot be sent now: being sent, or behind another."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _describe(exc: BaseException) -> str:

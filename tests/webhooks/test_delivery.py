@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from admin_api.webhooks.delivery import backoff_s, public_address, refuse_host
@@ -16,8 +17,23 @@ from gateway.settings import WebhookSettings
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
 from tests.gateway.conftest import eventually
-from tests.webhooks.conftest import Receiver, admin_settings, subscribe
+from tests.webhooks.conftest import Received, Receiver, admin_settings, subscribe
 
+
+
+class Picky(Receiver):
+    """Answers ``status`` to the event types in ``refuse`` and takes every other one."""
+
+    def __init__(self, refuse: set[str], status: int = 400) -> None:
+        super().__init__()
+        self.refuse, self.refused_status = refuse, status
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        received = Received(dict(request.headers), await request.read())
+        if received.event["type"] in self.refuse:
+            return web.Response(status=self.refused_status)
+        self.got.append(received)
+        return web.Response(status=204)
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     settings = WebhookSettings(retry_base_s=10, retry_max_s=3600)
@@ -199,35 +215,140 @@ async def test_senders_are_woken_by_new_events_and_by_finished_deliveries(
         "key.paused", "key.revoked", "usage.threshold", "usage.threshold"]
 
 
-@pytest.mark.webhooks(give_up_after_s=10 * 86400)
-async def test_failures_before_an_endpoint_was_enabled_again_do_not_count(
+async def test_an_endpoint_failing_for_a_day_is_disabled_and_counts_again_once_enabled(
         admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
     receiver.status = 500
     endpoint = await subscribe(admin, org["id"], receiver.url)
-    # An endpoint of long standing, and an event two days old that the receiver keeps
-    # refusing: it has been failing for longer than a day, so it is disabled at once.
-    await admin.db.execute("UPDATE webhook_endpoints SET enabled_at = now() - interval '3 days'")
-    await admin.db.execute(
-        "INSERT INTO webhook_events (id, org_id, key_id, type, payload, created_at) "
-        "VALUES ('evt_old', $1, 'key_x', 'key.revoked', '{}', now() - interval '2 days')",
-        org["id"])
-    await admin.db.execute(
-        "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering, created_at) "
-        "VALUES ('dlv_old', 'evt_old', $1, 'key_x', now() - interval '2 days')",
-        endpoint["id"])
-    await admin.db.execute("SELECT pg_notify('keystile_webhooks', '')")
     base = f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}"
+    key = await admin.key(org["id"])
+
+    async def failing() -> bool:
+        return (await admin.call("GET", base, expect=200))["failing_since"] is not None
+    await eventually(failing)
+    # As if every attempt since had failed for two days: the next failure disables it.
+    await admin.db.execute("UPDATE webhook_endpoints SET failing_since = now() - interval "
+                           "'2 days'")
+    await admin.call("POST", f"/v1/keys/{key['id']}/pause", expect=200)
 
     async def disabled() -> bool:
         return (await admin.call("GET", base, expect=200))["enabled"] is False
     await eventually(disabled)
+    # Enabled again, it is judged from its next failure on, not from two days ago.
     await admin.call("PATCH", base, json={"enabled": True}, expect=200)
+    before = await admin.db.fetchval("SELECT count(*) FROM webhook_attempts")
 
     async def failed_again() -> bool:
-        return await admin.db.fetchval("SELECT attempts FROM webhook_deliveries") >= 3
+        return await admin.db.fetchval("SELECT count(*) FROM webhook_attempts") >= before + 2
     await eventually(failed_again)
     shown = await admin.call("GET", base, expect=200)
     assert shown["enabled"] is True and shown["failing_since"] is not None
+
+
+@pytest.mark.webhooks(retry_base_s=3600, retry_max_s=3600)
+async def test_one_event_the_receiver_keeps_refusing_does_not_disable_the_endpoint(
+        admin: Admin, org: dict[str, Any]) -> None:
+    """The receiver answers 400 to one event and takes every other: after a day of retries
+    that delivery is given up, but the endpoint, which has not been failing, stays on."""
+    receiver = Picky(refuse={"key.paused"})
+    await receiver.start()
+    try:
+        endpoint = await subscribe(admin, org["id"], receiver.url)
+        a = await admin.key(org["id"], name="a")
+        await admin.call("POST", f"/v1/keys/{a['id']}/pause", expect=200)
+
+        async def refused() -> bool:
+            return bool(await admin.db.fetchval(
+                "SELECT count(*) FROM webhook_attempts WHERE status_code = 400"))
+        await eventually(refused)
+        await admin.key(org["id"], name="b")  # others still go through
+
+        async def healthy() -> bool:
+            return len(receiver.got) == 2 and await admin.db.fetchval(
+                "SELECT failing_since IS NULL FROM webhook_endpoints")
+        await eventually(healthy)
+        # A day of retries later (its first attempt dated back), the next attempt fails.
+        await admin.db.execute("UPDATE webhook_attempts SET at = at - interval '25 hours' "
+                               "WHERE status_code = 400")
+        await admin.db.execute("UPDATE webhook_deliveries SET next_attempt_at = now() "
+                               "WHERE state = 'pending'")
+        await admin.db.execute("SELECT pg_notify('keystile_webhooks', '')")
+
+        async def given_up() -> bool:
+            return await admin.db.fetchval(
+                "SELECT count(*) FROM webhook_deliveries WHERE state = 'failed'") == 1
+        await eventually(given_up)
+        shown = await admin.call("GET", f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}",
+                                 expect=200)
+        assert shown["enabled"] is True and shown["disabled_reason"] is None
+    finally:
+        await receiver.stop()
+
+
+async def test_a_delivery_that_waited_behind_others_gets_its_own_day_of_retries(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    receiver.status = 503
+    await subscribe(admin, org["id"], receiver.url)
+    await admin.key(org["id"])
+    # Created two days ago, as if it had waited behind an earlier delivery of its key.
+    await admin.db.execute("UPDATE webhook_deliveries SET created_at = now() - interval "
+                           "'2 days'")
+
+    async def retried() -> bool:
+        return await admin.db.fetchval("SELECT attempts FROM webhook_deliveries") >= 3
+    await eventually(retried)
+    assert await admin.db.fetchval("SELECT state FROM webhook_deliveries") == "pending"
+
+
+@pytest.mark.webhooks(retry_base_s=3600, retry_max_s=3600)
+async def test_a_retry_keeps_a_keys_events_in_order(
+        admin: Admin, org: dict[str, Any]) -> None:
+    receiver = Picky(refuse={"key.created"}, status=500)
+    await receiver.start()
+    try:
+        endpoint = await subscribe(admin, org["id"], receiver.url)
+        key = await admin.key(org["id"])
+
+        async def refused() -> bool:
+            return bool(await admin.db.fetchval("SELECT count(*) FROM webhook_attempts"))
+        await eventually(refused)
+        await admin.call("POST", f"/v1/keys/{key['id']}/pause", expect=200)
+        ids = {r["type"]: r["id"] for r in await admin.db.fetch(
+            "SELECT e.type, d.id FROM webhook_deliveries d "
+            "JOIN webhook_events e ON e.id = d.event_id")}
+        base = f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}/deliveries"
+        queued = await admin.call("POST", f"{base}/{ids['key.paused']}/retry", expect=409)
+        assert queued["error"]["code"] == "delivery_queued"
+        assert ids["key.created"] in queued["error"]["message"]
+        receiver.refuse = set()
+        sent = await admin.call("POST", f"{base}/{ids['key.created']}/retry", expect=200)
+        assert sent["state"] == "delivered"
+
+        async def both() -> bool:
+            return len(receiver.got) == 2
+        await eventually(both)
+        assert [e["type"] for e in receiver.events()] == ["key.created", "key.paused"]
+    finally:
+        await receiver.stop()
+
+
+async def test_a_delivery_being_sent_is_not_sent_again_by_a_retry(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    endpoint = await subscribe(admin, org["id"], receiver.url)
+    receiver.gate.clear()  # the receiver holds the delivery
+    await admin.key(org["id"])
+    await asyncio.wait_for(receiver.arrived.wait(), 10)
+    delivery_id = await admin.db.fetchval("SELECT id FROM webhook_deliveries")
+    busy = await admin.call(
+        "POST", f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}/deliveries/{delivery_id}"
+        "/retry", expect=409)
+    assert busy["error"]["code"] == "delivery_in_flight"
+    receiver.gate.set()
+
+    async def delivered() -> bool:
+        return await admin.db.fetchval("SELECT state FROM webhook_deliveries") == "delivered"
+    await eventually(delivered)
+    assert len(receiver.got) == 1
+    assert await admin.db.fetchval("SELECT count(*) FROM webhook_attempts") == 1
 
 
 async def test_a_secret_this_instance_cannot_open_is_not_the_receivers_failure(
