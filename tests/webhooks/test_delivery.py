@@ -20,7 +20,6 @@ from tests.gateway.conftest import eventually
 from tests.webhooks.conftest import Received, Receiver, admin_settings, subscribe
 
 
-
 class Picky(Receiver):
     """Answers ``status`` to the event types in ``refuse`` and takes every other one."""
 
