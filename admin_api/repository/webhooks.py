@@ -57,8 +57,7 @@ async def update(conn: Connection, endpoint_id: str, changes: dict[str, Any]
     columns = [c for c in UPDATABLE if c in changes]
     sets = "".join(f"{c} = ${i}, " for i, c in enumerate(columns, start=2))
     if changes.get("enabled") is True:  # enabled again: its failures are forgiven
-        sets += ("disabled_reason = NULL, failing_since = NULL, enabled_at = CASE WHEN enabled "
-                 "THEN enabled_at ELSE now() END, ")
+        sets += "disabled_reason = NULL, failing_since = NULL, "
     elif changes.get("enabled") is False:
         sets += "disabled_reason = 'disabled by request', "
     row = await conn.fetchrow(
