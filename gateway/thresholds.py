@@ -7,7 +7,8 @@ hosts and admin instances spend it, and the crossing is seen by exactly one flus
 occurrence — this threshold of this limit, in this quota period — is also marked in
 ``webhook_marks``, so a refund that dips back under a threshold does not announce it twice.
 Lowering the lifetime count (an administrator's reset) clears its marks: crossing again is a
-new occurrence."""
+new occurrence. A key's limits changed to ones its usage is already at or over
+(``limits_changed``) announce those thresholds at once: a limit is part of the occurrence."""
 
 from __future__ import annotations
 
@@ -94,22 +95,51 @@ async def detect(conn: Connection, totals: Mapping[str, int],
             after = row["usage_count"]
             for p in crossed(after - totals[key_id], after, row["usage_limit"],
                              events.percents(notes, "usage_percent")):
-                await _announce(conn, row, events.USAGE_THRESHOLD,
-                                f"usage:{p}:{row['usage_limit']}",
-                                {"percent": p, "limit": row["usage_limit"], "used": after})
+                await _usage(conn, row, p)
         quota: dict[str, Any] | None = row["quota"]
         if quota is None or key_id not in counts:
             continue
         for c in quota_crossings(quota["limit"], quota["period"],
                                  events.percents(notes, "quota_percent"),
                                  daily[key_id], counts[key_id]):
-            await _announce(
-                conn, row, events.QUOTA_THRESHOLD,
-                f"quota:{quota['period']}:{c.start.date().isoformat()}:{quota['limit']}:"
-                f"{c.percent}",
-                {"percent": c.percent, "limit": quota["limit"], "used": c.used,
-                 "period": quota["period"], "period_start": c.start.isoformat(),
-                 "resets_at": c.end.isoformat()})
+            await _quota(conn, row, c)
+
+
+async def limits_changed(conn: Connection, key_id: str) -> None:
+    """A key's ``usage_limit`` or ``quota`` was changed, in this transaction: the thresholds
+    of the new limits its usage already reached are announced now (a key lowered below its
+    usage is refused from now on, and nothing would cross a threshold to say so)."""
+    row = await conn.fetchrow(CANDIDATES, [key_id])
+    if row is None:
+        return
+    notes = row["notifications"]
+    if row["usage_limit"] is not None:
+        for p in crossed(0, row["usage_count"], row["usage_limit"],
+                         events.percents(notes, "usage_percent")):
+            await _usage(conn, row, p)
+    quota: dict[str, Any] | None = row["quota"]
+    if quota is not None:
+        start = period_start(quota["period"], datetime.now(UTC))
+        used = sum(d["count"] for d in await conn.fetch(DAILY, [key_id], start.date()))
+        for p in crossed(0, used, quota["limit"], events.percents(notes, "quota_percent")):
+            await _quota(conn, row, Crossing(p, used, start,
+                                             period_end(quota["period"], start)))
+
+
+async def _usage(conn: Connection, row: Any, percent: int) -> None:
+    await _announce(conn, row, events.USAGE_THRESHOLD, f"usage:{percent}:{row['usage_limit']}",
+                    {"percent": percent, "limit": row["usage_limit"],
+                     "used": row["usage_count"]})
+
+
+async def _quota(conn: Connection, row: Any, c: Crossing) -> None:
+    quota = row["quota"]
+    await _announce(
+        conn, row, events.QUOTA_THRESHOLD,
+        f"quota:{quota['period']}:{c.start.date().isoformat()}:{quota['limit']}:{c.percent}",
+        {"percent": c.percent, "limit": quota["limit"], "used": c.used,
+         "period": quota["period"], "period_start": c.start.isoformat(),
+         "resets_at": c.end.isoformat()})
 
 
 async def _announce(conn: Connection, row: Any, type_: str, occurrence: str,

@@ -27,7 +27,8 @@ from admin_api.models import (
 from admin_api.repository import audit, keys, orgs
 from admin_api.state import POOL, REDIS, SETTINGS
 from admin_api.views import audit_view, key_out, respond
-from gateway import events, keyformat
+from admin_api.webhooks import expiry
+from gateway import events, keyformat, thresholds
 from gateway.database import Connection
 from gateway.keyrecord import KeyRecord
 from gateway.limits.exact import stale_counts
@@ -244,8 +245,13 @@ async def update(request: web.Request, principal: Principal, key_id: str, body: 
         if key.is_default and fields.get("owner_id", key.owner_id) != key.owner_id:
             fields["is_default"] = audited["is_default"] = False  # a default is its owner's
         updated = await keys.update(conn, key.id, fields)
-        stale = (stale_counts(key)
-                 if "usage_limit" in fields or "quota" in fields else [])
+        limits = "usage_limit" in fields or "quota" in fields
+        stale = stale_counts(key) if limits else []
+        if limits:
+            await thresholds.limits_changed(conn, key.id)
+        if "expires_at" in fields and (key.expires_at is None
+                                       or key.expires_at > datetime.now(UTC)):
+            await expiry.expired_by_change(conn, key.id)
         await changes.key(conn, key.id, stale)
         await _record(conn, request, principal, "key.update", key, audited)
     await changes.announce(request.app[POOL], request.app[REDIS])

@@ -65,6 +65,16 @@ DUE = """WITH due AS MATERIALIZED (  -- lead_s computed once per key
 )
 SELECT o.*, now() AS at FROM occurrences o
 JOIN marked m ON m.key_id = o.id AND m.occurrence = o.occurrence ORDER BY o.expires_at"""
+# A change moved a key's expiry into the past: marked as a scan would mark it.
+EXPIRED_NOW = """WITH key AS (
+    SELECT id, org_id, owner_id, name, prefix, expires_at, NULL::bigint AS lead_s,
+        'expired:' || extract(epoch FROM expires_at)::text AS occurrence
+    FROM keys WHERE id = $1 AND expires_at <= now() AND status <> 'revoked'
+), marked AS (
+    INSERT INTO webhook_marks (key_id, occurrence) SELECT id, occurrence FROM key
+    ON CONFLICT DO NOTHING RETURNING key_id
+)
+SELECT key.*, now() AS at FROM key JOIN marked ON marked.key_id = key.id"""
 CLEAN = """DELETE FROM webhook_events WHERE id IN (
     SELECT e.id FROM webhook_events e
     WHERE e.created_at < now() - make_interval(secs => $1)
@@ -97,6 +107,15 @@ async def scan(conn: Connection) -> int | None:
         for row in sorted(rows, key=lambda r: str(r["id"])):
             await events.record(conn, *_event(row), at=row["at"])
     return len(rows)
+
+
+async def expired_by_change(conn: Connection, key_id: str) -> None:
+    """A change, in this transaction, set the expiry of a key that had not expired to a time
+    already past: ``key.expired`` now, not at the next scan (which looks back only
+    EXPIRED_LOOKBACK_S), and once."""
+    row = await conn.fetchrow(EXPIRED_NOW, key_id)
+    if row is not None:
+        await events.record(conn, *_event(row), at=row["at"])
 
 
 async def clean(conn: Connection, settings: WebhookSettings) -> None:

@@ -116,3 +116,27 @@ async def test_announced_keys_never_fill_a_batch(
     await eventually(four)
     assert sorted(e["key"]["id"] for e in receiver.events()) == sorted(
         [k["id"] for k in first] + [late["id"]])
+
+
+async def test_a_key_whose_expiry_is_moved_into_the_past_is_announced_at_once(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    await subscribe(admin, org["id"], receiver.url, events=["key.expired"])
+    key = await admin.key(org["id"], expires_at=_in(30 * 86400))
+    # A contract that ended a fortnight ago: longer ago than a scan looks back.
+    ended = _in(-14 * 86400)
+    out = await admin.call("PATCH", f"/v1/keys/{key['id']}", json={"expires_at": ended},
+                           expect=200)
+    assert out["status"] == "expired"
+    [row] = await admin.db.fetch("SELECT payload FROM webhook_events")
+    assert row["payload"]["type"] == "key.expired"
+    assert row["payload"]["data"]["expires_at"] == ended
+    await nothing_left_to_announce(admin.db)
+    # Moved again while expired: no second announcement.
+    await admin.call("PATCH", f"/v1/keys/{key['id']}", json={"expires_at": _in(-86400)},
+                     expect=200)
+    await nothing_left_to_announce(admin.db)
+
+    async def arrived() -> bool:
+        return len(receiver.got) == 1
+    await eventually(arrived)
+    assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 1

@@ -91,3 +91,36 @@ def test_a_batch_across_midnight_is_judged_in_each_period() -> None:
     assert [(c.start.date(), c.percent, c.used) for c in found] == [
         (date(2026, 12, 1), 90, 11)]
     assert found[0].end.date() == date(2027, 1, 1)
+
+
+async def test_limits_changed_below_the_usage_announce_their_thresholds_at_once(
+        admin: Admin, org: dict[str, Any], gateway: TestClient, receiver: Receiver) -> None:
+    await subscribe(admin, org["id"], receiver.url,
+                    events=["quota.threshold", "usage.threshold"])
+    key = await admin.key(org["id"], scopes=["svc:read"], usage_limit=1000,
+                          quota={"limit": 1000, "period": "day"})
+    assert await one_by_one(gateway, key["key"], 5) == [200] * 5
+
+    async def written() -> bool:
+        return await admin.db.fetchval("SELECT usage_count FROM keys WHERE id = $1",
+                                       key["id"]) == 5
+    await eventually(written)
+    assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 0
+    # Lowered to the usage the key already has: it is refused from now on, and told so.
+    path = f"/v1/keys/{key['id']}"
+    await admin.call("PATCH", path, json={"usage_limit": 5,
+                                          "quota": {"limit": 6, "period": "day"}}, expect=200)
+    recorded = [(r["type"], r["data"]["percent"], r["data"]["limit"], r["data"]["used"])
+                for r in await admin.db.fetch(
+                    "SELECT type, payload->'data' AS data FROM webhook_events "
+                    "ORDER BY type, (payload->'data'->>'percent')::int")]
+    assert recorded == [("quota.threshold", 80, 6, 5), ("usage.threshold", 80, 5, 5),
+                        ("usage.threshold", 100, 5, 5)]
+    # The same limits again, or another change, announce nothing more.
+    await admin.call("PATCH", path, json={"usage_limit": 5, "name": "renamed"}, expect=200)
+    assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 3
+
+    async def arrived() -> bool:
+        return len(receiver.got) == 3
+    await eventually(arrived)
+    assert await one_by_one(gateway, key["key"], 1) == [429]
