@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
+from yarl import URL
 
 from admin_api import auth
 from admin_api.auth import Principal
@@ -67,8 +68,18 @@ def _stored_secret(request: web.Request, endpoint_id: str) -> tuple[str, bytes, 
     return secret, stored, sealed
 
 
+def _audited_url(url: str) -> str:
+    """A URL as the audit log keeps it: without a query or user info, which may carry the
+    receiver's own token (the endpoint itself still shows it whole)."""
+    parsed = URL(url)
+    kept = str(parsed.with_user(None).with_query(None).with_fragment(None))
+    return kept + "?…" if parsed.raw_query_string else kept
+
+
 async def _audit(conn: Connection, request: web.Request, principal: Principal, action: str,
                  org_id: str, endpoint_id: str, changes: dict[str, Any]) -> None:
+    if "url" in changes:
+        changes = {**changes, "url": _audited_url(changes["url"])}
     await audit.record(conn, principal.actor, action, target_type="webhook",
                        target_id=endpoint_id, org_id=org_id, changes=changes,
                        request_id=request[REQUEST_ID])

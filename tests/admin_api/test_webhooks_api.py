@@ -50,6 +50,19 @@ async def test_the_secret_is_shown_once_and_the_endpoint_can_be_changed_and_remo
     assert actions == ["webhook.create", "webhook.update", "webhook.delete"]
 
 
+async def test_the_audit_log_keeps_a_webhook_url_without_its_query(
+        admin: Admin, org: dict[str, Any]) -> None:
+    created = await _create(admin, org["id"])
+    base = f"/v1/orgs/{org['id']}/webhooks/{created['id']}"
+    tokened = URL + "/in?token=receivers-own-secret"
+    changed = await admin.call("PATCH", base, json={"url": tokened}, expect=200)
+    assert changed["url"] == tokened  # the endpoint itself keeps it whole
+    kept = await admin.db.fetchval(
+        "SELECT changes->>'url' FROM audit_log WHERE action = 'webhook.update'")
+    assert kept == URL + "/in?…"
+    assert "receivers-own-secret" not in str(await admin.db.fetch("SELECT * FROM audit_log"))
+
+
 async def test_events_default_to_all_and_lists_page(admin: Admin, org: dict[str, Any]) -> None:
     made = [await _create(admin, org["id"], description=f"n{i}") for i in range(3)]
     assert len(made[0]["events"]) == 8
