@@ -65,6 +65,7 @@ DUE = """WITH due AS MATERIALIZED (  -- lead_s computed once per key
 )
 SELECT o.*, now() AS at FROM occurrences o
 JOIN marked m ON m.key_id = o.id AND m.occurrence = o.occurrence ORDER BY o.expires_at"""
+NOT_REVOKED = "SELECT true FROM keys WHERE id = $1 AND status <> 'revoked'"
 # A change moved a key's expiry into the past: marked as a scan would mark it.
 EXPIRED_NOW = """WITH key AS (
     SELECT id, org_id, owner_id, name, prefix, expires_at, NULL::bigint AS lead_s,
@@ -103,9 +104,12 @@ async def scan(conn: Connection) -> int | None:
         longest = await conn.fetchval(LONGEST_LEAD, defaults) or 0
         rows = await conn.fetch(DUE, defaults, EXPIRED_LOOKBACK_S, longest, BATCH)
         # In key order, as a usage flush takes the keys' queue locks: neither waits on the
-        # other in a cycle.
+        # other in a cycle. Under the lock, a key revoked since the statement above is
+        # skipped, so its key.revoked is never followed by an expiry event.
         for row in sorted(rows, key=lambda r: str(r["id"])):
-            await events.record(conn, *_event(row), at=row["at"])
+            await conn.execute(events.QUEUE_LOCK, row["id"])
+            if await conn.fetchval(NOT_REVOKED, row["id"]):
+                await events.record(conn, *_event(row), at=row["at"])
     return len(rows)
 
 

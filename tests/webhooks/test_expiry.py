@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from admin_api.webhooks import expiry
+from gateway import events
 from gateway.settings import Settings
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
@@ -140,3 +143,27 @@ async def test_a_key_whose_expiry_is_moved_into_the_past_is_announced_at_once(
         return len(receiver.got) == 1
     await eventually(arrived)
     assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 1
+
+
+@pytest.mark.webhooks(scan_interval_s=3600)  # the scans are this test's own
+async def test_a_key_revoked_while_a_scan_runs_gets_no_expiry_event_after_its_revocation(
+        admin: Admin, org: dict[str, Any], receiver: Receiver, stores: Stores) -> None:
+    await subscribe(admin, org["id"], receiver.url, events=["key.expiring", "key.revoked"])
+    key = await admin.key(org["id"], expires_at=_in(86400))
+    revoking = await asyncpg.connect(stores.database_url)
+    try:
+        async with revoking.transaction():  # a revocation under way, not committed yet
+            await revoking.execute(events.QUEUE_LOCK, key["id"])
+            await revoking.execute("UPDATE keys SET status = 'revoked' WHERE id = $1",
+                                   key["id"])
+            scan = asyncio.create_task(expiry.scan(admin.db))
+
+            async def waiting_on_the_revocation() -> bool:
+                return bool(await revoking.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                    "AND pid <> pg_backend_pid()"))
+            await eventually(waiting_on_the_revocation)
+        assert await scan == 1
+    finally:
+        await revoking.close()
+    assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 0
