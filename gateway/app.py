@@ -166,9 +166,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         stop_flushing.set()
         await flusher  # writes what is still pending
         for task in (clock, listener, collector):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel(task)
         upstream.close()
         await limiter.aclose()
         deadlines.close()
@@ -176,6 +174,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
         if replica is not None:
             await replica.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancels a background task and waits for its end — cancelling it again while it runs:
+    on Python 3.11 a cancellation that arrives just as an ``asyncio.wait_for`` inside the task
+    completes is lost (the task runs on, and a shutdown waiting for it never ends)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
