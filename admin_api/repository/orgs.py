@@ -54,10 +54,15 @@ async def page(conn: Queryable, after: str | None, limit: int) -> list[asyncpg.R
         ORDER BY id LIMIT $2""", after, limit)
 
 
+# Objects a PATCH changes field by field: what it leaves out is kept.
+MERGED = frozenset({"notifications"})
+
+
 async def update(conn: Connection, org_id: str,
                  changes: dict[str, Any]) -> asyncpg.Record | None:
     columns = [c for c in UPDATABLE if c in changes]
-    sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+    sets = ", ".join(f"{c} = {c} || ${i}" if c in MERGED else f"{c} = ${i}"
+                     for i, c in enumerate(columns, start=2))
     return await conn.fetchrow(
         f"UPDATE orgs SET {sets}, updated_at = now() WHERE id = $1 RETURNING {ORG_COLUMNS}",
         org_id, *(changes[c] for c in columns))

@@ -207,6 +207,13 @@ async def test_organisations_carry_notification_settings(admin: Admin) -> None:
         expect=200)
     assert changed["notifications"] == {"expiring_before_s": [3600],
                                         "quota_percent": [50, 90], "usage_percent": [80, 100]}
+    # One list at a time: the others stay as they were set.
+    changed = await admin.call("PATCH", f"/v1/orgs/{org['id']}", json={
+        "notifications": {"usage_percent": [90]}}, expect=200)
+    assert changed["notifications"] == {"expiring_before_s": [3600],
+                                        "quota_percent": [50, 90], "usage_percent": [90]}
+    assert (await admin.call("GET", f"/v1/orgs/{org['id']}", expect=200))[
+        "notifications"] == changed["notifications"]
     for bad in ({"quota_percent": [0]}, {"usage_percent": [101]},
                 {"expiring_before_s": [59]}, {"expiring_before_s": [1, 2, 3, 4, 5, 6]}):
         body = await admin.call("PATCH", f"/v1/orgs/{org['id']}",
