@@ -13,7 +13,7 @@ from yarl import URL
 from admin_api import auth
 from admin_api.auth import Principal
 from admin_api.caps import MAX_WEBHOOKS
-from admin_api.errors import REQUEST_ID, Conflict, NotFound
+from admin_api.errors import REQUEST_ID, Conflict, NotFound, Unprocessable
 from admin_api.inputs import decode_cursor, decode_int_cursor, encode_cursor, patch_fields
 from admin_api.models import (
     Delivery,
@@ -29,7 +29,7 @@ from admin_api.models import (
     WebhookUpdate,
 )
 from admin_api.repository import audit, orgs, webhooks
-from admin_api.state import POOL, SENDER
+from admin_api.state import POOL, SENDER, SETTINGS
 from admin_api.views import respond
 from admin_api.webhooks import delivery, signing
 from gateway.database import Connection, Queryable
@@ -85,9 +85,20 @@ async def _audit(conn: Connection, request: web.Request, principal: Principal, a
                        request_id=request[REQUEST_ID])
 
 
+def _require_sendable(request: web.Request, url: str) -> None:
+    """A URL whose host is refused whatever it resolves to (a literal private address, a
+    numeric host that is not a plain IP address, ``localhost``) is refused now, not at every
+    delivery; names are checked again when sending, against what they resolve to."""
+    refused = delivery.refuse_host(URL(url).raw_host or "",
+                                   request.app[SETTINGS].webhooks.allow_private_addresses)
+    if refused:
+        raise Unprocessable(f"url: {refused}", code="validation_failed")
+
+
 async def create_webhook(request: web.Request, principal: Principal, body: WebhookCreate
                          ) -> web.Response:
     org_id = _org_id(request, principal)
+    _require_sendable(request, body.url)
     values = {**body.model_dump(), "id": new_id("whk"), "org_id": org_id}
     secret, stored, sealed = _stored_secret(request, values["id"])
     async with request.app[POOL].acquire() as conn, conn.transaction():
@@ -124,6 +135,8 @@ async def update_webhook(request: web.Request, principal: Principal, body: Webho
                          ) -> web.Response:
     org_id = _org_id(request, principal)
     fields = patch_fields(body)
+    if "url" in fields:
+        _require_sendable(request, fields["url"])
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await _endpoint(conn, request, org_id, "NO KEY UPDATE")
         updated = await webhooks.update(conn, row["id"], fields)

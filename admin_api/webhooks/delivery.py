@@ -169,6 +169,9 @@ def refuse_host(host: str, allow_private: bool) -> str | None:
         try:
             socket.inet_aton(host)
         except OSError:
+            if not allow_private and (host == "localhost" or host.endswith(".localhost")):
+                return (f"{host} is a loopback name (see "
+                        "webhooks.allow_private_addresses)")
             return None  # a name: the resolver checks what it resolves to
         return f"{host} is not a canonical IP address; write it as a.b.c.d"
     if not allow_private and not public_address(literal):

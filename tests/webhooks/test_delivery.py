@@ -11,7 +11,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from admin_api.webhooks.delivery import backoff_s, public_address, refuse_host
+from admin_api.webhooks.delivery import (
+    PublicOnlyResolver,
+    backoff_s,
+    public_address,
+    refuse_host,
+)
 from gateway import secretbox
 from gateway.settings import WebhookSettings
 from tests.admin_api.conftest import Admin
@@ -58,6 +63,9 @@ def test_hosts_refused_before_connecting() -> None:
     assert refuse_host("93.184.215.14", False) is None
     assert "private" in (refuse_host("10.0.0.1", False) or "")
     assert refuse_host("10.0.0.1", True) is None
+    assert "loopback name" in (refuse_host("localhost", False) or "")
+    assert "loopback name" in (refuse_host("api.localhost", False) or "")
+    assert refuse_host("localhost", True) is None
     for sneaky in ("2130706433", "127.1", "0x7f.0.0.1", "017700000001"):
         assert "not a canonical IP address" in (refuse_host(sneaky, True) or ""), sneaky
 
@@ -175,11 +183,38 @@ async def test_failing_deliveries_are_given_up_and_the_endpoint_disabled(
     assert [e["key"]["name"] for e in receiver.events()] == ["first"]
 
 
+async def test_names_are_resolved_to_public_addresses_only() -> None:
+    """What each connection's resolver does: a name that resolves only to loopback (as a
+    public name re-bound to one would) is refused before connecting."""
+    resolver = PublicOnlyResolver()
+    try:
+        with pytest.raises(OSError, match="localhost resolves only to private"):
+            await resolver.resolve("localhost", 80)
+    finally:
+        await resolver.close()
+
+
 @pytest.mark.webhooks(allow_private_addresses=False)
 async def test_private_addresses_are_refused(admin: Admin, org: dict[str, Any],
                                              receiver: Receiver) -> None:
-    await subscribe(admin, org["id"], receiver.url.replace("127.0.0.1", "localhost"))
-    await subscribe(admin, org["id"], receiver.url)
+    base = f"/v1/orgs/{org['id']}/webhooks"
+    for host, why in [("127.0.0.1", "is a private, loopback or link-local address"),
+                      ("10.0.0.5", "is a private, loopback or link-local address"),
+                      ("localhost", "is a loopback name"),
+                      ("2130706433", "is not a canonical IP address")]:
+        body = await admin.call("POST", base, json={"url": f"http://{host}:9/h"}, expect=422)
+        assert body["error"]["message"].startswith(f"url: {host} {why}"), body
+    endpoint = await subscribe(admin, org["id"], "https://hooks.example.com/in")
+    body = await admin.call("PATCH", f"{base}/{endpoint['id']}",
+                            json={"url": "http://127.0.0.2:9/h"},
+                            expect=422)
+    assert "private, loopback" in body["error"]["message"]
+    # Registered while private addresses were allowed (or a name that resolves to one now):
+    # each delivery is refused before connecting.
+    await subscribe(admin, org["id"], "https://hooks.example.com/other")
+    await admin.db.execute(
+        "UPDATE webhook_endpoints SET url = CASE WHEN id = $1 THEN $2 ELSE $3 END", endpoint["id"],
+        receiver.url.replace("127.0.0.1", "localhost"), receiver.url)
     await admin.key(org["id"])
 
     async def tried() -> bool:
@@ -188,7 +223,7 @@ async def test_private_addresses_are_refused(admin: Admin, org: dict[str, Any],
     errors = sorted(r["error"] for r in await admin.db.fetch(
         "SELECT error FROM webhook_attempts"))
     assert any("127.0.0.1 is a private, loopback or link-local address" in e for e in errors)
-    assert any("localhost resolves only to private" in e for e in errors)
+    assert any("localhost is a loopback name" in e for e in errors)
     assert receiver.got == []
 
 
