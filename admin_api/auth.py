@@ -136,12 +136,16 @@ def require_manager(principal: Principal) -> None:
                         "use a root key or the operator token", code="root_key_required")
 
 
-def org_scope(principal: Principal, org_id: str | None) -> str | None:
-    """The organisation a request acts on: a root key's own; the operator's choice."""
+def org_scope(principal: Principal, org_id: str | None, *, in_path: bool = False
+              ) -> str | None:
+    """The organisation a request acts on: a root key's own; the operator's choice.
+    ``in_path``: the id is part of the path (it cannot be left out)."""
     if principal.key is None:
         return org_id
     if org_id is not None and org_id != principal.key.org_id:
-        raise Forbidden("a root key acts only on its own organisation; leave org_id out",
+        fix = ("use its id in the path (GET /v1/keys/self shows it)" if in_path
+               else "leave org_id out")
+        raise Forbidden(f"a root key acts only on its own organisation; {fix}",
                         code="forbidden_org")
     return principal.key.org_id
 

@@ -16,7 +16,7 @@ from admin_api.views import respond
 
 
 def _target(request: web.Request, principal: Principal) -> tuple[str, str]:
-    org_id = auth.org_scope(principal, request.match_info["id"])
+    org_id = auth.org_scope(principal, request.match_info["id"], in_path=True)
     assert org_id is not None
     owner_id = request.match_info["owner_id"]
     if len(owner_id) > MAX_ID_LEN:

@@ -37,7 +37,7 @@ from gateway.keyformat import new_id
 
 
 def _org_id(request: web.Request, principal: Principal) -> str:
-    org_id = auth.org_scope(principal, request.match_info["id"])
+    org_id = auth.org_scope(principal, request.match_info["id"], in_path=True)
     assert org_id is not None  # the path names one
     return org_id
 

@@ -131,6 +131,7 @@ async def test_only_the_operator_or_the_organisations_root_key(
     base = f"/v1/orgs/{org['id']}/webhooks"
     body = await admin.call("GET", base, headers=as_key(other_root["key"]), expect=403)
     assert body["error"]["code"] == "forbidden_org"
+    assert "use its id in the path" in body["error"]["message"]
     body = await admin.call("GET", base, headers=as_key(sub["key"]), expect=403)
     assert body["error"]["code"] == "root_key_required"
     await admin.call("GET", base, headers={"X-API-Key": "nope"}, expect=401)
