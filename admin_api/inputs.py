@@ -34,6 +34,8 @@ def _message(item: dict[str, object]) -> str:
     advice = _PATTERNS.get(str((item.get("ctx") or {}).get("pattern")))  # type: ignore[attr-defined]
     if item["type"] == "string_pattern_mismatch" and advice is not None:
         return advice
+    if item["type"] == "value_error":  # our validators' words, without pydantic's prefix
+        return str(item["msg"]).removeprefix("Value error, ")
     if item["loc"] and item["loc"][-1] == "cursor":  # type: ignore[index]
         return (f"not a cursor this API returned ({item['msg']}); pass next_cursor from the "
                 "previous page unchanged")

@@ -528,8 +528,16 @@ WEBHOOK_URL_PATTERN = (rf"^https?://{_LABEL}(?:\.{_LABEL})*(?::{_PORT})?"
 _WEBHOOK_URL_RE = re.compile(WEBHOOK_URL_PATTERN)
 
 
+_PLAIN_URL = ("must be a plain URL: a host name (letters, digits, dots, hyphens) or IPv4 "
+              "address, an optional port (1-65535), then a path and query of printable ASCII "
+              "(percent-encode anything else)")
+
+
 def _webhook_url(value: str) -> str:
-    url = URL(value) if "://" in value else None
+    try:
+        url = URL(value) if "://" in value else None
+    except ValueError:  # yarl's own words ("Port out of range 0-65535") are not ours
+        raise ValueError(_PLAIN_URL) from None
     if url is None or url.scheme not in ("http", "https") or not url.raw_host:
         raise ValueError("must be an absolute http:// or https:// URL with a host")
     if url.raw_user is not None or url.raw_password is not None:
@@ -538,9 +546,7 @@ def _webhook_url(value: str) -> str:
     if "#" in value:
         raise ValueError("must not have a #fragment")
     if not _WEBHOOK_URL_RE.fullmatch(value):
-        raise ValueError("must be a plain URL: a host name (letters, digits, dots, hyphens) "
-                         "or IPv4 address, an optional port (1-65535), then a path and query "
-                         "of printable ASCII (percent-encode anything else)")
+        raise ValueError(_PLAIN_URL)
     return value
 
 
