@@ -88,17 +88,17 @@ BUSY = """SELECT d.leased_until >= now() AS in_flight, (
     ORDER BY e.seq LIMIT 1) AS first
 FROM webhook_deliveries d WHERE d.id = $1"""
 # What sending one delivery needs.
-LOAD = """SELECT d.id, d.endpoint_id, d.ordering, d.created_at, e.id AS event_id, e.type,
+LOAD = """SELECT d.id, d.endpoint_id, w.org_id, d.ordering, d.created_at, e.id AS event_id, e.type,
     e.payload,
     w.url, w.secret, w.secret_sealed, w.previous_secret, w.previous_sealed,
     COALESCE(w.previous_expires_at > now(), false) AS previous_live
 FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
 JOIN webhook_endpoints w ON w.id = d.endpoint_id WHERE d.id = $1"""
-# One attempt's outcome. The row lock orders attempts of one delivery (a resend can race
-# the sender), so each gets its own number.
+# One attempt's outcome, recorded only under the lease it was made with (a sender that held
+# it too long, past another's claim, records nothing).
 FINISH = """UPDATE webhook_deliveries SET attempts = attempts + 1, leased_until = NULL,
     state = $2, next_attempt_at = now() + make_interval(secs => $3),
-    finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE COALESCE(finished_at, now()) END
+    finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END
 WHERE id = $1 AND leased_until = $4 RETURNING attempts"""
 ATTEMPT = """INSERT INTO webhook_attempts (delivery_id, n, status_code, error, latency_ms)
 VALUES ($1, $2, $3, $4, $5)"""
@@ -451,8 +451,8 @@ class Sender:
         WEBHOOK_ATTEMPTS.labels(outcome="delivered" if outcome.ok else
                                 "failed" if state == "failed" else "retrying").inc()
         if not outcome.ok:
-            log.info("webhook delivery %s attempt %d failed: %s", row["id"], attempts,
-                     outcome.error)
+            log.info("webhook delivery %s to endpoint %s of %s: attempt %d failed: %s",
+                     row["id"], row["endpoint_id"], row["org_id"], attempts, outcome.error)
         if disabled:
             log.warning("webhook endpoint %s is disabled: its attempts have failed for %g s; "
                         "enable it again with PATCH enabled=true", row["endpoint_id"],

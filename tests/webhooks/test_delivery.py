@@ -4,6 +4,7 @@ given up and disabled after the configured time, private addresses refused."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Any
 
@@ -145,7 +146,9 @@ async def test_a_slow_receiver_never_slows_the_gateway(
 
 @pytest.mark.webhooks(give_up_after_s=0.3, disable_after_s=0.3)
 async def test_failing_deliveries_are_given_up_and_the_endpoint_disabled(
-        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+        admin: Admin, org: dict[str, Any], receiver: Receiver,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="admin_api.webhooks.delivery")
     receiver.status = 500
     endpoint = await subscribe(admin, org["id"], receiver.url)
     await admin.key(org["id"], name="first")
@@ -161,6 +164,9 @@ async def test_failing_deliveries_are_given_up_and_the_endpoint_disabled(
         (500, "the receiver answered 500")]
     reason = await admin.db.fetchval("SELECT disabled_reason FROM webhook_endpoints")
     assert "failed" in reason
+    # Each failed attempt's log line names the endpoint and organisation to look at.
+    assert f"to endpoint {endpoint['id']} of {org['id']}: attempt 1 failed: the receiver " \
+        "answered 500" in caplog.text
     # While disabled, nothing is queued for it.
     await admin.key(org["id"], name="second")
     assert await admin.db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
@@ -180,6 +186,7 @@ async def test_failing_deliveries_are_given_up_and_the_endpoint_disabled(
     retried = await admin.call("POST", f"{base}/deliveries/{failed[0]['id']}/retry",
                                expect=200)
     assert retried["state"] == "delivered" and retried["last_status_code"] == 200
+    assert retried["finished_at"] > failed[0]["finished_at"]  # when it was last finished
     assert [e["key"]["name"] for e in receiver.events()] == ["first"]
 
 
