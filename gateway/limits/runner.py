@@ -26,6 +26,8 @@ PIPE_TIMEOUT_S = 5.0  # when the client was made without a socket timeout
 # than a request does (the store timeout): a request in a stall is answered 503 at its own
 # deadline, never judged per worker because another request's spend timed out first.
 PIPE_PATIENCE = 2.0
+# On a cluster, what a failover refused without running it is sent at most this often in all.
+UNRUN_TRIES = 3
 Late = Callable[[Plan, Any], Awaitable[None]]
 
 
@@ -105,19 +107,24 @@ class ScriptRunner:
     async def run(self, plans: list[Plan], background: bool = False) -> list[Any]:
         """The script for every plan, in one pipeline: a result (or the error) each.
         ``background``: for work no request waits on (fast mode's syncs)."""
-        # On a cluster, after a master failed over, what never reached it goes once more, to
-        # the new master: the failure has marked the slot map for reading again. (The pipe of
-        # a single node has already retried what it could not send.)
-        try:
-            results = await self._pipelined(plans, background)
-        except UNRUN:
-            # Raised for the whole pipeline: it sent nothing only if all of it went to one
-            # node — one slot, as the plans of one organisation are.
-            if self.pipe is not None or not self._one_slot(plans):
-                raise
-            results = await self._pipelined(plans, background)
-        unrun = [i for i, result in enumerate(results) if isinstance(result, UNRUN)]
-        if unrun and self.pipe is None:
+        # On a cluster, after a master failed over, what never reached it goes again, to the
+        # new master: the failure has marked the slot map for reading again. Up to
+        # UNRUN_TRIES in all, since a try can still meet the old map while another batch is
+        # re-reading it. (The pipe of a single node has already retried what it could not
+        # send.)
+        for tries in range(1, UNRUN_TRIES + 1):
+            try:
+                results = await self._pipelined(plans, background)
+                break
+            except UNRUN:
+                # Raised for the whole pipeline: it sent nothing only if all of it went to
+                # one node — one slot, as the plans of one organisation are.
+                if self.pipe is not None or not self._one_slot(plans) or tries == UNRUN_TRIES:
+                    raise
+        for _ in range(tries, UNRUN_TRIES):
+            unrun = [i for i, result in enumerate(results) if isinstance(result, UNRUN)]
+            if not unrun or self.pipe is not None:
+                break
             await self._again(plans, results, unrun, background)
         unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if unknown:  # Redis restarted, failed over or flushed its scripts: none of these ran

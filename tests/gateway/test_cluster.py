@@ -229,9 +229,10 @@ async def test_a_worker_idle_through_a_failover_serves_its_next_burst(
         await resp.read()
         return resp.status
     statuses = Counter(await asyncio.gather(*(one() for _ in range(100))))
-    # All 100 were 503 before. What never left is sent again once, so a batch whose second
-    # try still meets the old map (another batch is re-reading it) is refused: on a busy
-    # machine one or two in a hundred.
+    # All 100 were 503 before. What never left is sent again, up to UNRUN_TRIES in all: a
+    # batch whose every try still met the old map (another batch was re-reading it) is
+    # refused. With one retry that was up to 6 in a hundred on a busy machine; with two, none
+    # in five runs under load.
     assert set(statuses) <= {200, 503} and statuses[200] >= 95, statuses
 
 
