@@ -88,8 +88,7 @@ BUSY = """SELECT d.leased_until >= now() AS in_flight, (
     ORDER BY e.seq LIMIT 1) AS first
 FROM webhook_deliveries d WHERE d.id = $1"""
 # What sending one delivery needs.
-LOAD = """SELECT d.id, d.endpoint_id, w.org_id, d.ordering, d.created_at, e.id AS event_id, e.type,
-    e.payload,
+LOAD = """SELECT d.id, d.endpoint_id, w.org_id, d.ordering, e.id AS event_id, e.type, e.payload,
     w.url, w.secret, w.secret_sealed, w.previous_secret, w.previous_sealed,
     COALESCE(w.previous_expires_at > now(), false) AS previous_live
 FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
