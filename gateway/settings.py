@@ -268,9 +268,9 @@ class WebhookSettings(_Strict):
                                 "attempt; it doubles after each (with jitter)")
     retry_max_s: float = Field(3600.0, gt=0, description="the longest wait between attempts")
     give_up_after_s: float = Field(86400.0, gt=0, description="a delivery still failing this "
-                                   "long after its event is marked failed")
+                                   "long after its first attempt is marked failed")
     disable_after_s: float = Field(86400.0, gt=0, description="an endpoint failing every "
-                                   "attempt this long is disabled")
+                                   "attempt this long (since its last success) is disabled")
     poll_interval_s: float = Field(1.0, gt=0, le=60, description="how often each instance "
                                    "looks for deliveries due when nothing woke it (a commit "
                                    "that queues deliveries does, through NOTIFY)")
