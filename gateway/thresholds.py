@@ -42,9 +42,8 @@ FORGET_USAGE = "DELETE FROM webhook_marks WHERE key_id = $1 AND occurrence LIKE 
 
 def crossed(before: int, after: int, limit: int, percents: list[int]) -> list[int]:
     """The percentages of ``limit`` that going from ``before`` to ``after`` reached (p% of
-    it is reached at the smallest whole count at or above it)."""
-    if limit <= 0:
-        return []
+    it is reached at the smallest whole count at or above it; ``before`` -1 asks which are
+    reached at ``after`` at all, those of a limit of 0 included)."""
     return [p for p in sorted(set(percents)) if before < -(-limit * p // 100) <= after]
 
 
@@ -105,25 +104,28 @@ async def detect(conn: Connection, totals: Mapping[str, int],
             await _quota(conn, row, c)
 
 
-async def limits_changed(conn: Connection, key_id: str) -> None:
-    """A key's ``usage_limit`` or ``quota`` was changed, in this transaction: the thresholds
-    of the new limits its usage already reached are announced now (a key lowered below its
-    usage is refused from now on, and nothing would cross a threshold to say so)."""
+async def limits_changed(conn: Connection, key_id: str, *, usage: bool, quota: bool) -> None:
+    """A key's ``usage_limit`` (``usage``) or ``quota`` was changed, in this transaction: the
+    thresholds of the new limit its usage already reached are announced now (a key lowered
+    below its usage is refused from now on, and nothing would cross a threshold to say so).
+    A limit of 0 is reached at once: every threshold of it."""
+    if not (usage or quota):
+        return
     row = await conn.fetchrow(CANDIDATES, [key_id])
     if row is None:
         return
     notes = row["notifications"]
-    if row["usage_limit"] is not None:
-        for p in crossed(0, row["usage_count"], row["usage_limit"],
+    if usage and row["usage_limit"] is not None:
+        for p in crossed(-1, row["usage_count"], row["usage_limit"],
                          events.percents(notes, "usage_percent")):
             await _usage(conn, row, p)
-    quota: dict[str, Any] | None = row["quota"]
-    if quota is not None:
-        start = period_start(quota["period"], datetime.now(UTC))
+    spec: dict[str, Any] | None = row["quota"]
+    if quota and spec is not None:
+        start = period_start(spec["period"], datetime.now(UTC))
         used = sum(d["count"] for d in await conn.fetch(DAILY, [key_id], start.date()))
-        for p in crossed(0, used, quota["limit"], events.percents(notes, "quota_percent")):
+        for p in crossed(-1, used, spec["limit"], events.percents(notes, "quota_percent")):
             await _quota(conn, row, Crossing(p, used, start,
-                                             period_end(quota["period"], start)))
+                                             period_end(spec["period"], start)))
 
 
 async def _usage(conn: Connection, row: Any, percent: int) -> None:

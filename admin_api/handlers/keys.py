@@ -247,8 +247,9 @@ async def update(request: web.Request, principal: Principal, key_id: str, body: 
         updated = await keys.update(conn, key.id, fields)
         limits = "usage_limit" in fields or "quota" in fields
         stale = stale_counts(key) if limits else []
-        if limits:
-            await thresholds.limits_changed(conn, key.id)
+        await thresholds.limits_changed(conn, key.id,
+                                        usage=updated.usage_limit != key.usage_limit,
+                                        quota=updated.quota != key.quota)
         if "expires_at" in fields and (key.expires_at is None
                                        or key.expires_at > datetime.now(UTC)):
             await expiry.expired_by_change(conn, key.id)

@@ -108,6 +108,10 @@ STATE = """SELECT state, attempts, leased_until,
         AS first_attempt_at
 FROM webhook_deliveries d WHERE id = $1 FOR UPDATE"""
 HEALTHY = "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1"
+# A delivery was given up: with nothing else pending, nothing is failing any more, and the
+# next failure (after a quiet spell, say) starts the count again.
+QUIET = """UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND NOT EXISTS (
+    SELECT 1 FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'pending')"""
 # An attempt failed: the endpoint has failed since its first failed attempt after the last
 # success (or since it was enabled: that clears failing_since); past the limit it is disabled.
 # A success in between (HEALTHY) starts the count again, so one event a receiver keeps
@@ -126,8 +130,11 @@ WHERE id = (SELECT id FROM webhook_deliveries
             WHERE endpoint_id = $1 AND ordering = $2 AND state = 'pending'
             ORDER BY seq LIMIT 1)
   AND next_attempt_at = 'infinity'"""
-# Endpoints whose signing secret is sealed: the encryption key of this instance must open it.
-SEALED = "SELECT id, secret FROM webhook_endpoints WHERE secret_sealed ORDER BY id"
+# Endpoints with a sealed secret that signs: the encryption key of this instance must open it.
+SEALED = """SELECT id AS endpoint_id, secret, secret_sealed, previous_secret, previous_sealed,
+    COALESCE(previous_expires_at > now(), false) AS previous_live
+FROM webhook_endpoints
+WHERE secret_sealed OR (previous_sealed AND previous_expires_at > now()) ORDER BY id"""
 LISTEN_RETRY_S = 30.0  # a lost LISTEN connection is made again at most this often
 BODY_READ_LIMIT = 4096  # what is read of a receiver's answer: only its status matters
 
@@ -275,9 +282,9 @@ class Sender:
         unopened: list[str] = []
         for row in rows:
             try:
-                signing.load(row["secret"], True, row["id"], self.box_key)
+                self._secrets(row)
             except signing.SecretUnavailable:
-                unopened.append(row["id"])
+                unopened.append(row["endpoint_id"])
         if unopened:
             why = ("is not set" if self.box_key is None
                    else "is another key than the one they were stored under")
@@ -353,18 +360,22 @@ class Sender:
         """One attempt now (POST …/retry), recorded like any other: the delivery is delivered
         when it succeeds, whatever its state before. A pending delivery is sent only when it
         is first in its key's line and no sender holds it (``Busy`` says which)."""
-        lease = await self.pool.fetchval(TAKE, delivery_id, self.lease_s)
-        if lease is None:
+        for _ in range(2):  # once more if a sender let it go between the two statements
+            lease = await self.pool.fetchval(TAKE, delivery_id, self.lease_s)
+            if lease is not None:
+                await self._send(delivery_id, lease)
+                return
             busy = await self.pool.fetchrow(BUSY, delivery_id)
             if busy is None:
                 return  # deleted with its endpoint meanwhile
+            if busy["first"] is not None:
+                raise Busy(f"an earlier delivery about the same key, {busy['first']}, is "
+                           "still pending and goes first (events about a key arrive in "
+                           "order); retry that one", code="delivery_queued")
             if busy["in_flight"]:
-                raise Busy("this delivery is being sent right now; its attempt will be in "
-                           "its attempt_log", code="delivery_in_flight")
-            raise Busy(f"an earlier delivery about the same key, {busy['first']}, is still "
-                       "pending and goes first (events about a key arrive in order); "
-                       "retry that one", code="delivery_queued")
-        await self._send(delivery_id, lease)
+                break
+        raise Busy("this delivery is being sent right now; its attempt will be in its "
+                   "attempt_log", code="delivery_in_flight")
 
     async def _send(self, delivery_id: str, lease: datetime) -> None:
         row = await self.pool.fetchrow(LOAD, delivery_id)
@@ -434,11 +445,11 @@ class Sender:
             if outcome.ok:
                 state = "delivered"
                 await conn.execute(HEALTHY, row["endpoint_id"])
-            else:
+            elif state == "pending":  # a retry of a finished one says nothing of the endpoint
                 age = time.time() - current["first_attempt_at"].timestamp()
-                if state == "pending" and age >= self.settings.give_up_after_s:
+                if age >= self.settings.give_up_after_s:
                     state = "failed"
-                elif state == "pending":
+                else:
                     wait = backoff_s(current["attempts"] + 1, self.settings, self.rng)
                 disabled = not await conn.fetchval(FAILING, row["endpoint_id"],
                                                    self.settings.disable_after_s)
@@ -447,6 +458,8 @@ class Sender:
                                outcome.error, outcome.latency_ms)
             if state != "pending":
                 await conn.execute(NEXT, row["endpoint_id"], row["ordering"])
+            if state == "failed" and current["state"] == "pending":
+                await conn.execute(QUIET, row["endpoint_id"])
         WEBHOOK_ATTEMPTS.labels(outcome="delivered" if outcome.ok else
                                 "failed" if state == "failed" else "retrying").inc()
         if not outcome.ok:

@@ -65,12 +65,14 @@ DUE = """WITH due AS MATERIALIZED (  -- lead_s computed once per key
 )
 SELECT o.*, now() AS at FROM occurrences o
 JOIN marked m ON m.key_id = o.id AND m.occurrence = o.occurrence ORDER BY o.expires_at"""
-NOT_REVOKED = "SELECT true FROM keys WHERE id = $1 AND status <> 'revoked'"
+STILL_DUE = "SELECT true FROM keys WHERE id = $1 AND status <> 'revoked' AND expires_at = $2"
 # A change moved a key's expiry into the past: marked as a scan would mark it.
 EXPIRED_NOW = """WITH key AS (
     SELECT id, org_id, owner_id, name, prefix, expires_at, NULL::bigint AS lead_s,
         'expired:' || extract(epoch FROM expires_at)::text AS occurrence
-    FROM keys WHERE id = $1 AND expires_at <= now() AND status <> 'revoked'
+    FROM keys k WHERE id = $1 AND expires_at <= now() AND status <> 'revoked'
+      AND EXISTS (SELECT 1 FROM webhook_endpoints w  -- else a scan may announce it later
+                  WHERE w.org_id = k.org_id AND w.enabled AND 'key.expired' = ANY(w.events))
 ), marked AS (
     INSERT INTO webhook_marks (key_id, occurrence) SELECT id, occurrence FROM key
     ON CONFLICT DO NOTHING RETURNING key_id
@@ -104,11 +106,12 @@ async def scan(conn: Connection) -> int | None:
         longest = await conn.fetchval(LONGEST_LEAD, defaults) or 0
         rows = await conn.fetch(DUE, defaults, EXPIRED_LOOKBACK_S, longest, BATCH)
         # In key order, as a usage flush takes the keys' queue locks: neither waits on the
-        # other in a cycle. Under the lock, a key revoked since the statement above is
-        # skipped, so its key.revoked is never followed by an expiry event.
+        # other in a cycle. Under the lock, a key revoked or given another expiry since the
+        # statement above is skipped, so no expiry event follows its key.revoked, or its
+        # key.expired from a PATCH.
         for row in sorted(rows, key=lambda r: str(r["id"])):
             await conn.execute(events.QUEUE_LOCK, row["id"])
-            if await conn.fetchval(NOT_REVOKED, row["id"]):
+            if await conn.fetchval(STILL_DUE, row["id"], row["expires_at"]):
                 await events.record(conn, *_event(row), at=row["at"])
     return len(rows)
 
@@ -141,7 +144,13 @@ def _event(row: asyncpg.Record) -> tuple[str, str, dict[str, object], dict[str, 
 
 
 async def run(pool: asyncpg.Pool, settings: WebhookSettings, stop: asyncio.Event) -> None:
-    while not stop.is_set():
+    """A round every ``scan_interval_s``, the first one interval after start (instances
+    already running have been scanning meanwhile)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.scan_interval_s)
+        if stop.is_set():
+            return
         try:
             async with pool.acquire() as conn:
                 while await scan(conn) == BATCH and not stop.is_set():
@@ -150,5 +159,3 @@ async def run(pool: asyncpg.Pool, settings: WebhookSettings, stop: asyncio.Event
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 asyncpg.InternalClientError) as exc:
             log.warning("webhook expiry scan failed: %s", type(exc).__name__)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.scan_interval_s)

@@ -318,9 +318,20 @@ async def test_one_event_the_receiver_keeps_refusing_does_not_disable_the_endpoi
             return await admin.db.fetchval(
                 "SELECT count(*) FROM webhook_deliveries WHERE state = 'failed'") == 1
         await eventually(given_up)
-        shown = await admin.call("GET", f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}",
-                                 expect=200)
+        base = f"/v1/orgs/{org['id']}/webhooks/{endpoint['id']}"
+        shown = await admin.call("GET", base, expect=200)
         assert shown["enabled"] is True and shown["disabled_reason"] is None
+        # With nothing left pending nothing is failing: a blip days later (one 503 on the
+        # next event) does not find a count running since the given-up delivery.
+        assert shown["failing_since"] is None
+        receiver.refuse, receiver.refused_status = {"key.created"}, 503
+        await admin.key(org["id"], name="c")
+
+        async def blipped() -> bool:
+            return bool(await admin.db.fetchval(
+                "SELECT count(*) FROM webhook_attempts WHERE status_code = 503"))
+        await eventually(blipped)
+        assert (await admin.call("GET", base, expect=200))["enabled"] is True
     finally:
         await receiver.stop()
 

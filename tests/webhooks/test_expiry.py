@@ -13,6 +13,7 @@ import pytest
 
 from admin_api.webhooks import expiry
 from gateway import events
+from gateway.database import connect
 from gateway.settings import Settings
 from tests.admin_api.conftest import Admin
 from tests.conftest import Stores
@@ -167,3 +168,29 @@ async def test_a_key_revoked_while_a_scan_runs_gets_no_expiry_event_after_its_re
     finally:
         await revoking.close()
     assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 0
+
+
+@pytest.mark.webhooks(scan_interval_s=3600)  # the scans are this test's own
+async def test_an_expiry_moved_into_the_past_during_a_scan_is_not_followed_by_a_warning(
+        admin: Admin, org: dict[str, Any], receiver: Receiver, stores: Stores) -> None:
+    await subscribe(admin, org["id"], receiver.url, events=["key.expiring", "key.expired"])
+    key = await admin.key(org["id"], expires_at=_in(86400))
+    patching = await connect(stores.database_url)  # with the JSON codecs the record needs
+    try:
+        async with patching.transaction():  # what PATCH expires_at=<past> does, uncommitted
+            await patching.execute("UPDATE keys SET expires_at = now() - interval '1 hour' "
+                                   "WHERE id = $1", key["id"])
+            await expiry.expired_by_change(patching, key["id"])
+            scan = asyncio.create_task(expiry.scan(admin.db))
+
+            async def waiting_on_the_change() -> bool:
+                return bool(await patching.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                    "AND pid <> pg_backend_pid()"))
+            await eventually(waiting_on_the_change)
+        await scan
+    finally:
+        await patching.close()
+    types = [r["type"] for r in await admin.db.fetch(
+        "SELECT type FROM webhook_events ORDER BY created_at")]
+    assert types == ["key.expired"]

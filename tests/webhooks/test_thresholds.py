@@ -22,7 +22,9 @@ def test_crossed_names_each_threshold_reached_once() -> None:
     assert crossed(0, 1, 3, [50]) == []  # 50% of 3 is reached at 2 (rounded up)
     assert crossed(1, 2, 3, [50]) == [50]
     assert crossed(5, 3, 10, [40]) == []  # a refund goes down, never up
-    assert crossed(0, 5, 0, [80]) == []
+    assert crossed(0, 5, 0, [80]) == []  # spending never crosses a limit of 0 ...
+    assert crossed(-1, 0, 0, [80, 100]) == [80, 100]  # ... a limit set to 0 is reached
+    assert crossed(-1, 5, 10, [50, 80]) == [50]
 
 
 async def test_thresholds_fire_once_as_the_gateway_spends(
@@ -98,7 +100,7 @@ async def test_limits_changed_below_the_usage_announce_their_thresholds_at_once(
     await subscribe(admin, org["id"], receiver.url,
                     events=["quota.threshold", "usage.threshold"])
     key = await admin.key(org["id"], scopes=["svc:read"], usage_limit=1000,
-                          quota={"limit": 1000, "period": "day"})
+                          quota={"limit": 1000, "period": "month"})
     assert await one_by_one(gateway, key["key"], 5) == [200] * 5
 
     async def written() -> bool:
@@ -109,7 +111,7 @@ async def test_limits_changed_below_the_usage_announce_their_thresholds_at_once(
     # Lowered to the usage the key already has: it is refused from now on, and told so.
     path = f"/v1/keys/{key['id']}"
     await admin.call("PATCH", path, json={"usage_limit": 5,
-                                          "quota": {"limit": 6, "period": "day"}}, expect=200)
+                                          "quota": {"limit": 6, "period": "month"}}, expect=200)
     recorded = [(r["type"], r["data"]["percent"], r["data"]["limit"], r["data"]["used"])
                 for r in await admin.db.fetch(
                     "SELECT type, payload->'data' AS data FROM webhook_events "
@@ -124,3 +126,21 @@ async def test_limits_changed_below_the_usage_announce_their_thresholds_at_once(
         return len(receiver.got) == 3
     await eventually(arrived)
     assert await one_by_one(gateway, key["key"], 1) == [429]
+
+
+async def test_a_limit_set_to_zero_is_announced_and_an_unchanged_one_is_not(
+        admin: Admin, org: dict[str, Any], receiver: Receiver) -> None:
+    # 9 of 10 used before the organisation had an endpoint: nothing was announced.
+    key = await admin.key(org["id"], usage_limit=10)
+    await admin.db.execute("UPDATE keys SET usage_count = 9 WHERE id = $1", key["id"])
+    await subscribe(admin, org["id"], receiver.url, events=["usage.threshold"])
+    path = f"/v1/keys/{key['id']}"
+    # Another limit, or the same usage_limit again, is no change to the usage_limit.
+    await admin.call("PATCH", path, json={"quota": {"limit": 1000, "period": "month"}},
+                     expect=200)
+    await admin.call("PATCH", path, json={"usage_limit": 10}, expect=200)
+    assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 0
+    await admin.call("PATCH", path, json={"usage_limit": 0}, expect=200)
+    recorded = [(r["data"]["percent"], r["data"]["limit"]) for r in await admin.db.fetch(
+        "SELECT payload->'data' AS data FROM webhook_events ORDER BY created_at")]
+    assert sorted(recorded) == [(80, 0), (100, 0)]
