@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 
 from admin_api.webhooks import expiry
@@ -146,27 +145,36 @@ async def test_a_key_whose_expiry_is_moved_into_the_past_is_announced_at_once(
     assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 1
 
 
+async def scan_behind(change: Callable[[Any], Awaitable[None]], db: Any,
+                      database_url: str) -> int | None:
+    """A scan that reads the keys while ``change`` is under way, uncommitted, and waits on
+    the key's queue lock it holds; the change then commits. What the scan returns."""
+    conn = await connect(database_url)  # with the JSON codecs events need
+    try:
+        async with conn.transaction():
+            await change(conn)
+            scan = asyncio.create_task(expiry.scan(db))
+
+            async def waiting_on_the_change() -> bool:
+                return bool(await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                    "AND pid <> pg_backend_pid()"))
+            await eventually(waiting_on_the_change)
+        return await scan
+    finally:
+        await conn.close()
+
+
 @pytest.mark.webhooks(scan_interval_s=3600)  # the scans are this test's own
 async def test_a_key_revoked_while_a_scan_runs_gets_no_expiry_event_after_its_revocation(
         admin: Admin, org: dict[str, Any], receiver: Receiver, stores: Stores) -> None:
     await subscribe(admin, org["id"], receiver.url, events=["key.expiring", "key.revoked"])
     key = await admin.key(org["id"], expires_at=_in(86400))
-    revoking = await asyncpg.connect(stores.database_url)
-    try:
-        async with revoking.transaction():  # a revocation under way, not committed yet
-            await revoking.execute(events.QUEUE_LOCK, key["id"])
-            await revoking.execute("UPDATE keys SET status = 'revoked' WHERE id = $1",
-                                   key["id"])
-            scan = asyncio.create_task(expiry.scan(admin.db))
 
-            async def waiting_on_the_revocation() -> bool:
-                return bool(await revoking.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
-                    "AND pid <> pg_backend_pid()"))
-            await eventually(waiting_on_the_revocation)
-        assert await scan == 1
-    finally:
-        await revoking.close()
+    async def revoke(conn: Any) -> None:  # as a revocation does, its event's lock first
+        await conn.execute(events.QUEUE_LOCK, key["id"])
+        await conn.execute("UPDATE keys SET status = 'revoked' WHERE id = $1", key["id"])
+    assert await scan_behind(revoke, admin.db, stores.database_url) == 1
     assert await admin.db.fetchval("SELECT count(*) FROM webhook_events") == 0
 
 
@@ -175,22 +183,12 @@ async def test_an_expiry_moved_into_the_past_during_a_scan_is_not_followed_by_a_
         admin: Admin, org: dict[str, Any], receiver: Receiver, stores: Stores) -> None:
     await subscribe(admin, org["id"], receiver.url, events=["key.expiring", "key.expired"])
     key = await admin.key(org["id"], expires_at=_in(86400))
-    patching = await connect(stores.database_url)  # with the JSON codecs the record needs
-    try:
-        async with patching.transaction():  # what PATCH expires_at=<past> does, uncommitted
-            await patching.execute("UPDATE keys SET expires_at = now() - interval '1 hour' "
-                                   "WHERE id = $1", key["id"])
-            await expiry.expired_by_change(patching, key["id"])
-            scan = asyncio.create_task(expiry.scan(admin.db))
 
-            async def waiting_on_the_change() -> bool:
-                return bool(await patching.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
-                    "AND pid <> pg_backend_pid()"))
-            await eventually(waiting_on_the_change)
-        await scan
-    finally:
-        await patching.close()
+    async def expire(conn: Any) -> None:  # what PATCH expires_at=<past> does
+        await conn.execute("UPDATE keys SET expires_at = now() - interval '1 hour' "
+                           "WHERE id = $1", key["id"])
+        await expiry.expired_by_change(conn, key["id"])
+    assert await scan_behind(expire, admin.db, stores.database_url) == 1
     types = [r["type"] for r in await admin.db.fetch(
         "SELECT type FROM webhook_events ORDER BY created_at")]
     assert types == ["key.expired"]
