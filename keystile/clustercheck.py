@@ -8,7 +8,8 @@ measured figures:
    100 reach the upstream (counted there) and PostgreSQL's ``usage_count`` ends at 100;
 3. a revocation is refused on every worker of both hosts within 100 ms (p99; p50 reported);
 4. the Redis master of the organisation's slot killed under load: its replica takes over,
-   both hosts keep serving (the gap is measured), and no spend is lost across the switch;
+   both hosts keep serving (the gap is measured), and the spends counted across the switch
+   match what was served to within the requests in flight;
 5. one gateway host killed (SIGKILL, the whole host): the other keeps serving;
 6. the PostgreSQL primary stopped: the gateways keep serving known keys, the admin API
    answers 503 ``store_unavailable``, and everything recovers when it returns;
@@ -411,9 +412,11 @@ async def check_revocation(run: Run) -> Verdict:
 async def check_redis_failover(run: Run) -> Verdict:
     """Load on a key with a lifetime limit (every request spends in Redis, on the master of
     its organisation's slot) while that master is killed. Afterwards the promoted replica's
-    live count of the key (the admin API's usage, read from Redis) must equal what the
-    upstream received — no spend the old master acknowledged was lost — and a fresh key's
-    limit is exact again on the new master."""
+    live count of the key (the admin API's usage, read from Redis) must match what the
+    upstream received to within the requests in flight when the master died (Redis
+    replicates asynchronously: a spend it acknowledged in its last instant can be lost, and a
+    request caught in the switch can be refused after its spend ran), and a fresh key's limit
+    is exact again on the new master."""
     top, sizes = run.top, run.sizes
     redis = top.redis
     key = await run.key(usage_limit=1_000_000_000)
@@ -452,7 +455,8 @@ async def check_redis_failover(run: Run) -> Verdict:
            "after": {"usage_limit": sizes.usage_limit, "requests": sizes.burst,
                      "statuses": dict(burst), "upstream_received": limited_received}}
     allowed = {(200, ""), (503, "store_unavailable")}
-    ok = (new_master != master and set(outcomes) <= allowed and live == received
+    ok = (new_master != master and set(outcomes) <= allowed
+          and abs(live - received) <= sizes.load
           and limited_received == sizes.usage_limit
           and burst == Counter({200: sizes.usage_limit, 429: sizes.burst - sizes.usage_limit}))
     gap_text = ", ".join(f"{h} {g} s" for h, g in gaps.items())
@@ -462,7 +466,8 @@ async def check_redis_failover(run: Run) -> Verdict:
         f"replica promoted {fig['failover_s']} s after the kill; longest time without a "
         f"success: {gap_text}; {len(refused)} requests refused 503 store_unavailable meanwhile "
         f"(quotas_without_redis = closed), {other} other failures; the new master counts "
-        f"{live} spent, the upstream got {received}; then {limited_received} of "
+        f"{live} spent, the upstream got {received} (bound: they differ by at most the "
+        f"{sizes.load} in flight); then {limited_received} of "
         f"{sizes.burst} concurrent requests through against usage_limit {sizes.usage_limit}",
         fig)
 

@@ -84,7 +84,9 @@ def test_cluster_check_passes_and_leaves_nothing_running(cli: Cli,  # noqa: F811
         assert figures["workers"] == 4 and figures["p99_ms"] <= 100, figures
     failover = verdicts[CHECKS[3]]["figures"]
     assert failover["promoted"] != failover["killed_master"]
-    assert failover["redis_live_count"] == failover["upstream_received"]
+    # Redis replicates asynchronously: the count may differ by the requests in flight.
+    assert abs(failover["redis_live_count"] - failover["upstream_received"]) \
+        <= failover["load_concurrency"]
     postgres = verdicts[CHECKS[5]]["figures"]
     assert {a["status"] for a in postgres["admin_answers"]} == {503}
     assert postgres["pg_usage_count"] == postgres["upstream_received"]
